@@ -1,0 +1,557 @@
+"""The corpus store: a DuckDB catalog over zstd Parquet shards, and result tables beside them.
+
+This is the only module that knows the store's layout::
+
+    STORE/
+      catalog.duckdb                 catalog tables + views (documents, one view per result table)
+      shards/<corpus>/<n>.parquet    one document per row (DOC_SCHEMA)
+      results/<table>/<part>.parquet one Parquet file per result part (a view <table> unions them)
+      artifacts/<kind>/<name>/       files a step owns (token streams, checkpoints, tokenizers, caches)
+      .writer.lock                   held (flock) by the one writer; holds its PID
+
+Writers take the lock; readers never do. DuckDB connections are short-lived so that readers in other
+processes can open the catalog read-only between writes. Every file appears whole or not at all
+(written to a temporary name, then renamed), and the catalog only lists files that are complete, so a
+killed writer leaves the store consistent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import unicodedata
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+CATALOG_FILE = "catalog.duckdb"
+LOCK_FILE = ".writer.lock"
+KINDS = ("natural", "synthetic")
+ROLES = ("train", "test", "both")
+
+# One document per row. `source` says where the text came from (file:line, file#record, URL);
+# `source_doc_id`, `generator` and `prompt_id` are null for natural text.
+DOC_SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("text", pa.large_string()),
+        ("n_bytes", pa.int64()),
+        ("source", pa.string()),
+        ("source_doc_id", pa.string()),
+        ("generator", pa.string()),
+        ("prompt_id", pa.string()),
+        ("meta", pa.string()),
+    ]
+)
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_PART_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,199}$")
+_WS_RE = re.compile(r"\s+")
+
+_CATALOG_DDL = """
+CREATE TABLE IF NOT EXISTS store_info (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS corpora (
+    corpus VARCHAR PRIMARY KEY, kind VARCHAR NOT NULL, synthetic_type VARCHAR, role VARCHAR NOT NULL,
+    created_at TIMESTAMP NOT NULL, meta VARCHAR);
+CREATE TABLE IF NOT EXISTS shards (
+    corpus VARCHAR NOT NULL, shard INTEGER NOT NULL, file VARCHAR NOT NULL, n_docs BIGINT NOT NULL,
+    n_bytes BIGINT NOT NULL, content_hash VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (corpus, shard));
+CREATE TABLE IF NOT EXISTS ingest_runs (
+    run_id VARCHAR PRIMARY KEY, corpus VARCHAR NOT NULL, started_at TIMESTAMP, finished_at TIMESTAMP,
+    inputs VARCHAR, n_docs BIGINT, n_duplicates BIGINT, n_rejects BIGINT, rejects_by_reason VARCHAR,
+    status VARCHAR);
+CREATE TABLE IF NOT EXISTS ingest_files (
+    corpus VARCHAR NOT NULL, file VARCHAR NOT NULL, fingerprint VARCHAR NOT NULL, run_id VARCHAR,
+    n_docs BIGINT, n_duplicates BIGINT, n_rejects BIGINT, finished_at TIMESTAMP,
+    PRIMARY KEY (corpus, file, fingerprint));
+CREATE TABLE IF NOT EXISTS rejects (
+    run_id VARCHAR, corpus VARCHAR, source VARCHAR, reason VARCHAR, detail VARCHAR);
+"""
+
+
+class StoreError(Exception):
+    """A problem with the store that the user can fix; the message says how."""
+
+
+class UnknownCorpus(StoreError, KeyError):
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0]
+
+
+class StoreLocked(StoreError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusInfo:
+    name: str
+    kind: str
+    synthetic_type: str | None
+    role: str
+    created_at: Any
+    meta: dict
+    n_shards: int
+    n_docs: int
+    n_bytes: int
+    content_hash: str  # changes whenever any shard changes; the key for cached analyses
+
+    @property
+    def is_train(self) -> bool:
+        return self.role in ("train", "both")
+
+    @property
+    def is_test(self) -> bool:
+        return self.role in ("test", "both")
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardInfo:
+    corpus: str
+    shard: int
+    path: Path
+    n_docs: int
+    n_bytes: int
+    content_hash: str
+
+
+def normalize_text(text: str) -> str:
+    """Text as compared for exact duplicates: NFKC, case-folded, whitespace runs collapsed."""
+    return _WS_RE.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+
+
+def compute_doc_id(text: str) -> str:
+    """Stable, content-derived id: 16 hex digits of BLAKE2b over the normalized text."""
+    return hashlib.blake2b(normalize_text(text).encode("utf-8"), digest_size=8).hexdigest()
+
+
+def make_documents(rows: Iterable[dict]) -> pa.Table:
+    """Build a DOC_SCHEMA table from dicts with at least `text` (doc_id, n_bytes derived when absent)."""
+    cols: dict[str, list] = {f.name: [] for f in DOC_SCHEMA}
+    for row in rows:
+        text = row["text"]
+        cols["doc_id"].append(row.get("doc_id") or compute_doc_id(text))
+        cols["text"].append(text)
+        cols["n_bytes"].append(len(text.encode("utf-8")))
+        for key in ("source", "source_doc_id", "generator", "prompt_id"):
+            cols[key].append(row.get(key))
+        meta = row.get("meta")
+        cols["meta"].append(meta if meta is None or isinstance(meta, str) else json.dumps(meta))
+    return pa.table(cols, schema=DOC_SCHEMA)
+
+
+def _check_name(name: str, what: str) -> str:
+    if not _NAME_RE.match(name or ""):
+        raise StoreError(
+            f"invalid {what} name {name!r}: use lowercase letters, digits and '_', starting with a letter"
+        )
+    return name
+
+
+def _sql_str(value: str) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+class Store:
+    """A corpus store directory. Cheap to construct; opens DuckDB only for the duration of a call."""
+
+    def __init__(self, root: str | os.PathLike, *, create: bool = False):
+        self.root = Path(root).resolve()
+        self._lock_depth = 0
+        if not (self.root / CATALOG_FILE).exists():
+            if not create:
+                raise StoreError(
+                    f"no store at {self.root}: run `python -m corpora demo` or `python -m corpora ingest` "
+                    "to create one, or pass --store PATH"
+                )
+            self.root.mkdir(parents=True, exist_ok=True)
+            with self.lock(purpose="create store"), self._connect(write=True) as con:
+                con.execute("INSERT OR REPLACE INTO store_info VALUES ('version', '1')")
+
+    # ------------------------------------------------------------------ locking and connections
+    @contextlib.contextmanager
+    def lock(self, wait_s: float = 0.0, purpose: str = "") -> Iterator[None]:
+        """Hold the single-writer lock (re-entrant within this object)."""
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                    os.close(fd)
+                    raise StoreLocked(
+                        f"store {self.root} is locked by PID {holder}; wait for that writer to finish "
+                        "(readers such as `sql`, `list` and `show` keep working)"
+                    ) from None
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} ({purpose or 'writer'})".encode(), 0)
+        self._lock_depth = 1
+        try:
+            yield
+        finally:
+            self._lock_depth = 0
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def _connect(self, write: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A short-lived connection. Writers must hold the lock; readers retry while a write is brief."""
+        assert not write or self._lock_depth, "catalog writes need the writer lock"
+        path = str(self.root / CATALOG_FILE)
+        deadline = time.monotonic() + 30.0
+        while True:
+            try:
+                con = duckdb.connect(path, read_only=not write)
+                break
+            except duckdb.IOException as e:  # the other side holds the file for a moment
+                if time.monotonic() > deadline:
+                    raise StoreError(f"cannot open {path}: {e}") from e
+                time.sleep(0.05)
+        try:
+            if write:
+                con.execute(_CATALOG_DDL)
+                con.execute("BEGIN")
+                try:
+                    yield con
+                    self._refresh_views(con, temp=False)
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+            else:
+                self._refresh_views(con, temp=True)
+                yield con
+        finally:
+            con.close()
+
+    def _refresh_views(self, con: duckdb.DuckDBPyConnection, temp: bool) -> None:
+        """(Re)create `documents` and one view per result table, with this store's absolute paths."""
+        create = "CREATE OR REPLACE TEMP VIEW" if temp else "CREATE OR REPLACE VIEW"
+        files = con.execute("SELECT corpus, file FROM shards ORDER BY corpus, shard").fetchall()
+        if files:
+            selects = [
+                f"SELECT {_sql_str(c)} AS corpus, * FROM read_parquet({_sql_str(self.root / f)})"
+                for c, f in files
+            ]
+            con.execute(f"{create} documents AS " + " UNION ALL BY NAME ".join(selects))
+        else:
+            cols = ", ".join(f"NULL::{'VARCHAR' if f.type != pa.int64() else 'BIGINT'} AS {f.name}"
+                             for f in DOC_SCHEMA)
+            con.execute(f"{create} documents AS SELECT NULL::VARCHAR AS corpus, {cols} WHERE false")
+        results = self.root / "results"
+        existing = {r[0] for r in con.execute(
+            "SELECT view_name FROM duckdb_views() WHERE NOT internal AND temporary = ?", [temp]).fetchall()}
+        tables = sorted(p.name for p in results.iterdir()) if results.exists() else []
+        for table in tables:
+            parts = sorted(str(p) for p in (results / table).glob("*.parquet"))
+            if parts:
+                lst = "[" + ", ".join(_sql_str(p) for p in parts) + "]"
+                con.execute(f"{create} {table} AS SELECT * FROM read_parquet({lst}, union_by_name=true)")
+            elif table in existing:
+                con.execute(f"DROP VIEW IF EXISTS {table}")
+        for stale in existing - set(tables) - {"documents"}:
+            con.execute(f"DROP VIEW IF EXISTS {stale}")
+
+    # ------------------------------------------------------------------ reading the catalog
+    def corpora(self) -> list[CorpusInfo]:
+        with self._connect() as con:
+            rows = con.execute(
+                """SELECT c.corpus, c.kind, c.synthetic_type, c.role, c.created_at, c.meta,
+                          count(s.shard), coalesce(sum(s.n_docs), 0), coalesce(sum(s.n_bytes), 0),
+                          string_agg(s.content_hash, ',' ORDER BY s.shard)
+                   FROM corpora c LEFT JOIN shards s USING (corpus)
+                   GROUP BY ALL ORDER BY c.corpus"""
+            ).fetchall()
+        return [
+            CorpusInfo(r[0], r[1], r[2], r[3], r[4], json.loads(r[5] or "{}"), r[6], r[7], r[8],
+                       hashlib.blake2b((r[9] or "").encode(), digest_size=8).hexdigest())
+            for r in rows
+        ]
+
+    def corpus_names(self) -> list[str]:
+        return [c.name for c in self.corpora()]
+
+    def corpus(self, name: str) -> CorpusInfo:
+        for c in self.corpora():
+            if c.name == name:
+                return c
+        names = ", ".join(self.corpus_names()) or "(none)"
+        raise UnknownCorpus(f"unknown corpus {name!r}; the store {self.root} has: {names}")
+
+    def has_corpus(self, name: str) -> bool:
+        return name in self.corpus_names()
+
+    def shards(self, corpus: str) -> list[ShardInfo]:
+        self.corpus(corpus)  # raises with the list of corpora
+        with self._connect() as con:
+            rows = con.execute(
+                "SELECT shard, file, n_docs, n_bytes, content_hash FROM shards WHERE corpus = ? ORDER BY shard",
+                [corpus],
+            ).fetchall()
+        return [ShardInfo(corpus, r[0], self.root / r[1], r[2], r[3], r[4]) for r in rows]
+
+    def scan(self, corpus: str) -> pl.LazyFrame:
+        """All documents of a corpus as a Polars LazyFrame (empty frame for an empty corpus)."""
+        paths = [str(s.path) for s in self.shards(corpus)]
+        if not paths:
+            return pl.LazyFrame(schema=pl.Schema(pl.from_arrow(DOC_SCHEMA.empty_table()).schema))
+        return pl.scan_parquet(paths)
+
+    def iter_batches(
+        self, corpus: str, columns: list[str] | None = None, batch_size: int = 8192
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream a corpus as Arrow record batches, shard after shard, in bounded memory."""
+        for shard in self.shards(corpus):
+            yield from read_shard_batches(shard.path, columns, batch_size)
+
+    def sql(self, query: str, params: list | None = None) -> pa.Table:
+        """Run one read-only query (SELECT, EXPLAIN, DESCRIBE, SHOW, PRAGMA...) over the catalog."""
+        with self._connect() as con:
+            try:
+                statements = con.extract_statements(query)
+            except duckdb.Error as e:
+                raise StoreError(f"SQL error: {e}") from None
+            allowed = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+            if len(statements) != 1:
+                raise StoreError("give exactly one SQL statement")
+            if statements[0].type not in allowed:
+                raise StoreError(
+                    f"refused: {statements[0].type.name} statements are not allowed; the store is read-only "
+                    "through sql (use the python -m corpora/stats/train commands to change it)"
+                )
+            try:
+                return con.sql(query, params=params or None).to_arrow_table()
+            except duckdb.Error as e:
+                raise StoreError(f"SQL error: {str(e).splitlines()[0]}") from None
+
+    def catalog_rows(self, query: str, params: list | None = None) -> list[tuple]:
+        """Rows of a query on catalog tables (for library code; no statement check)."""
+        with self._connect() as con:
+            return con.execute(query, params or []).fetchall()
+
+    # ------------------------------------------------------------------ writing corpora
+    def create_corpus(
+        self,
+        name: str,
+        kind: str,
+        role: str,
+        synthetic_type: str | None = None,
+        meta: dict | None = None,
+        exist_ok: bool = False,
+    ) -> CorpusInfo:
+        _check_name(name, "corpus")
+        if kind not in KINDS:
+            raise StoreError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+        if role not in ROLES:
+            raise StoreError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+        if kind == "synthetic" and not synthetic_type:
+            raise StoreError("a synthetic corpus needs a synthetic type (hq, qa, txbk or your own)")
+        with self.lock(wait_s=30, purpose=f"create {name}"):
+            if self.has_corpus(name):
+                current = self.corpus(name)
+                if not exist_ok:
+                    raise StoreError(f"corpus {name!r} already exists; `python -m corpora rm {name}` first")
+                if (current.kind, current.role) != (kind, role):
+                    raise StoreError(
+                        f"corpus {name!r} exists as kind={current.kind} role={current.role}, "
+                        f"not kind={kind} role={role}"
+                    )
+                return current
+            with self._connect(write=True) as con:
+                con.execute(
+                    "INSERT INTO corpora VALUES (?, ?, ?, ?, now(), ?)",
+                    [name, kind, synthetic_type, role, json.dumps(meta or {})],
+                )
+        return self.corpus(name)
+
+    def append_shard(self, corpus: str, table: pa.Table | pl.DataFrame,
+                     extra_sql: list[tuple[str, list]] | None = None) -> ShardInfo | None:
+        """Write `table` (DOC_SCHEMA columns) as the corpus's next shard and register it atomically.
+
+        `extra_sql` statements run in the same catalog transaction (e.g. marking an input file done)."""
+        if isinstance(table, pl.DataFrame):
+            table = table.to_arrow()
+        table = table.select(DOC_SCHEMA.names).cast(DOC_SCHEMA)
+        if table.num_rows == 0:
+            return None
+        with self.lock(wait_s=30, purpose=f"append to {corpus}"):
+            self.corpus(corpus)
+            with self._connect() as con:
+                (n,) = con.execute("SELECT coalesce(max(shard) + 1, 0) FROM shards WHERE corpus = ?",
+                                   [corpus]).fetchone()
+            rel = Path("shards") / corpus / f"{n}.parquet"
+            write_parquet_atomic(table, self.root / rel)
+            n_bytes = int(pc.sum(table["n_bytes"]).as_py() or 0)
+            info = ShardInfo(corpus, n, self.root / rel, table.num_rows, n_bytes, _file_hash(self.root / rel))
+            with self._connect(write=True) as con:
+                con.execute(
+                    "INSERT INTO shards VALUES (?, ?, ?, ?, ?, ?, now())",
+                    [corpus, n, str(rel), info.n_docs, info.n_bytes, info.content_hash],
+                )
+                for stmt, params in extra_sql or []:
+                    con.execute(stmt, params)
+        return info
+
+    def execute(self, stmt: str, params: list | None = None) -> None:
+        """Run one write statement on the catalog tables, under the lock (library code only)."""
+        with self.lock(wait_s=30, purpose="catalog update"), self._connect(write=True) as con:
+            con.execute(stmt, params or [])
+
+    def write_corpus(
+        self, name: str, tables: Iterable[pa.Table], kind: str, role: str,
+        synthetic_type: str | None = None, meta: dict | None = None,
+    ) -> CorpusInfo:
+        """Create a corpus from an iterable of document tables, one shard each."""
+        with self.lock(wait_s=30, purpose=f"write {name}"):
+            self.create_corpus(name, kind, role, synthetic_type, meta)
+            for t in tables:
+                self.append_shard(name, t)
+        return self.corpus(name)
+
+    def doc_ids(self, corpus: str) -> set[str]:
+        """Every doc_id of a corpus (for resuming without duplicates)."""
+        ids: set[str] = set()
+        for batch in self.iter_batches(corpus, ["doc_id"], batch_size=65536):
+            ids.update(batch.column(0).to_pylist())
+        return ids
+
+    def remove_corpus(self, name: str) -> None:
+        with self.lock(purpose=f"rm {name}"):
+            self.corpus(name)
+            with self._connect(write=True) as con:
+                for table in ("shards", "corpora", "ingest_files", "rejects", "ingest_runs"):
+                    con.execute(f"DELETE FROM {table} WHERE corpus = ?", [name])
+            shutil.rmtree(self.root / "shards" / name, ignore_errors=True)
+
+    def remove_orphans(self, corpus: str) -> int:
+        """Delete shard files of `corpus` the catalog does not list (left by a killed writer)."""
+        listed = {s.path for s in self.shards(corpus)}
+        n = 0
+        for p in (self.root / "shards" / corpus).glob("*"):
+            if p.is_file() and p not in listed:
+                p.unlink()
+                n += 1
+        return n
+
+    # ------------------------------------------------------------------ result tables
+    def _result_path(self, table: str, part: str) -> Path:
+        _check_name(table, "result table")
+        if not _PART_RE.match(part):
+            raise StoreError(f"invalid result part {part!r}: letters, digits, '_', '.', '=', '-' only")
+        return self.root / "results" / table / f"{part}.parquet"
+
+    def put_result(self, table: str, part: str, data: pa.Table | pl.DataFrame) -> None:
+        """Atomically write (or replace) one part of result table `table`; the view `table` unions all parts."""
+        if table in ("documents", "corpora", "shards", "ingest_runs", "ingest_files", "rejects", "store_info"):
+            raise StoreError(f"{table!r} is a catalog table name; pick another result table name")
+        if isinstance(data, pl.DataFrame):
+            data = data.to_arrow()
+        path = self._result_path(table, part)
+        with self.lock(wait_s=60, purpose=f"result {table}"):
+            write_parquet_atomic(data, path)
+            with self._connect(write=True):
+                pass  # refreshes the persisted views
+
+    def has_result(self, table: str, part: str) -> bool:
+        return self._result_path(table, part).exists()
+
+    def result_parts(self, table: str) -> list[str]:
+        _check_name(table, "result table")
+        d = self.root / "results" / table
+        return sorted(p.stem for p in d.glob("*.parquet")) if d.exists() else []
+
+    def read_result(self, table: str, part: str | None = None) -> pl.DataFrame | None:
+        """One part, or all parts of a result table; None when there is none."""
+        if part is not None:
+            path = self._result_path(table, part)
+            return pl.read_parquet(path) if path.exists() else None
+        parts = [self._result_path(table, p) for p in self.result_parts(table)]
+        if not parts:
+            return None
+        return pl.concat([pl.read_parquet(p) for p in parts], how="diagonal_relaxed")
+
+    def delete_result(self, table: str, part: str) -> None:
+        path = self._result_path(table, part)
+        with self.lock(wait_s=60, purpose=f"result {table}"):
+            if path.exists():
+                path.unlink()
+            with self._connect(write=True):
+                pass
+
+    # ------------------------------------------------------------------ artifacts
+    def artifact_dir(self, kind: str, name: str, create: bool = True) -> Path:
+        """A directory a step owns for files that are not tables (token streams, checkpoints, caches)."""
+        _check_name(kind, "artifact kind")
+        if not _PART_RE.match(name):
+            raise StoreError(f"invalid artifact name {name!r}")
+        d = self.root / "artifacts" / kind / name
+        if create:
+            d.mkdir(parents=True, exist_ok=True)
+        return d
+
+
+def read_shard_batches(path: Path, columns: list[str] | None = None,
+                       batch_size: int = 8192) -> Iterator[pa.RecordBatch]:
+    """Record batches of one shard file (a pure function of the path, for map workers)."""
+    yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns)
+
+
+def resolve_store_path(cli_value: str | None) -> Path:
+    """--store PATH, else $SYNTHMIX_STORE, else ./store (only CLIs call this)."""
+    return Path(cli_value or os.environ.get("SYNTHMIX_STORE") or "store")

@@ -1,0 +1,55 @@
+"""Shared fixtures: real stores in temporary directories, real demo text, ../shared/data when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from corpora.store import Store, make_documents
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def gensim_test_data() -> Path:
+    """gensim's bundled test data (real text); we only read plain files from it, never unpickle."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gensim")
+    assert spec and spec.submodule_search_locations, "gensim is a dependency of synthmix"
+    return Path(list(spec.submodule_search_locations)[0]) / "test" / "test_data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data; skipped when absent (CI=true insists on it)."""
+    if not SHARED_DATA.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but {SHARED_DATA} is absent")
+        pytest.skip(f"{SHARED_DATA} is absent (tests on shared data run where ../shared exists)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def lee_texts() -> list[str]:
+    """300 real news articles (gensim's lee_background.cor), one per line."""
+    path = gensim_test_data() / "lee_background.cor"
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    return Store(tmp_path / "store", create=True)
+
+
+def add_corpus(store: Store, name: str, texts, kind: str = "natural", role: str = "train",
+               synthetic_type: str | None = None, rows: list[dict] | None = None, shard_size: int = 0):
+    """Create corpus `name` from texts (or full row dicts), in shards of `shard_size` docs (0: one shard)."""
+    rows = rows if rows is not None else [{"text": t, "source": f"test:{i}"} for i, t in enumerate(texts)]
+    store.create_corpus(name, kind, role, synthetic_type)
+    size = shard_size or max(len(rows), 1)
+    for i in range(0, len(rows), size):
+        store.append_shard(name, make_documents(rows[i:i + size]))
+    return store.corpus(name)
