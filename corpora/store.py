@@ -283,15 +283,16 @@ class Store:
     def _refresh_views(self, con: duckdb.DuckDBPyConnection, temp: bool) -> None:
         """(Re)create `documents` and one view per result table, with this store's absolute paths."""
         create = "CREATE OR REPLACE TEMP VIEW" if temp else "CREATE OR REPLACE VIEW"
-        files = con.execute("SELECT corpus, file FROM shards ORDER BY corpus, shard").fetchall()
+        files = [r[0] for r in con.execute("SELECT file FROM shards ORDER BY corpus, shard").fetchall()]
         if files:
-            selects = [
-                f"SELECT {_sql_str(c)} AS corpus, * FROM read_parquet({_sql_str(self.root / f)})"
-                for c, f in files
-            ]
-            con.execute(f"{create} documents AS " + " UNION ALL BY NAME ".join(selects))
+            lst = "[" + ", ".join(_sql_str(self.root / f) for f in files) + "]"
+            # one scan over every shard; the corpus is the shard's folder name (shards/<corpus>/<n>.parquet)
+            con.execute(
+                f"{create} documents AS SELECT regexp_extract(filename, '/shards/([^/]+)/[0-9]+[.]parquet$', 1)"
+                f" AS corpus, * EXCLUDE (filename) FROM read_parquet({lst}, filename = true)"
+            )
         else:
-            cols = ", ".join(f"NULL::{'VARCHAR' if f.type != pa.int64() else 'BIGINT'} AS {f.name}"
+            cols = ", ".join(f"NULL::{'BIGINT' if f.type == pa.int64() else 'VARCHAR'} AS {f.name}"
                              for f in DOC_SCHEMA)
             con.execute(f"{create} documents AS SELECT NULL::VARCHAR AS corpus, {cols} WHERE false")
         results = self.root / "results"
@@ -447,6 +448,26 @@ class Store:
                 for stmt, params in extra_sql or []:
                     con.execute(stmt, params)
         return info
+
+    def record_ingest_file(self, corpus: str, run_id: str, file: str, fingerprint: str, n_docs: int,
+                           n_duplicates: int, rejects: pa.Table) -> None:
+        """Mark an input file done and keep its rejects (columns source, reason, detail), in one transaction."""
+        with self.lock(wait_s=30, purpose="ingest"), self._connect(write=True) as con:
+            con.execute(
+                "INSERT OR REPLACE INTO ingest_files VALUES (?, ?, ?, ?, ?, ?, ?, now())",
+                [corpus, file, fingerprint, run_id, n_docs, n_duplicates, rejects.num_rows],
+            )
+            if rejects.num_rows:
+                con.register("new_rejects", rejects)
+                con.execute(
+                    "INSERT INTO rejects SELECT ?, ?, source, reason, detail FROM new_rejects", [run_id, corpus]
+                )
+                con.unregister("new_rejects")
+
+    def ingested_files(self, corpus: str) -> set[tuple[str, str]]:
+        """(file, fingerprint) pairs already ingested into `corpus` (skipped by a re-run)."""
+        rows = self.catalog_rows("SELECT file, fingerprint FROM ingest_files WHERE corpus = ?", [corpus])
+        return {(f, fp) for f, fp in rows}
 
     def execute(self, stmt: str, params: list | None = None) -> None:
         """Run one write statement on the catalog tables, under the lock (library code only)."""

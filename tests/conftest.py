@@ -7,19 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from corpora.demo import LEE_FILE, demo_data_dir
 from corpora.store import Store, make_documents
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
-
-
-def gensim_test_data() -> Path:
-    """gensim's bundled test data (real text); we only read plain files from it, never unpickle."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("gensim")
-    assert spec and spec.submodule_search_locations, "gensim is a dependency of synthmix"
-    return Path(list(spec.submodule_search_locations)[0]) / "test" / "test_data"
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +27,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def lee_texts() -> list[str]:
     """300 real news articles (gensim's lee_background.cor), one per line."""
-    path = gensim_test_data() / "lee_background.cor"
+    path = demo_data_dir() / LEE_FILE
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 

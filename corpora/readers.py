@@ -1,0 +1,374 @@
+"""Readers: one generator per input format, yielding documents or rejects in a file's own order.
+
+Every reader streams (bounded memory whatever the file size) and never raises on a bad record: it
+yields a `Reject` with the record's location and a reason, and goes on. A file that cannot be opened
+at all raises `InputError` naming it.
+"""
+
+from __future__ import annotations
+
+import bz2
+import dataclasses
+import gzip
+import io
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+REASONS = (
+    "bad_json", "bad_utf8", "missing_text_field", "empty_text", "truncated_stream",
+    "corrupt_parquet", "not_html", "bad_warc_record", "wiki_redirect", "wiki_not_article",
+    "bad_xml",
+)
+
+
+class InputError(Exception):
+    """An input file that cannot be read at all."""
+
+
+@dataclasses.dataclass
+class Doc:
+    text: str
+    source: str  # file:line, file#record, or URL
+    meta: dict
+
+
+@dataclasses.dataclass
+class Reject:
+    source: str
+    reason: str
+    detail: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ReaderConfig:
+    text_field: str = "text"
+    # plain text: one doc per "line", per blank-line-separated "block", per "file", or per
+    # "wikitext" article (a new document at each level-1 heading line " = Title = ", as in WikiText-2)
+    text_mode: str = "line"
+    min_chars: int = 1  # shorter documents are rejected as empty_text
+    html_extractor: str = "resiliparse"  # or "trafilatura"
+
+
+FORMATS = ("jsonl", "parquet", "text", "warc", "mediawiki")
+_COMPRESSIONS = (".gz", ".bz2", ".zst", ".zstd")
+
+
+def detect_format(path: Path) -> str:
+    """Input format from the file name (compression suffix ignored)."""
+    name = path.name.lower()
+    for suffix in _COMPRESSIONS:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    if name.endswith((".jsonl", ".json", ".ndjson")):
+        return "jsonl"
+    if name.endswith(".parquet"):
+        return "parquet"
+    if name.endswith((".warc", ".arc")):
+        return "warc"
+    if name.endswith(".xml") or ".xml-" in name:  # dump names look like pages-articles1.xml-p10p30302
+        return "mediawiki"
+    if name.endswith((".txt", ".cor", ".text")):
+        return "text"
+    raise InputError(f"{path}: cannot tell the format from the name; pass --format {'|'.join(FORMATS)}")
+
+
+def open_binary(path: Path) -> io.BufferedIOBase:
+    """Open a possibly compressed file as a binary stream (gzip, bz2, zstd by suffix)."""
+    try:
+        name = path.name.lower()
+        if name.endswith(".gz"):
+            return gzip.open(path, "rb")
+        if name.endswith(".bz2"):
+            return bz2.open(path, "rb")
+        if name.endswith((".zst", ".zstd")):
+            import zstandard
+
+            return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb")))
+        return open(path, "rb")
+    except OSError as e:
+        raise InputError(f"{path}: cannot open ({e.strerror or e}); check the path and permissions") from None
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes | Reject]]:
+    """(line number, raw line) for a possibly compressed file; a truncated stream ends with a Reject."""
+    lineno = 0
+    with open_binary(path) as f:
+        try:
+            for lineno, raw in enumerate(f, 1):
+                yield lineno, raw
+        except (EOFError, OSError, ValueError) as e:
+            # gzip: EOFError "Compressed file ended before the end-of-stream marker"; bz2/zstd: OSError
+            yield lineno + 1, Reject(f"{path}:{lineno + 1}", "truncated_stream", str(e)[:200])
+
+
+def _check_text(text, source: str, cfg: ReaderConfig) -> Reject | None:
+    if not isinstance(text, str) or len(text.strip()) < cfg.min_chars:
+        return Reject(source, "empty_text")
+    return None
+
+
+def read_jsonl(path: Path, cfg: ReaderConfig) -> Iterator[Doc | Reject]:
+    for lineno, raw in _lines(path):
+        if isinstance(raw, Reject):
+            yield raw
+            return
+        source = f"{path}:{lineno}"
+        if not raw.strip():
+            continue
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield Reject(source, "bad_utf8", str(e)[:200])
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield Reject(source, "bad_json", str(e)[:200])
+            continue
+        if not isinstance(record, dict) or cfg.text_field not in record:
+            yield Reject(source, "missing_text_field", f"no field {cfg.text_field!r}")
+            continue
+        text = record.pop(cfg.text_field)
+        if (bad := _check_text(text, source, cfg)) is not None:
+            yield bad
+            continue
+        yield Doc(text, source, record)
+
+
+_WIKITEXT_TITLE = re.compile(r"^ = [^=].* = \s*$")
+TEXT_MODES = ("line", "block", "file", "wikitext")
+
+
+def read_text(path: Path, cfg: ReaderConfig) -> Iterator[Doc | Reject]:
+    """Plain text: a document per line, per blank-line-separated block, or the whole file."""
+    block: list[str] = []
+    start = lineno = 1
+
+    def flush(end_line: int) -> Iterator[Doc | Reject]:
+        text = "".join(block).strip()
+        source = f"{path}:{start}" if cfg.text_mode == "line" else f"{path}:{start}-{end_line}"
+        if text:
+            yield Doc(text, source, {})
+        block.clear()
+
+    for lineno, raw in _lines(path):
+        if isinstance(raw, Reject):
+            yield from flush(lineno - 1)
+            yield raw
+            return
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield Reject(f"{path}:{lineno}", "bad_utf8", str(e)[:200])
+            continue
+        if cfg.text_mode == "line":
+            if line.strip():
+                block.append(line)
+                start = lineno
+                yield from flush(lineno)
+            continue
+        if cfg.text_mode == "block" and not line.strip():
+            yield from flush(lineno - 1)
+            start = lineno + 1
+            continue
+        if cfg.text_mode == "wikitext" and _WIKITEXT_TITLE.match(line):
+            yield from flush(lineno - 1)
+        if not block:
+            start = lineno
+        block.append(line)
+    yield from flush(lineno)
+
+
+def read_parquet(path: Path, cfg: ReaderConfig) -> Iterator[Doc | Reject]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (pa.ArrowException, OSError) as e:
+        yield Reject(str(path), "corrupt_parquet", str(e)[:200])
+        return
+    if cfg.text_field not in pf.schema_arrow.names:
+        yield Reject(str(path), "missing_text_field",
+                     f"no column {cfg.text_field!r} (columns: {', '.join(pf.schema_arrow.names)})")
+        return
+    row = 0
+    try:
+        for batch in pf.iter_batches(batch_size=4096):
+            for record in batch.to_pylist():
+                source = f"{path}#{row}"
+                row += 1
+                text = record.pop(cfg.text_field)
+                if (bad := _check_text(text, source, cfg)) is not None:
+                    yield bad
+                    continue
+                yield Doc(text, source, {k: v for k, v in record.items() if _jsonable(v)})
+    except (pa.ArrowException, OSError) as e:
+        yield Reject(f"{path}#{row}", "corrupt_parquet", str(e)[:200])
+
+
+def _jsonable(value) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def read_warc(path: Path, cfg: ReaderConfig) -> Iterator[Doc | Reject]:
+    """HTTP response records of a WARC file; HTML turned into main text (URL and date kept)."""
+    from fastwarc.warc import ArchiveIterator, WarcRecordType
+
+    extract = _html_extractor(cfg.html_extractor)
+    stream = open_binary(path)
+    n = 0
+    try:
+        for record in ArchiveIterator(stream, record_types=WarcRecordType.response, parse_http=True):
+            n += 1
+            url = record.headers.get("WARC-Target-URI", "").strip("<>")  # WARC 1.0 writers may bracket it
+            source = f"{path}#{n}"
+            try:
+                ctype = (record.http_headers.get("Content-Type", "") if record.http_headers else "").lower()
+                if "html" not in ctype:
+                    yield Reject(source, "not_html", ctype or "no content type")
+                    continue
+                body = record.reader.read()
+                text = extract(body)
+            except Exception as e:  # a malformed record must not end the file
+                yield Reject(source, "bad_warc_record", f"{type(e).__name__}: {e}"[:200])
+                continue
+            if (bad := _check_text(text, source, cfg)) is not None:
+                yield bad
+                continue
+            yield Doc(text, source, {"url": url, "date": record.headers.get("WARC-Date", ""),
+                                     "warc_record_id": record.headers.get("WARC-Record-ID", ""),
+                                     "file": str(path)})
+    except (EOFError, OSError) as e:
+        yield Reject(f"{path}#{n + 1}", "truncated_stream", str(e)[:200])
+    finally:
+        stream.close()
+
+
+def _html_extractor(name: str):
+    if name == "resiliparse":
+        from resiliparse.extract.html2text import extract_plain_text
+        from resiliparse.parse.encoding import bytes_to_str, detect_encoding
+
+        def extract(body: bytes) -> str:
+            html = bytes_to_str(body, detect_encoding(body))
+            return extract_plain_text(html, main_content=True)
+
+        return extract
+    if name == "trafilatura":
+        import trafilatura
+
+        return lambda body: trafilatura.extract(body) or ""
+    raise ValueError(f"unknown HTML extractor {name!r}: use resiliparse or trafilatura")
+
+
+# File/image links and categories carry no prose; templates and tables are dropped by strip_code.
+_LEFTOVER_REF = re.compile(r"<ref[^>/]*/>|<ref[^>]*>.*?</ref>", re.S | re.I)
+_LEFTOVER_TAG = re.compile(r"</?[a-zA-Z][a-zA-Z0-9]*(\s[^<>]*)?/?>")
+_WIKI_DROP_LINK = re.compile(r"^\s*:?\s*(file|image|category|media)\s*:", re.I)
+
+
+def wikitext_to_text(wikitext: str) -> str:
+    """Wiki markup to plain prose with mwparserfromhell: headings kept as lines, links as their text."""
+    import mwparserfromhell
+
+    from mwparserfromhell.nodes import Tag, Wikilink
+
+    def keep(node) -> bool:
+        if isinstance(node, Wikilink):
+            return not _WIKI_DROP_LINK.match(str(node.title))
+        if isinstance(node, Tag):
+            return str(node.tag).lower() not in ("ref", "gallery", "table", "math", "references")
+        return True
+
+    def prune(code) -> None:
+        # Rebuild node lists instead of Wikicode.remove(), which searches the whole tree on every call.
+        code.nodes = [n for n in code.nodes if keep(n)]
+        for node in code.nodes:
+            for child in node.__children__():
+                prune(child)
+
+    code = mwparserfromhell.parse(wikitext)
+    prune(code)
+    text = code.strip_code(normalize=True, collapse=True)
+    # markup mwparserfromhell leaves as text (e.g. a <ref> it could not pair inside other markup)
+    text = _LEFTOVER_REF.sub("", text)
+    text = _LEFTOVER_TAG.sub("", text)
+    lines = [re.sub(r"[ \t]+", " ", ln).strip() for ln in text.splitlines()]
+    text = "\n".join(ln for ln in lines if ln)
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+def read_mediawiki(path: Path, cfg: ReaderConfig) -> Iterator[Doc | Reject]:
+    """Articles (namespace 0) of a MediaWiki XML dump; redirects and other namespaces skipped."""
+    import xml.etree.ElementTree as ET
+
+    stream = open_binary(path)
+    n = 0
+    try:
+        for _, elem in ET.iterparse(stream, events=("end",)):
+            if _local(elem.tag) != "page":
+                continue
+            n += 1
+            fields = {_local(c.tag): c for c in elem}
+            title = (fields["title"].text or "") if "title" in fields else ""
+            source = f"{path}#{title or n}"
+            ns = fields["ns"].text if "ns" in fields else "0"
+            revision = fields.get("revision")
+            text_el = next((c for c in revision if _local(c.tag) == "text"), None) if revision is not None else None
+            wikitext = (text_el.text or "") if text_el is not None else ""
+            elem.clear()
+            if ns != "0":
+                yield Reject(source, "wiki_not_article", f"namespace {ns}")
+                continue
+            if "redirect" in fields or wikitext.lstrip().lower().startswith("#redirect"):
+                yield Reject(source, "wiki_redirect")
+                continue
+            text = wikitext_to_text(wikitext)
+            if title:
+                text = f"{title}\n\n{text}" if text else ""
+            if (bad := _check_text(text, source, cfg)) is not None:
+                yield bad
+                continue
+            page_id = fields["id"].text if "id" in fields else None
+            yield Doc(text, source, {"title": title, "page_id": page_id})
+    except ET.ParseError as e:
+        yield Reject(f"{path}#{n + 1}", "bad_xml", str(e)[:200])
+    except (EOFError, OSError) as e:
+        yield Reject(f"{path}#{n + 1}", "truncated_stream", str(e)[:200])
+    finally:
+        stream.close()
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+READERS = {
+    "jsonl": read_jsonl,
+    "parquet": read_parquet,
+    "text": read_text,
+    "warc": read_warc,
+    "mediawiki": read_mediawiki,
+}
+
+
+def read_file(path: Path, fmt: str | None, cfg: ReaderConfig) -> Iterator[Doc | Reject]:
+    """Documents and rejects of one input file, in order."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file; check the path")
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file")
+    fmt = fmt or detect_format(path)
+    if fmt not in READERS:
+        raise InputError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+    return READERS[fmt](path, cfg)

@@ -1,0 +1,111 @@
+"""python -m train: every subcommand has --help; mix/tokenizer/presets/run through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, add_corpus
+from corpora.store import Store
+from train.__main__ import COMMANDS, build_parser, main
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--store" in out and "example:" in out and "python -m train " + command in out
+    assert len(build_parser()._subparsers._group_actions[0].choices[command].description) > 20
+
+
+def test_module_runs_as_a_script():
+    proc = subprocess.run([sys.executable, "-m", "train", "--help"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and all(c in proc.stdout for c in COMMANDS)
+
+
+def _fill(store, lee_texts):
+    add_corpus(store, "cc", lee_texts[:250])
+    add_corpus(store, "hq", lee_texts[250:260], kind="synthetic", synthetic_type="hq")
+    add_corpus(store, "wiki", lee_texts[260:], role="test")
+    return store
+
+
+@pytest.fixture
+def cli_store(store, lee_texts):
+    return _fill(store, lee_texts)
+
+
+@pytest.fixture(scope="module")
+def checked_store(tmp_path_factory, lee_texts):
+    """One store for the calls that must fail before writing anything (building stores is slow)."""
+    return _fill(Store(tmp_path_factory.mktemp("checked") / "store", create=True), lee_texts)
+
+
+def _run(capsys, argv) -> tuple[int, str, str]:
+    """Exit status, stdout, stderr of one CLI call (argparse usage errors exit through SystemExit)."""
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_tokenizer_then_mix_with_json(cli_store, capsys):
+    s = ["--store", str(cli_store.root)]
+    code, out, _ = _run(capsys, ["tokenizer", "lee_bpe", "--corpora", "cc,hq", "--vocab", "600", "--json", *s])
+    assert code == 0 and json.loads(out)["n_vocab"] == 600
+    code, out, _ = _run(capsys, ["mix", "m", "--parts", "cc=0.75,hq=0.25", "--tokens", "6k", "--seed", "3",
+                                 "--tokenizer", "lee_bpe", "--seq-len", "31", "--json", "-q", *s])
+    rows = {r["corpus"]: r for r in json.loads(out)}
+    assert code == 0 and rows["cc"]["n_tokens"] == 4_488 and rows["hq"]["n_tokens"] == 1_496  # of 6000 // 32 * 32
+    assert rows["hq"]["synthetic_type"] == "hq" and rows["cc"]["synthetic_type"] is None
+    train = np.load(cli_store.artifact_dir("mixtures", "m") / "train.npy")
+    assert train.shape == (187, 32) and train.dtype == np.uint16
+    code, out, _ = _run(capsys, ["mix", "m", "--parts", "cc=0.75,hq=0.25", "--tokens", "6k", "--seed", "3",
+                                 "--tokenizer", "lee_bpe", "--seq-len", "31", "-q", *s])
+    assert code == 0 and "mixture m: 187 sequences x 32 tokens" in out and "hq" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["mix", "m", "--parts", "cc:0.5", "--tokens", "5k"], "malformed part 'cc:0.5'"),
+    (["mix", "m", "--parts", "cc=0.5,hq=0.5", "--tokens", "5q"], "cannot read '5q' as a count"),
+    (["mix", "m", "--parts", "cc=0.5,web=0.5", "--tokens", "5k"], "unknown corpus 'web'; the store .* has: cc, hq, wiki"),
+    (["mix", "m", "--parts", "cc=0.5,hq=0.4", "--tokens", "5k"], "shares must sum to 1"),
+    (["mix", "m", "--parts", "hq=1", "--tokens", "5M"], "'hq' would be repeated at least .* --max-epochs 16"),
+    (["mix", "m", "--parts", "cc=0.5,hq=0.5", "--tokens", "5k", "--tokenizer", "nope"], "unknown tokenizer 'nope'"),
+    (["tokenizer", "t", "--corpora", "cc,web"], "unknown corpus 'web'"),
+    (["run", "--mixture", "m", "--model", "gpt-9", "--tokens", "1k"], "unknown model preset 'gpt-9'; choose one of: cpu-1m"),
+    (["run", "--mixture", "nope", "--model", "cpu-1m", "--tokens", "1k"], "unknown mixture 'nope'"),
+])
+def test_bad_input_exits_2_with_one_line_before_any_work(checked_store, capsys, argv, message):
+    code, _, err = _run(capsys, [*argv, "--store", str(checked_store.root)])
+    last = err.strip().splitlines()[-1]  # argparse prints its usage first
+    assert code == 2 and last.startswith(f"python -m train {argv[0]}: error: ") and re.search(message, last), err
+    assert not (checked_store.root / "artifacts").exists()
+
+
+def test_missing_store_is_a_clear_error(tmp_path, capsys):
+    code, _, err = _run(capsys, ["mix", "m", "--parts", "cc=1", "--tokens", "5k", "--store", str(tmp_path / "none")])
+    assert code == 2 and "no store at" in err
+
+
+def test_presets_json_lists_every_preset_with_counts(capsys):
+    from train.model import PRESETS, count_preset_params
+
+    code, out, _ = _run(capsys, ["presets", "--json", "--vocab", "8192"])
+    rows = {r["preset"]: r for r in json.loads(out)}
+    assert code == 0 and list(rows) == list(PRESETS)
+    for name, r in rows.items():
+        assert (r["n_params"], r["n_params_total"]) == count_preset_params(name, 8192)
+        assert r["n_params_total"] > r["n_params"] > 0
+    code, out, _ = _run(capsys, ["presets"])
+    assert code == 0 and all(name in out for name in PRESETS)

@@ -1,0 +1,215 @@
+"""Mixtures and validation sets on real text (gensim's Lee news corpus), and tokenizer training."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+
+import numpy as np
+import pytest
+
+from conftest import add_corpus
+from corpora.store import Store, StoreError, UnknownCorpus
+from corpora.tokenizers import load_tokenizer
+from train.data import (MixtureConfig, MixtureError, allocate_tokens, build_mixture, build_valset,
+                        open_mixture, parse_count, parse_parts)
+from train.tokenizer import train_tokenizer
+
+SEQ_LEN = 63  # rows of 64 tokens
+
+
+def _fill(store, lee_texts):
+    add_corpus(store, "cc", lee_texts[:200], shard_size=70)  # 3 shards
+    add_corpus(store, "hq", lee_texts[200:208], kind="synthetic", synthetic_type="hq")
+    add_corpus(store, "val", lee_texts[250:], role="test")
+    store.create_corpus("empty", "natural", "train")
+    return store
+
+
+@pytest.fixture
+def mix_store(store, lee_texts):
+    return _fill(store, lee_texts)
+
+
+@pytest.fixture(scope="module")
+def checked_store(tmp_path_factory, lee_texts):
+    """One store for the tests that must fail before writing anything (building stores is slow)."""
+    return _fill(Store(tmp_path_factory.mktemp("checked") / "store", create=True), lee_texts)
+
+
+def _docs(texts, tok) -> list[tuple[int, ...]]:
+    return [tuple(ids) + (tok.eot_id,) for ids in tok.encode_batch(texts)]
+
+
+def _segments(store, name):
+    seg = np.load(store.artifact_dir("mixtures", name) / "segments.npy")
+    return seg[:, 0], seg[:, 1]
+
+
+def test_exact_shares_and_every_token_comes_from_its_part(mix_store, lee_texts):
+    cfg = MixtureConfig("m", {"cc": 0.67, "hq": 0.33}, "20k", seed=0, seq_len=SEQ_LEN)
+    rows = build_mixture(mix_store, cfg).sort("corpus")
+    train = np.load(mix_store.artifact_dir("mixtures", "m") / "train.npy", mmap_mode="r")
+    total = 20_000 // (SEQ_LEN + 1) * (SEQ_LEN + 1)
+    assert train.shape == (total // (SEQ_LEN + 1), SEQ_LEN + 1)
+    assert rows["n_tokens"].to_list() == allocate_tokens([0.67, 0.33], total) == [13_379, 6_589]
+    assert rows["total_tokens"].to_list() == [total, total]
+
+    part_ids, lengths = _segments(mix_store, "m")
+    assert np.bincount(part_ids, weights=lengths).astype(int).tolist() == [13_379, 6_589]
+    # Every segment is a whole document of its own part (+ end-of-text), or that part's one cut-off doc.
+    tok = load_tokenizer("cl100k_base")
+    docs = [set(_docs(lee_texts[:200], tok)), set(_docs(lee_texts[200:208], tok))]
+    flat, pos, cut = train.reshape(-1), 0, [0, 0]
+    for part, n in zip(part_ids, lengths):
+        seg = tuple(int(t) for t in flat[pos:pos + n])
+        if seg not in docs[part]:
+            assert any(d[:n] == seg for d in docs[part]), f"segment at {pos} is not from part {part}"
+            cut[part] += 1
+        pos += n
+    assert cut[0] <= 1 and cut[1] <= 1
+    # Both parts are spread over the whole stream, not one after the other.
+    hq_pos = np.cumsum(lengths)[part_ids == 1] / total
+    assert hq_pos.min() < 0.1 and hq_pos.max() > 0.9
+
+
+def test_repeated_part_records_epochs_and_warns(mix_store, caplog):
+    cfg = MixtureConfig("rep", {"cc": 0.5, "hq": 0.5}, "30k", seed=1, seq_len=SEQ_LEN)
+    with caplog.at_level(logging.WARNING, logger="train.data"):
+        rows = build_mixture(mix_store, cfg).sort("corpus")
+    cc, hq = rows.to_dicts()
+    assert not cc["repeated"] and cc["epochs"] < 1 and cc["warning"] is None
+    assert hq["repeated"] and hq["epochs"] == pytest.approx(hq["n_tokens"] / hq["n_unique_tokens"])
+    assert hq["epochs"] > 3 and "repeated" in hq["warning"]
+    assert any("hq" in r.getMessage() and "repeated" in r.getMessage() for r in caplog.records)
+    # Each epoch holds every document once: a document appears floor(epochs) or ceil(epochs) times.
+    tok = load_tokenizer("cl100k_base")
+    train = np.load(mix_store.artifact_dir("mixtures", "rep") / "train.npy").reshape(-1)
+    part_ids, lengths = _segments(mix_store, "rep")
+    ends = np.cumsum(lengths)
+    counts = collections.Counter(tuple(train[e - n:e].tolist()) for p, n, e in zip(part_ids, lengths, ends) if p == 1)
+    full = [counts[d] for d in _docs(mix_store.scan("hq").collect()["text"].to_list(), tok)]
+    assert set(full) <= {math.floor(hq["epochs"]), math.ceil(hq["epochs"])}
+    # The table is queryable by SQL through the store.
+    (n,) = mix_store.sql("SELECT count(*) FROM mixtures WHERE repeated AND mixture = 'rep'").column(0).to_pylist()
+    assert n == 1
+
+
+def test_same_seed_same_array_other_seed_other_array(mix_store):
+    arrays = {}
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        build_mixture(mix_store, MixtureConfig(name, {"cc": 0.7, "hq": 0.3}, 8_000, seed=seed, seq_len=SEQ_LEN))
+        arrays[name] = np.load(mix_store.artifact_dir("mixtures", name) / "train.npy")
+    assert np.array_equal(arrays["a"], arrays["b"])
+    assert arrays["a"].shape == arrays["c"].shape and not np.array_equal(arrays["a"], arrays["c"])
+
+
+def test_rebuild_is_a_no_op_and_token_cache_is_shared(mix_store):
+    cfg = MixtureConfig("m", {"cc": 0.8, "hq": 0.2}, 6_000, seq_len=SEQ_LEN)
+    build_mixture(mix_store, cfg)
+    cache = sorted((mix_store.root / "artifacts" / "tokens").rglob("*.npy"))
+    assert len(cache) == 2 * 4  # tokens + lengths for 3 cc shards and 1 hq shard
+    mtimes = [p.stat().st_mtime_ns for p in cache]
+    train_path = mix_store.artifact_dir("mixtures", "m") / "train.npy"
+    built_at = train_path.stat().st_mtime_ns
+    build_mixture(mix_store, cfg)  # same config, same corpora: nothing rebuilt
+    assert train_path.stat().st_mtime_ns == built_at
+    build_mixture(mix_store, MixtureConfig("m2", {"cc": 0.5, "hq": 0.5}, 6_000, seq_len=SEQ_LEN))
+    assert [p.stat().st_mtime_ns for p in cache] == mtimes  # the second mixture reused the token cache
+    with pytest.raises(MixtureError, match="already exists"):
+        build_mixture(mix_store, MixtureConfig("m", {"cc": 0.5, "hq": 0.5}, 6_000, seq_len=SEQ_LEN))
+    build_mixture(mix_store, MixtureConfig("m", {"cc": 0.5, "hq": 0.5}, 6_000, seq_len=SEQ_LEN), overwrite=True)
+    assert mix_store.read_result("mixtures", "m").sort("corpus")["share"].to_list() == [0.5, 0.5]
+
+
+@pytest.mark.parametrize("parts, tokens, kwargs, error, match", [
+    ({"cc": 0.5, "nope": 0.5}, 5_000, {}, UnknownCorpus, "unknown corpus 'nope'.*cc, empty, hq, val"),
+    ({"cc": 0.5, "empty": 0.5}, 5_000, {}, MixtureError, "corpus 'empty' is empty"),
+    ({"cc": 0.5, "val": 0.5}, 5_000, {}, MixtureError, "role 'test'"),
+    ({"cc": 0.6, "hq": 0.3}, 5_000, {}, MixtureError, "sum to 1.*0.9"),
+    ({"cc": 1.0, "hq": 0.0}, 5_000, {}, MixtureError, "must be > 0"),
+    ({"cc": 1.0}, 10, {}, MixtureError, "less than one sequence"),
+    # 8 news articles are ~40 KB: 2M tokens would repeat them far beyond 16 epochs whatever the tokenizer.
+    ({"hq": 1.0}, "2M", {}, MixtureError, "'hq' would be repeated at least .* --max-epochs 16"),
+    ({"cc": 0.9, "hq": 0.1}, "20k", {"max_epochs": 0.0}, MixtureError, "max_epochs must be positive"),
+])
+def test_bad_mixtures_fail_before_any_work(checked_store, parts, tokens, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        build_mixture(checked_store, MixtureConfig("bad", parts, tokens, seq_len=SEQ_LEN, **kwargs))
+    assert not (checked_store.root / "artifacts").exists()  # nothing tokenized, nothing written
+    assert checked_store.read_result("mixtures") is None
+
+
+def test_exact_epoch_limit_is_checked_after_tokenizing(mix_store):
+    # The byte bound lets 2.5 "epochs" of tokens through (a token is ~4 bytes), the exact count does not.
+    hq = mix_store.corpus("hq")
+    tokens = int((hq.n_bytes + hq.n_docs) * 0.5 * 2)  # hq's half is about one byte-bound epoch
+    with pytest.raises(MixtureError, match=r"'hq' would be repeated \d+\.\d times .* --max-epochs 2"):
+        build_mixture(mix_store, MixtureConfig("bad", {"cc": 0.5, "hq": 0.5}, tokens, seq_len=SEQ_LEN,
+                                               max_epochs=2))
+    assert not (mix_store.root / "artifacts" / "mixtures" / "bad" / "train.npy").exists()
+
+
+def test_valsets_and_open_mixture(mix_store):
+    build_mixture(mix_store, MixtureConfig("m", {"cc": 0.67, "hq": 0.33}, 10_000, seq_len=SEQ_LEN))
+    data = open_mixture(mix_store, "m", val_tokens=3_000)
+    assert list(data.val_sets) == ["val"]  # the only test-role corpus
+    val = data.val_sets["val"]
+    assert val.shape == (3_000 // (SEQ_LEN + 1), SEQ_LEN + 1) and isinstance(val, np.memmap)
+    assert data.train.shape[1] == SEQ_LEN + 1 and data.seq_len == SEQ_LEN
+    assert data.tokenizer == "cl100k_base" and data.vocab_size == 100_277 and data.train.dtype == np.uint32
+    path = mix_store.artifact_dir("valsets", f"val__cl100k_base__{SEQ_LEN}") / "val.npy"
+    assert path.exists()
+    # A rebuild with the same inputs is cached; the whole corpus when max_tokens exceeds it.
+    built_at = path.stat().st_mtime_ns
+    assert build_valset(mix_store, "val", "cl100k_base", SEQ_LEN, 3_000) == path
+    assert path.stat().st_mtime_ns == built_at
+    whole = np.load(build_valset(mix_store, "val", "cl100k_base", SEQ_LEN, "10M"))
+    n_unique = int(mix_store.read_result("valsets")["n_unique_tokens"][0])
+    assert whole.size == n_unique // (SEQ_LEN + 1) * (SEQ_LEN + 1)
+    with pytest.raises(MixtureError, match="unknown mixture 'nope'.*m"):
+        open_mixture(mix_store, "nope")
+
+
+def test_parse_count_and_parts():
+    assert [parse_count(x) for x in ("20M", "5k", "1.5B", "300", 7, "2e3")] == [20_000_000, 5_000, 1_500_000_000,
+                                                                                300, 7, 2_000]
+    for bad in ("", "M", "5x", "1.5", "-3"):
+        with pytest.raises(MixtureError, match="count|whole number"):
+            parse_count(bad)
+    assert parse_parts("cc=0.67, hq=0.33") == {"cc": 0.67, "hq": 0.33}
+    for bad, match in (("cc:0.5,hq=0.5", "malformed part 'cc:0.5'"), ("cc=0.5,cc=0.5", "twice"),
+                       ("", "empty"), ("cc=,hq=1", "malformed part 'cc='")):
+        with pytest.raises(MixtureError, match=match):
+            parse_parts(bad)
+
+
+def test_train_tokenizer_on_real_text_and_mix_with_it(store, lee_texts):
+    add_corpus(store, "cc", lee_texts[:250])
+    add_corpus(store, "held", lee_texts[250:], role="test")
+    row = train_tokenizer(store, "lee_bpe", ["cc"], vocab_size=1024)
+    assert row["n_vocab"] == 1024 and row["eot_id"] == 0
+    tok = load_tokenizer("lee_bpe", store)
+    assert tok.n_vocab == 1024 and tok.eot_id == 0 and tok.dtype == np.uint16
+    held = lee_texts[250:]
+    assert [tok.decode(ids) for ids in tok.encode_batch(held)] == held  # byte-level: lossless
+    n_tokens = sum(len(ids) for ids in tok.encode_batch(held))
+    n_bytes = sum(len(t.encode()) for t in held)
+    assert n_bytes / n_tokens > 2.5  # merges learnt on news compress unseen news (bytes alone: 1.0)
+    assert store.read_result("tokenizers", "lee_bpe")["corpora"].to_list() == ["cc"]
+    build_mixture(store, MixtureConfig("m", {"cc": 1.0}, 4_000, tokenizer="lee_bpe", seq_len=SEQ_LEN))
+    data = open_mixture(store, "m", val_tokens=2_000)
+    assert data.train.dtype == np.uint16 and data.vocab_size == 1024 and data.eot_id == 0
+    assert int(data.train.max()) < 1024 and set(data.val_sets) == {"held"}
+
+
+def test_train_tokenizer_errors(store, lee_texts):
+    add_corpus(store, "cc", lee_texts[:10])
+    store.create_corpus("empty", "natural", "train")
+    with pytest.raises(UnknownCorpus, match="unknown corpus 'wiki'"):
+        train_tokenizer(store, "t", ["cc", "wiki"], 1024)
+    with pytest.raises(StoreError, match="empty"):
+        train_tokenizer(store, "t", ["empty"], 1024)
+    with pytest.raises(StoreError, match="too small"):
+        train_tokenizer(store, "t", ["cc"], 100)

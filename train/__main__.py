@@ -1,0 +1,227 @@
+"""python -m train {mix,tokenizer,presets,run,sweep}: build mixtures, train tokenizers and models.
+
+The CLI only parses arguments, calls the library (train.data, train.tokenizer, train.loop, train.sweep)
+and prints a summary (or JSON with --json). Usage errors exit with status 2 and a one-line message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+
+EXAMPLES = {
+    "mix": "python -m train mix cc_hq --parts cc=0.67,hq=0.33 --tokens 20M --seed 0 --tokenizer demo_bpe",
+    "tokenizer": "python -m train tokenizer demo_bpe --corpora cc,wiki --vocab 8192",
+    "presets": "python -m train presets --vocab 8192 --json",
+    "run": "python -m train run --mixture cc_hq --model cpu-4m --tokens 5M --lr 3e-3",
+    "sweep": "python -m train sweep examples/sweep_cpu.toml",
+}
+
+
+def _count(text: str) -> int:
+    from train.data import MixtureError, parse_count
+
+    try:
+        return parse_count(text)
+    except MixtureError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _parts(text: str) -> dict[str, float]:
+    from train.data import MixtureError, parse_parts
+
+    try:
+        return parse_parts(text)
+    except MixtureError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give a comma-separated list of corpus names, e.g. cc,wiki")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", metavar="PATH", help="store directory (default: $SYNTHMIX_STORE, else ./store)")
+    common.add_argument("--json", action="store_true", help="print the result as JSON")
+    common.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+
+    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="examples:\n  " + "\n  ".join(EXAMPLES.values()))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], help=help, description=help,
+                              epilog=f"example:\n  {EXAMPLES[name]}",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = add("mix", "Build a mixture: a packed token stream with exact per-part token shares.")
+    p.add_argument("name", help="mixture name (letters, digits, '_', '.', '-')")
+    p.add_argument("--parts", type=_parts, required=True, metavar="C=S,...",
+                   help="corpus=share pairs summing to 1, e.g. cc=0.67,hq=0.33")
+    p.add_argument("--tokens", type=_count, required=True, help="token budget, e.g. 20M, 500k")
+    p.add_argument("--seed", type=int, default=0, help="shuffle and interleaving seed (default 0)")
+    p.add_argument("--tokenizer", default="cl100k_base",
+                   help="tiktoken encoding, Hugging Face tokenizer path, smollm2, or a store tokenizer "
+                        "(default cl100k_base)")
+    p.add_argument("--seq-len", type=int, default=512, help="tokens per training sequence (default 512)")
+    p.add_argument("--max-epochs", type=float, default=16.0,
+                   help="refuse to repeat any part more often than this (default 16)")
+    p.add_argument("--force", action="store_true", help="rebuild a mixture that exists with another config")
+
+    p = add("tokenizer", "Train a byte-level BPE tokenizer on store corpora and register it in the store.")
+    p.add_argument("name", help="tokenizer name (then usable as --tokenizer NAME)")
+    p.add_argument("--corpora", type=_names, required=True, help="comma-separated corpus names, e.g. cc,wiki")
+    p.add_argument("--vocab", type=int, default=8192, help="vocabulary size incl. <|endoftext|> (default 8192)")
+    p.add_argument("--min-frequency", type=int, default=2, help="minimum pair count for a merge (default 2)")
+
+    p = add("presets", "List the model presets with their parameter counts.")
+    p.add_argument("--vocab", type=int, default=8192,
+                   help="vocabulary size for the total parameter count (default 8192)")
+
+    p = add("run", "Train one model on a mixture; validates on every test-role corpus.")
+    p.add_argument("--mixture", required=True, help="a mixture built with `python -m train mix`")
+    p.add_argument("--model", required=True, help="model preset (see `python -m train presets`)")
+    p.add_argument("--tokens", type=_count, required=True, help="training token budget, e.g. 5M")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the trainer's)")
+    p.add_argument("--seed", type=int, default=0, help="initialisation and data-order seed (default 0)")
+    p.add_argument("--batch-size", type=int, default=None, help="sequences per optimizer step")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--val-tokens", type=_count, default=200_000,
+                   help="tokens per validation set (default 200k)")
+    p.add_argument("--val-corpora", type=_names, default=None,
+                   help="validation corpora (default: every test-role corpus)")
+
+    p = add("sweep", "Run a grid of mixtures x presets x token budgets, skipping done runs, resuming others.")
+    p.add_argument("grid", help="grid TOML file (format: train/sweep.py's docstring; example: "
+                                "examples/sweep_cpu.toml)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and their status; train nothing")
+    return parser
+
+
+def _print_table(rows: list[dict], columns: list[str]) -> None:
+    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def _json(obj) -> None:
+    print(json.dumps(obj, indent=1, default=str))
+
+
+def cmd_mix(args, store) -> int:
+    from train.data import MixtureConfig, build_mixture
+
+    cfg = MixtureConfig(name=args.name, parts=args.parts, tokens=args.tokens, seed=args.seed,
+                        tokenizer=args.tokenizer, seq_len=args.seq_len, max_epochs=args.max_epochs)
+    rows = build_mixture(store, cfg, overwrite=args.force, progress=not args.quiet).to_dicts()
+    if args.json:
+        _json(rows)
+        return 0
+    r0 = rows[0]
+    print(f"mixture {cfg.name}: {r0['n_sequences']} sequences x {r0['seq_len'] + 1} tokens = "
+          f"{r0['total_tokens']} tokens, tokenizer {r0['tokenizer']} (vocab {r0['vocab_size']}), seed {r0['seed']}")
+    _print_table(rows, ["corpus", "kind", "synthetic_type", "share", "n_tokens", "n_unique_tokens", "epochs",
+                        "warning"])
+    return 0
+
+
+def cmd_tokenizer(args, store) -> int:
+    from train.tokenizer import train_tokenizer
+
+    row = train_tokenizer(store, args.name, args.corpora, args.vocab, args.min_frequency)
+    if args.json:
+        _json(row)
+    else:
+        print(f"tokenizer {row['tokenizer']}: {row['n_vocab']} tokens (end-of-text id {row['eot_id']}), trained on "
+              f"{row['corpora']} ({row['n_docs']} docs, {row['n_bytes']} bytes) in {row['elapsed_s']:.1f}s\n"
+              f"saved to {row['path']}; use it with --tokenizer {row['tokenizer']}")
+    return 0
+
+
+def cmd_presets(args, store) -> int:
+    from train.model import PRESETS, count_preset_params
+
+    rows = []
+    for name, cfg in PRESETS.items():
+        n_params, n_params_total = count_preset_params(name, args.vocab)
+        rows.append({"preset": name, "n_params": n_params, "n_params_total": n_params_total,
+                     "vocab_size": args.vocab, **{k: v for k, v in dataclasses.asdict(cfg).items()
+                                                 if k != "vocab_size"}})
+    if args.json:
+        _json(rows)
+    else:
+        for r in rows:
+            r["n_params"], r["n_params_total"] = f"{r['n_params'] / 1e6:.2f}M", f"{r['n_params_total'] / 1e6:.2f}M"
+        print(f"parameters: non-embedding (n_params) and total at vocab {args.vocab}")
+        _print_table(rows, ["preset", "n_params", "n_params_total", "d_model", "n_layers", "n_heads", "n_kv_heads",
+                            "ffn_hidden", "tie_embeddings"])
+    return 0
+
+
+def cmd_run(args, store) -> int:
+    from train.sweep import RunSpec, execute_run
+
+    spec = RunSpec(mixture=args.mixture, model=args.model, tokens=args.tokens, lr=args.lr, seed=args.seed,
+                   options={k: v for k, v in (("batch_size", args.batch_size), ("compile", args.compile or None))
+                            if v is not None},
+                   val_tokens=args.val_tokens, val_corpora=args.val_corpora)
+    result = execute_run(store, spec, progress=not args.quiet)
+    if args.json:
+        _json(result)
+    else:
+        print(f"run {result.get('run_id')}: status {result.get('status')}, {result.get('tokens_seen')} tokens, "
+              f"final train loss {_fmt(result.get('final_train_loss'))}, {_fmt(result.get('tokens_per_s'))} tokens/s, "
+              f"{_fmt(result.get('elapsed_s'))}s")
+    return 0
+
+
+def cmd_sweep(args, store) -> int:
+    from train.sweep import load_sweep, run_sweep
+
+    sweep = load_sweep(args.grid)
+    results = run_sweep(store, sweep, dry_run=args.dry_run, progress=not args.quiet)
+    if args.json:
+        _json(results)
+    else:
+        _print_table(results, ["run_id", "action", "status", "tokens_seen", "final_train_loss", "elapsed_s", "error"])
+    return 1 if any(r.get("status") == "failed" for r in results) else 0
+
+
+COMMANDS = {"mix": cmd_mix, "tokenizer": cmd_tokenizer, "presets": cmd_presets, "run": cmd_run,
+            "sweep": cmd_sweep}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from corpora.store import Store, StoreError, resolve_store_path
+    from train.model import UnknownPreset
+
+    try:
+        store = None if args.command == "presets" else Store(resolve_store_path(args.store))
+        return COMMANDS[args.command](args, store)
+    except (StoreError, UnknownPreset) as e:  # what the user can fix; anything else is a bug: traceback
+        print(f"python -m train {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""Sweeps: a grid of mixtures x model presets x token budgets (x lr x seed), the study's protocol.
+
+`python -m train sweep GRID.toml` runs every combination that is not done yet: a run whose `runs` row
+says status 'done' is skipped, an interrupted one (status 'running' or 'failed', or a checkpoint on
+disk) resumes from its checkpoint, a new one starts. Each run's id is derived from its config (mixture
+and its content, preset, budget, lr, seed, fixed options), so rerunning a sweep, or listing the same
+run in two sweeps, never trains it twice. One failing run is recorded and the sweep goes on.
+
+Grid TOML format (see examples/sweep_cpu.toml)::
+
+    name = "cpu_demo"                # sweep name, recorded in runs.sweep (required)
+    val_tokens = "200k"              # tokens per validation set (optional, default 200k)
+    val_corpora = ["wiki"]           # validation corpora (optional, default: every test-role corpus)
+
+    [grid]                           # the cross product of these lists is the sweep
+    mixtures = ["cc_only", "cc_hq"]  # mixture names: built ones, or ones defined under [mixtures.NAME]
+    models = ["cpu-1m", "cpu-4m"]    # model presets (`python -m train presets`)
+    tokens = ["1M", "4M"]            # training token budgets: integers or strings with k/M/B suffixes
+    lr = [3e-3]                      # optional: peak learning rates (default: the trainer's)
+    seed = [0]                       # optional: seeds (default [0])
+
+    [run]                            # optional: fixed trainer options for every run (RunConfig fields,
+    batch_size = 8                   # e.g. batch_size, warmup_frac, eval_every_tokens, compile)
+
+    [mixtures.cc_hq]                 # optional: how to build a mixture the store lacks (the fields of
+    parts = { cc = 0.67, hq = 0.33 } # `python -m train mix`: parts, tokens, seed, tokenizer, seq_len,
+    tokens = "8M"                    # max_epochs); an existing mixture with another config is an error
+    tokenizer = "demo_bpe"
+    seq_len = 256
+
+Runs execute in grid order (mixtures, then models, then tokens, lr, seed), smallest budgets of a
+mixture/model first, so early results come early.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import logging
+import tomllib
+import traceback
+from pathlib import Path
+
+from corpora.store import Store, StoreError
+from train.data import (MixtureConfig, MixtureError, build_mixture, format_count, mixture_config, open_mixture,
+                        parse_count, read_mixture_meta)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VAL_TOKENS = 200_000
+_TOP_KEYS = {"name", "val_tokens", "val_corpora", "grid", "run", "mixtures"}
+_GRID_KEYS = {"mixtures", "models", "tokens", "lr", "seed"}
+_MIXTURE_KEYS = {f.name for f in dataclasses.fields(MixtureConfig)} - {"name"}
+# RunConfig fields the grid sets itself, under the RunConfig's own names; [run] may set the rest.
+# Options that change how fast a run goes but not what it computes stay out of the run id.
+_NOT_IN_RUN_ID = {"compile", "progress", "log_every", "log_every_steps", "checkpoint_every", "checkpoint_every_tokens",
+                  "num_threads", "device", "sweep", "run_id"}
+
+
+class SweepError(StoreError, ValueError):
+    """A grid file or run spec that cannot run as written; the message names the file and key."""
+
+
+@dataclasses.dataclass
+class RunSpec:
+    """One run as the CLI and the grid describe it; `run_config` turns it into the trainer's RunConfig."""
+    mixture: str
+    model: str
+    tokens: int
+    lr: float | None = None
+    seed: int = 0
+    options: dict = dataclasses.field(default_factory=dict)  # other RunConfig fields (batch_size, ...)
+    val_tokens: int = DEFAULT_VAL_TOKENS
+    val_corpora: list[str] | None = None
+    sweep: str | None = None
+
+
+@dataclasses.dataclass
+class Sweep:
+    name: str
+    runs: list[RunSpec]
+    mixtures: dict[str, MixtureConfig]  # mixtures to build when missing
+    path: str | None = None
+
+
+# ---------------------------------------------------------------------------------------- run config
+def _run_config_class():
+    from train.loop import RunConfig
+
+    return RunConfig
+
+
+def _run_fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(_run_config_class())}
+
+
+def _lr_field(fields) -> str:
+    return "lr_peak" if "lr_peak" in fields else "lr"
+
+
+def check_run_spec(store: Store, spec: RunSpec) -> None:
+    """Everything that can be checked before training: preset, budget, mixture, options."""
+    from train.model import PRESETS, UnknownPreset
+
+    if spec.model not in PRESETS:
+        raise UnknownPreset(f"unknown model preset {spec.model!r}; choose one of: {', '.join(PRESETS)}")
+    if spec.tokens <= 0:
+        raise SweepError(f"token budget must be positive, not {spec.tokens}")
+    if spec.lr is not None and not spec.lr > 0:
+        raise SweepError(f"learning rate must be positive, not {spec.lr}")
+    fields = _run_fields()
+    unknown = sorted(set(spec.options) - set(fields))
+    if unknown:
+        raise SweepError(f"unknown trainer option(s) {', '.join(unknown)}; RunConfig has: {', '.join(fields)}")
+    mixture_config(store, spec.mixture)  # raises naming the built mixtures
+
+
+def _mixture_fingerprint(store: Store, name: str) -> str:
+    meta = read_mixture_meta(store, name) or {}
+    identity = {k: meta.get(k) for k in ("config", "tokenizer_fingerprint", "content_hashes")}
+    return hashlib.blake2b(json.dumps(identity, sort_keys=True).encode(), digest_size=6).hexdigest()
+
+
+def make_run_id(store: Store, spec: RunSpec) -> str:
+    """`{mixture}.{model}.{tokens}.s{seed}.{hash}`: readable, and the hash covers everything that changes
+    the result (the mixture's config and content, lr, options) so a changed run gets a new id."""
+    key = {"mixture": spec.mixture, "mixture_fingerprint": _mixture_fingerprint(store, spec.mixture),
+           "model": spec.model, "tokens": spec.tokens, "lr": spec.lr, "seed": spec.seed,
+           "options": {k: v for k, v in sorted(spec.options.items()) if k not in _NOT_IN_RUN_ID},
+           "val_tokens": spec.val_tokens, "val_corpora": spec.val_corpora}
+    digest = hashlib.blake2b(json.dumps(key, sort_keys=True, default=str).encode(), digest_size=4).hexdigest()
+    return f"{spec.mixture}.{spec.model}.{format_count(spec.tokens)}.s{spec.seed}.{digest}"
+
+
+def run_config(store: Store, spec: RunSpec):
+    """The trainer's RunConfig for a spec (fields the spec leaves out keep RunConfig's defaults)."""
+    fields = _run_fields()
+    values = {"mixture": spec.mixture, "model": spec.model, "tokens": spec.tokens, "seed": spec.seed,
+              "run_id": make_run_id(store, spec), "sweep": spec.sweep, **spec.options}
+    if spec.lr is not None:
+        values[_lr_field(fields)] = spec.lr
+    return _run_config_class()(**{k: v for k, v in values.items() if k in fields})
+
+
+def run_status(store: Store, run_id: str) -> str | None:
+    row = store.read_result("runs", run_id)
+    return None if row is None or row.is_empty() else row["status"][-1]
+
+
+def execute_run(store: Store, spec: RunSpec, progress: bool = True) -> dict:
+    """Train one run unless it is done (then return its `runs` row); resumes from its checkpoint."""
+    from train.loop import train_run
+
+    check_run_spec(store, spec)
+    run_id = make_run_id(store, spec)
+    if run_status(store, run_id) == "done":
+        log.info("run %s is done; skipping", run_id)
+        return {**store.read_result("runs", run_id).to_dicts()[-1], "action": "skipped"}
+    action = "resumed" if run_status(store, run_id) is not None else "started"
+    data = open_mixture(store, spec.mixture, spec.val_corpora, spec.val_tokens, progress=progress)
+    cfg = run_config(store, spec)
+    log.info("run %s: %s", run_id, action)
+    result = train_run(store, cfg, data.train, data.val_sets, data.tokenizer, data.vocab_size)
+    return {**(result or {}), "run_id": run_id, "action": action}
+
+
+# ---------------------------------------------------------------------------------------- grid files
+def _as_list(value, where: str) -> list:
+    if isinstance(value, list):
+        if not value:
+            raise SweepError(f"{where} is an empty list")
+        return value
+    return [value]
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Parse and check a grid TOML file (format in the module docstring)."""
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SweepError(f"grid file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SweepError(f"{path}: not valid TOML: {e}") from None
+    return parse_sweep(doc, str(path))
+
+
+def parse_sweep(doc: dict, where: str = "<grid>") -> Sweep:
+    unknown = sorted(set(doc) - _TOP_KEYS)
+    if unknown:
+        raise SweepError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_TOP_KEYS))}")
+    name = doc.get("name")
+    if not isinstance(name, str) or not name:
+        raise SweepError(f"{where}: give the sweep a name (name = \"...\" at the top)")
+    grid = doc.get("grid")
+    if not isinstance(grid, dict):
+        raise SweepError(f"{where}: missing [grid] table with mixtures, models and tokens")
+    unknown = sorted(set(grid) - _GRID_KEYS)
+    if unknown:
+        raise SweepError(f"{where}: unknown key(s) in [grid]: {', '.join(unknown)}; "
+                         f"allowed: {', '.join(sorted(_GRID_KEYS))}")
+    for key in ("mixtures", "models", "tokens"):
+        if key not in grid:
+            raise SweepError(f"{where}: [grid] needs {key} = [...]")
+    try:
+        tokens = [parse_count(t) for t in _as_list(grid["tokens"], f"{where}: grid.tokens")]
+        val_tokens = parse_count(doc.get("val_tokens", DEFAULT_VAL_TOKENS))
+    except MixtureError as e:
+        raise SweepError(f"{where}: {e}") from None
+    mixtures = {}
+    for mname, mdef in (doc.get("mixtures") or {}).items():
+        if not isinstance(mdef, dict):
+            raise SweepError(f"{where}: [mixtures.{mname}] must be a table")
+        unknown = sorted(set(mdef) - _MIXTURE_KEYS)
+        if unknown:
+            raise SweepError(f"{where}: unknown key(s) in [mixtures.{mname}]: {', '.join(unknown)}; "
+                             f"allowed: {', '.join(sorted(_MIXTURE_KEYS))}")
+        if "parts" not in mdef or "tokens" not in mdef:
+            raise SweepError(f"{where}: [mixtures.{mname}] needs parts = {{...}} and tokens = ...")
+        try:
+            mixtures[mname] = MixtureConfig(name=mname, **mdef)
+        except MixtureError as e:
+            raise SweepError(f"{where}: [mixtures.{mname}]: {e}") from None
+    options = dict(doc.get("run") or {})
+    val_corpora = doc.get("val_corpora")
+    runs = [
+        RunSpec(mixture=m, model=p, tokens=t, lr=lr, seed=int(s), options=options, val_tokens=val_tokens,
+                val_corpora=list(val_corpora) if val_corpora is not None else None, sweep=name)
+        for m, p, t, lr, s in itertools.product(
+            _as_list(grid["mixtures"], f"{where}: grid.mixtures"), _as_list(grid["models"], f"{where}: grid.models"),
+            tokens, _as_list(grid.get("lr", [None]), f"{where}: grid.lr"),
+            _as_list(grid.get("seed", [0]), f"{where}: grid.seed"))
+    ]
+    return Sweep(name=name, runs=runs, mixtures=mixtures, path=where)
+
+
+def run_sweep(store: Store, sweep: Sweep, dry_run: bool = False, progress: bool = True) -> list[dict]:
+    """Build missing mixtures, check every run, then train the runs that are not done, in grid order."""
+    for name, cfg in sweep.mixtures.items():
+        if any(r.mixture == name for r in sweep.runs) and not dry_run:
+            build_mixture(store, cfg, progress=progress)  # a no-op when built with this config
+    for spec in sweep.runs:  # every error a user can fix shows before the first run starts
+        if dry_run and spec.mixture in sweep.mixtures and read_mixture_meta(store, spec.mixture) is None:
+            continue
+        try:
+            check_run_spec(store, spec)
+        except StoreError as e:
+            raise SweepError(f"{sweep.path}: {e}") from None
+    results = []
+    for i, spec in enumerate(sweep.runs):
+        built = read_mixture_meta(store, spec.mixture) is not None
+        run_id = make_run_id(store, spec) if built else f"{spec.mixture}.{spec.model}.{format_count(spec.tokens)}"
+        status = run_status(store, run_id) if built else None
+        log.info("sweep %s: run %d/%d %s (%s)", sweep.name, i + 1, len(sweep.runs), run_id, status or "new")
+        if dry_run:
+            results.append({"run_id": run_id, "action": "skip" if status == "done" else
+                            ("resume" if status else "start"), "status": status})
+            continue
+        try:
+            results.append(execute_run(store, spec, progress=progress))
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # record it and go on with the grid: one bad run must not stop a sweep
+            log.error("run %s failed: %s\n%s", run_id, e, traceback.format_exc())
+            results.append({"run_id": run_id, "action": "failed", "status": "failed", "error": str(e)})
+    return results
