@@ -9,7 +9,8 @@ with probability `rate`, substituted, deleted or followed by an inserted word).
 2. Speed: signatures per second, one process, on the same documents: the vectorised signatures of
    stats.dedup against the naive datasketch loop (one MinHash per document, `update` per shingle);
    medians of repeats, and the ratio. Also the full per-shard map with worker processes.
-3. Memory: peak RSS of `analyze_corpus` on the corpus at 1x and 4x size, each in its own subprocess.
+3. Memory: peak RSS of `analyze_corpus` (cold signature cache) on the corpus at 1x and 4x size, each in its
+   own subprocess, with 1 process and with worker processes.
 
     python benchmarks/dedup.py            # prints a table; JSON to benchmarks/out/dedup.json
     python benchmarks/dedup.py --quick    # fewer repeats
@@ -21,7 +22,6 @@ import argparse
 import gzip
 import json
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -152,15 +152,48 @@ def write_store(root: Path, texts: list[str], shard_size: int = 500) -> Store:
     return store
 
 
+def _vm_hwm_mib() -> float:
+    """Peak RSS of this process image (VmHWM). Not ru_maxrss: Linux carries that over fork and exec,
+    so a child would report its parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def rss_child(store_path: str, workers: int) -> None:
-    """Runs in a subprocess: analyse the corpus, print peak RSS of this process and of its workers."""
+    """Runs in a subprocess: analyse the corpus; peak RSS of this process and, sampled every 50 ms,
+    of this process plus its worker processes together."""
+    import threading
+
+    import psutil  # installed with accelerate
+
+    me = psutil.Process()
+    peak = {"total": 0, "worker": 0}
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            try:
+                kids = [c.memory_info().rss for c in me.children(recursive=True)]
+            except psutil.Error:
+                kids = []
+            peak["total"] = max(peak["total"], me.memory_info().rss + sum(kids))
+            peak["worker"] = max([peak["worker"], *kids])
+            stop.wait(0.05)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
     store = Store(store_path)
     t0 = time.perf_counter()
     report = dedup.analyze_corpus(store, "bench", DedupConfig(workers=workers), progress=False)
+    elapsed = time.perf_counter() - t0
+    stop.set()
+    thread.join()
     print(json.dumps({
-        "n_docs": report.summary["n_docs"], "elapsed_s": time.perf_counter() - t0,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "peak_rss_workers_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "n_docs": report.summary["n_docs"], "workers": workers, "elapsed_s": elapsed,
+        "peak_rss_driver_mib": _vm_hwm_mib(), "peak_rss_worker_mib": peak["worker"] / 2**20,
+        "peak_rss_total_mib": peak["total"] / 2**20,
     }))
 
 
@@ -247,9 +280,12 @@ def main(argv=None) -> int:
             big = texts + [edit(t, 0.3, rng, vocab) for _ in range(scale - 1) for t in texts]
             write_store(tmp / f"rss{scale}", big)
             del big
-            out = subprocess.run([sys.executable, __file__, "--rss-child", str(tmp / f"rss{scale}"),
-                                  "--workers", str(args.workers)], capture_output=True, text=True, check=True)
-            rss[f"{scale}x"] = json.loads(out.stdout.strip().splitlines()[-1])
+            for workers in (1, args.workers):
+                for f in (tmp / f"rss{scale}").glob("artifacts/dedup_signatures/*/*.npz"):
+                    f.unlink()  # each run hashes from scratch
+                out = subprocess.run([sys.executable, __file__, "--rss-child", str(tmp / f"rss{scale}"),
+                                      "--workers", str(workers)], capture_output=True, text=True, check=True)
+                rss[f"{scale}x_w{workers}"] = json.loads(out.stdout.strip().splitlines()[-1])
         results["rss"] = rss
 
     out_dir = REPO / "benchmarks" / "out"
@@ -273,8 +309,9 @@ def main(argv=None) -> int:
     print(f"  all {results['n_docs']} docs: {sp['ours_all_docs_per_s']:.0f} docs/s; per-shard map with "
           f"{sp['map_workers']} workers (cold, incl. start-up): {sp['map_docs_per_s']:.0f} docs/s")
     for k, r in results["rss"].items():
-        print(f"peak RSS at {k} ({r['n_docs']} docs): driver {r['peak_rss_mib']:.0f} MiB, "
-              f"workers {r['peak_rss_workers_mib']:.0f} MiB, analyze {r['elapsed_s']:.1f} s")
+        print(f"peak RSS {k} ({r['n_docs']} docs, {r['workers']} worker(s)): driver {r['peak_rss_driver_mib']:.0f} MiB, "
+              f"largest worker {r['peak_rss_worker_mib']:.0f} MiB, all processes {r['peak_rss_total_mib']:.0f} MiB; "
+              f"analyze_corpus {r['elapsed_s']:.1f} s")
     return 0
 
 

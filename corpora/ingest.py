@@ -23,17 +23,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from corpora.readers import Doc, InputError, ReaderConfig, Reject, detect_format, read_file
-from corpora.store import DOC_SCHEMA, Store, StoreError, make_documents
+from corpora.readers import FileResult, InputError, ReaderConfig, detect_format, read_to_parts, read_to_parts_job
+from corpora.store import Store
 
 log = logging.getLogger(__name__)
-
-REJECT_SCHEMA = pa.schema([("source", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
-
 
 @dataclasses.dataclass(frozen=True)
 class IngestConfig:
@@ -44,16 +40,8 @@ class IngestConfig:
     format: str | None = None  # None: from each file's name
     reader: ReaderConfig = ReaderConfig()
     workers: int = 0  # 0: one per core
-    part_bytes: int = 64 << 20  # text bytes per shard; bounds a worker's memory
-
-
-@dataclasses.dataclass
-class FileResult:
-    path: str
-    parts: list[str]
-    n_docs: int
-    n_bytes_in: int
-    rejects: pa.Table
+    part_bytes: int = 128 << 20  # text bytes per shard
+    row_group_bytes: int = 8 << 20  # text bytes a worker holds before writing them out; bounds its memory
 
 
 @dataclasses.dataclass
@@ -83,44 +71,6 @@ def fingerprint(path: Path) -> str:
     """Identity of an input file's content for resume: size and modification time."""
     st = path.stat()
     return f"{st.st_size}:{st.st_mtime_ns}"
-
-
-def read_to_parts(path: str, fmt: str | None, reader: ReaderConfig, tmp_dir: str, part_bytes: int) -> FileResult:
-    """Map: one input file -> temporary Parquet parts of documents (+ its rejects). Pure but for tmp_dir."""
-    rows: list[dict] = []
-    parts: list[str] = []
-    rejects: list[Reject] = []
-    n_docs = n_bytes = 0
-
-    def flush() -> None:
-        if rows:
-            part = Path(tmp_dir) / f"{uuid.uuid4().hex}.parquet"
-            pq.write_table(make_documents(rows), part, compression="zstd")
-            parts.append(str(part))
-            rows.clear()
-
-    for item in read_file(Path(path), fmt, reader):
-        if isinstance(item, Reject):
-            rejects.append(item)
-            continue
-        size = len(item.text.encode("utf-8"))
-        rows.append({"text": item.text, "source": item.source,
-                     "meta": json.dumps(item.meta, ensure_ascii=False, default=str) if item.meta else None})
-        n_docs += 1
-        n_bytes += size
-        if n_bytes >= part_bytes * (len(parts) + 1):
-            flush()
-    flush()
-    table = pa.table(
-        {"source": [r.source for r in rejects], "reason": [r.reason for r in rejects],
-         "detail": [r.detail for r in rejects]},
-        schema=REJECT_SCHEMA,
-    )
-    return FileResult(path, parts, n_docs, Path(path).stat().st_size, table)
-
-
-def _read_to_parts_star(args) -> FileResult:
-    return read_to_parts(*args)
 
 
 def ingest(store: Store, paths: list[str | Path], cfg: IngestConfig, progress: bool = True) -> IngestReport:
@@ -189,14 +139,18 @@ def ingest(store: Store, paths: list[str | Path], cfg: IngestConfig, progress: b
 
 def _map_files(files: list[Path], cfg: IngestConfig, tmp_dir: Path) -> Iterator[FileResult]:
     """Run the map over files, in parallel worker processes when there is more than one file."""
-    jobs = [(str(f), cfg.format, cfg.reader, str(tmp_dir), cfg.part_bytes) for f in files]
+    jobs = [(str(f), cfg.format, cfg.reader, str(tmp_dir), cfg.part_bytes, cfg.row_group_bytes) for f in files]
     workers = min(cfg.workers or os.cpu_count() or 1, len(jobs))
     if workers <= 1:
-        yield from map(_read_to_parts_star, jobs)
+        yield from (read_to_parts(*job) for job in jobs)
         return
-    # spawn: workers start clean (no inherited thread pools from polars/duckdb in the parent)
-    with mp.get_context("spawn").Pool(workers) as pool:
-        yield from pool.imap(_read_to_parts_star, jobs)
+    # forkserver preloading only the readers: workers start clean (no thread pools inherited from
+    # polars/duckdb in the parent, which fork would copy) and light (spawn would re-import __main__,
+    # and with it the whole store stack, in every worker)
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["corpora.readers"])
+    with ctx.Pool(workers) as pool:
+        yield from pool.imap(read_to_parts_job, jobs)
 
 
 def _move_in(store: Store, corpus: str, result: FileResult, seen: set[str],
@@ -208,19 +162,36 @@ def _move_in(store: Store, corpus: str, result: FileResult, seen: set[str],
     present_before = _count_docs_from(store, corpus, result.path) if resuming and seen else 0
     n_new = n_dup = 0
     for part in result.parts:
-        table = pq.read_table(part)
+        ids = pq.read_table(part, columns=["doc_id"]).column(0).to_pylist()
         keep = []
-        for doc_id in table.column("doc_id").to_pylist():
+        for doc_id in ids:
             keep.append(doc_id not in seen)
             seen.add(doc_id)
         n_kept = sum(keep)
-        n_dup += table.num_rows - n_kept
-        if n_kept:
-            store.append_shard(corpus, table if n_kept == table.num_rows else table.filter(pa.array(keep)))
+        n_dup += len(ids) - n_kept
         n_new += n_kept
+        if n_kept == len(ids):
+            store.adopt_shard(corpus, Path(part))  # the common case: moved in, not rewritten
+            continue
+        if n_kept:
+            store.adopt_shard(corpus, _filter_part(Path(part), keep))
         os.unlink(part)
     n_present = min(present_before, n_dup)
     return n_new, n_dup - n_present, n_present
+
+
+def _filter_part(part: Path, keep: list[bool]) -> Path:
+    """Rewrite a part without the dropped rows, one row group at a time (bounded memory)."""
+    out = part.with_name(part.stem + ".kept.parquet")
+    pf = pq.ParquetFile(part)
+    with pq.ParquetWriter(out, pf.schema_arrow, compression="zstd") as writer:
+        row = 0
+        for i in range(pf.num_row_groups):
+            group = pf.read_row_group(i)
+            mask = pa.array(keep[row:row + group.num_rows])
+            row += group.num_rows
+            writer.write_table(group.filter(mask))
+    return out
 
 
 def _count_docs_from(store: Store, corpus: str, path: str) -> int:

@@ -27,7 +27,6 @@ import os
 import re
 import shutil
 import time
-import unicodedata
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from corpora.documents import DOC_SCHEMA, compute_doc_id, make_documents, normalize_text  # noqa: F401 (API)
+
 log = logging.getLogger(__name__)
 
 CATALOG_FILE = "catalog.duckdb"
@@ -45,24 +46,8 @@ LOCK_FILE = ".writer.lock"
 KINDS = ("natural", "synthetic")
 ROLES = ("train", "test", "both")
 
-# One document per row. `source` says where the text came from (file:line, file#record, URL);
-# `source_doc_id`, `generator` and `prompt_id` are null for natural text.
-DOC_SCHEMA = pa.schema(
-    [
-        ("doc_id", pa.string()),
-        ("text", pa.large_string()),
-        ("n_bytes", pa.int64()),
-        ("source", pa.string()),
-        ("source_doc_id", pa.string()),
-        ("generator", pa.string()),
-        ("prompt_id", pa.string()),
-        ("meta", pa.string()),
-    ]
-)
-
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _PART_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,199}$")
-_WS_RE = re.compile(r"\s+")
 
 _CATALOG_DDL = """
 CREATE TABLE IF NOT EXISTS store_info (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -129,31 +114,6 @@ class ShardInfo:
     n_docs: int
     n_bytes: int
     content_hash: str
-
-
-def normalize_text(text: str) -> str:
-    """Text as compared for exact duplicates: NFKC, case-folded, whitespace runs collapsed."""
-    return _WS_RE.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
-
-
-def compute_doc_id(text: str) -> str:
-    """Stable, content-derived id: 16 hex digits of BLAKE2b over the normalized text."""
-    return hashlib.blake2b(normalize_text(text).encode("utf-8"), digest_size=8).hexdigest()
-
-
-def make_documents(rows: Iterable[dict]) -> pa.Table:
-    """Build a DOC_SCHEMA table from dicts with at least `text` (doc_id, n_bytes derived when absent)."""
-    cols: dict[str, list] = {f.name: [] for f in DOC_SCHEMA}
-    for row in rows:
-        text = row["text"]
-        cols["doc_id"].append(row.get("doc_id") or compute_doc_id(text))
-        cols["text"].append(text)
-        cols["n_bytes"].append(len(text.encode("utf-8")))
-        for key in ("source", "source_doc_id", "generator", "prompt_id"):
-            cols[key].append(row.get(key))
-        meta = row.get("meta")
-        cols["meta"].append(meta if meta is None or isinstance(meta, str) else json.dumps(meta))
-    return pa.table(cols, schema=DOC_SCHEMA)
 
 
 def _check_name(name: str, what: str) -> str:
@@ -421,32 +381,38 @@ class Store:
                 )
         return self.corpus(name)
 
-    def append_shard(self, corpus: str, table: pa.Table | pl.DataFrame,
-                     extra_sql: list[tuple[str, list]] | None = None) -> ShardInfo | None:
-        """Write `table` (DOC_SCHEMA columns) as the corpus's next shard and register it atomically.
-
-        `extra_sql` statements run in the same catalog transaction (e.g. marking an input file done)."""
+    def append_shard(self, corpus: str, table: pa.Table | pl.DataFrame) -> ShardInfo | None:
+        """Write `table` (DOC_SCHEMA columns) as the corpus's next shard and register it atomically."""
         if isinstance(table, pl.DataFrame):
             table = table.to_arrow()
         table = table.select(DOC_SCHEMA.names).cast(DOC_SCHEMA)
         if table.num_rows == 0:
             return None
+        staging = self.root / "shards" / corpus / f".staging-{os.getpid()}.parquet"
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, staging, compression="zstd")
+        return self.adopt_shard(corpus, staging)
+
+    def adopt_shard(self, corpus: str, path: Path) -> ShardInfo:
+        """Move a complete DOC_SCHEMA Parquet file (on the store's filesystem) in as the next shard."""
         with self.lock(wait_s=30, purpose=f"append to {corpus}"):
             self.corpus(corpus)
+            meta = pq.read_metadata(path)
+            if meta.schema.to_arrow_schema().names != DOC_SCHEMA.names:
+                raise StoreError(f"{path}: not a document shard (columns must be {', '.join(DOC_SCHEMA.names)})")
+            n_bytes = int(pc.sum(pq.read_table(path, columns=["n_bytes"])["n_bytes"]).as_py() or 0)
             with self._connect() as con:
                 (n,) = con.execute("SELECT coalesce(max(shard) + 1, 0) FROM shards WHERE corpus = ?",
                                    [corpus]).fetchone()
             rel = Path("shards") / corpus / f"{n}.parquet"
-            write_parquet_atomic(table, self.root / rel)
-            n_bytes = int(pc.sum(table["n_bytes"]).as_py() or 0)
-            info = ShardInfo(corpus, n, self.root / rel, table.num_rows, n_bytes, _file_hash(self.root / rel))
+            (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, self.root / rel)
+            info = ShardInfo(corpus, n, self.root / rel, meta.num_rows, n_bytes, _file_hash(self.root / rel))
             with self._connect(write=True) as con:
                 con.execute(
                     "INSERT INTO shards VALUES (?, ?, ?, ?, ?, ?, now())",
                     [corpus, n, str(rel), info.n_docs, info.n_bytes, info.content_hash],
                 )
-                for stmt, params in extra_sql or []:
-                    con.execute(stmt, params)
         return info
 
     def record_ingest_file(self, corpus: str, run_id: str, file: str, fingerprint: str, n_docs: int,
@@ -504,7 +470,7 @@ class Store:
         """Delete shard files of `corpus` the catalog does not list (left by a killed writer)."""
         listed = {s.path for s in self.shards(corpus)}
         n = 0
-        for p in (self.root / "shards" / corpus).glob("*"):
+        for p in (self.root / "shards" / corpus).glob("*.parquet"):
             if p.is_file() and p not in listed:
                 p.unlink()
                 n += 1

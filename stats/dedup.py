@@ -22,7 +22,7 @@ than `ngram` words is skipped as ``too_short``; both are counted and listed in r
 
 datasketch compatibility: a signature equals, value for value,
 ``datasketch.MinHash(num_perm, seed, hashfunc=int, scheme="affine32").update_batch(shingle_hashes)``:
-the permutations are taken from datasketch itself and the "affine32" formula (MurmurHash3 fmix32, then
+the permutations are datasketch's own seeded draws and the "affine32" formula (MurmurHash3 fmix32, then
 ``a * h + b mod 2**32``) is applied in numpy. `to_lean_minhash` wraps a row as a `LeanMinHash`, which is
 what `MinHashLSH` indexes. The shingle hash is our own: BLAKE2b-64 of each distinct word, combined over
 the n words of a shingle with a 64-bit multiply-and-fmix chain, top 32 bits (tests/stats/test_dedup.py
@@ -56,9 +56,6 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from datasketch import LeanMinHash, MinHash, MinHashLSH
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from tqdm.auto import tqdm
 
 from corpora.store import (
@@ -78,6 +75,10 @@ SCHEME = "affine32"
 
 STATUS_OK, STATUS_EMPTY, STATUS_TOO_SHORT = 0, 1, 2
 SKIP_REASONS = {STATUS_EMPTY: "empty", STATUS_TOO_SHORT: "too_short"}
+
+# Below this many documents to hash, auto mode (workers=0) stays in-process: a spawned worker needs ~1-2 s
+# to import numpy/polars/pyarrow/duckdb, about the time one process takes to hash this many documents.
+_MIN_DOCS_FOR_POOL = 8000
 
 # Shingles hashed per numpy block: (block, num_perm) uint32 is 16 MiB at 128 permutations, which keeps
 # a worker's peak memory flat however long a document is.
@@ -101,7 +102,7 @@ class DedupConfig:
     # at 0.95 (16 bands x 8 rows for 128 permutations) a pair at J=0.8 becomes a candidate with
     # probability 0.95, against 0.40 with datasketch's default (0.5, 0.5).
     lsh_fn_weight: float = 0.95
-    workers: int = 0  # signature worker processes; 0 = number of cores
+    workers: int = 0  # signature worker processes; 0 = auto (cores, in-process for small jobs)
     batch_docs: int = 2048  # documents hashed per numpy batch inside a shard
 
     def __post_init__(self):
@@ -126,7 +127,10 @@ class DedupConfig:
     def result_key(self) -> str:
         return f"t{self.threshold:g}_p{self.num_perm}_n{self.ngram}_s{self.seed}_w{self.lsh_fn_weight:g}"
 
-    def build_lsh(self) -> MinHashLSH:
+    def build_lsh(self):
+        """A datasketch MinHashLSH for this threshold and signature length."""
+        from datasketch import MinHashLSH  # imported here: map workers never need it (and its scipy)
+
         w = round(self.lsh_fn_weight, 6)
         return MinHashLSH(threshold=self.threshold, num_perm=self.num_perm, weights=(round(1.0 - w, 6), w))
 
@@ -156,9 +160,16 @@ def _fmix64(h: np.ndarray) -> np.ndarray:
 
 
 def build_permutations(cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
-    """datasketch's own permutation parameters (a, b), each (num_perm,) uint32, for cfg.seed."""
-    a, b = MinHash(num_perm=cfg.num_perm, seed=cfg.seed, scheme=SCHEME).permutations
-    return a.astype(_U32), b.astype(_U32)
+    """datasketch's "affine32" permutation parameters (a, b), each (num_perm,) uint32, for cfg.seed.
+
+    The same draws as `datasketch.MinHash(num_perm, seed).permutations` (datasketch 2.x
+    `MinHash._init_permutations`); written out so map workers need not import datasketch, and checked
+    against datasketch in tests/stats/test_dedup.py.
+    """
+    gen = np.random.RandomState(cfg.seed)
+    a = gen.randint(0, 1 << 31, cfg.num_perm, dtype=_U32) * _U32(2) + _U32(1)  # odd: a bijection mod 2**32
+    b = gen.randint(0, 1 << 32, cfg.num_perm, dtype=_U32)
+    return a, b
 
 
 def split_words(texts: Sequence[str | None]) -> tuple[pa.Array, np.ndarray]:
@@ -233,7 +244,10 @@ def compute_signatures(texts: Sequence[str | None], cfg: DedupConfig,
     return sig, n_shingles, status
 
 
-def to_lean_minhash(signature: np.ndarray, cfg: DedupConfig) -> LeanMinHash:
+def to_lean_minhash(signature: np.ndarray, cfg: DedupConfig):
+    """A signature row as the datasketch `LeanMinHash` that `MinHashLSH` indexes."""
+    from datasketch import LeanMinHash
+
     return LeanMinHash(seed=cfg.seed, hashvalues=signature, scheme=SCHEME)
 
 
@@ -300,9 +314,12 @@ def _save_signatures(sigs: Signatures, path: Path) -> None:
         np.savez(f, **dataclasses.asdict(sigs))
 
 
-def _load_signatures(path: Path) -> Signatures:
+def _load_signatures(path: Path, shard: int) -> Signatures:
     with np.load(path, allow_pickle=False) as z:
-        return Signatures(**{f.name: z[f.name] for f in dataclasses.fields(Signatures)})
+        sigs = Signatures(**{f.name: z[f.name] for f in dataclasses.fields(Signatures)})
+    # the cache is keyed by content, so two byte-identical shards share a file: renumber on load
+    sigs.shard = np.full(len(sigs), shard, dtype=np.int32)
+    return sigs
 
 
 def _map_shard(job: tuple[str, int], cfg: DedupConfig) -> tuple[int, Signatures]:
@@ -330,6 +347,9 @@ def build_signatures(store: Store, corpus: str, cfg: DedupConfig, progress: bool
     done: dict[int, Signatures] = {}
     if todo:
         workers = min(cfg.workers or os.cpu_count() or 1, len(todo))
+        n_todo_docs = sum(s.n_docs for s in shards if not cache[s.shard].exists())
+        if cfg.workers == 0 and n_todo_docs < _MIN_DOCS_FOR_POOL:
+            workers = 1
         bar = tqdm(total=len(todo), desc=f"minhash {corpus}", unit="shard", disable=not progress)
         if workers <= 1:
             results = (_map_shard(job, cfg) for job in todo)
@@ -348,7 +368,11 @@ def build_signatures(store: Store, corpus: str, cfg: DedupConfig, progress: bool
             if pool is not None:
                 pool.close()
                 pool.join()
-    parts = [done[s.shard] if s.shard in done else _load_signatures(cache[s.shard]) for s in shards]
+    parts = [done[s.shard] if s.shard in done else _load_signatures(cache[s.shard], s.shard) for s in shards]
+    current = set(cache.values())
+    for stale in cache_dir.glob(f"*__{cfg.signature_key}.npz"):  # shards since rewritten or removed
+        if stale not in current:
+            stale.unlink(missing_ok=True)
     log.info("signatures of %s: %d shards computed, %d from cache", corpus, len(todo), len(shards) - len(todo))
     return CorpusSignatures(corpus, info.content_hash, concat_signatures(parts, cfg),
                             n_shards_cached=len(shards) - len(todo), n_shards_computed=len(todo))
@@ -408,6 +432,9 @@ def _cat_pairs(pi, pj, pe):
 
 def build_clusters(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """Cluster label per item: connected components (union-find) of the pair graph."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     graph = coo_matrix((np.ones(len(i), dtype=np.int8), (i, j)), shape=(n, n))
     return connected_components(graph, directed=False)[1]
 
@@ -476,17 +503,20 @@ def analyze_corpus(store: Store, corpus: str, cfg: DedupConfig, progress: bool =
     uniq, first = np.unique(lab, return_index=True)  # members ascend, so `first` is the earliest
     rep_local = members[first[np.searchsorted(uniq, lab)]] if len(members) else np.zeros(0, np.int64)
     g = idx[members]
-    cluster_key = s.doc_id[idx[rep_local]] if len(members) else np.zeros(0, dtype=str)
+    # cluster_id names the representative by position ("shard:row"): doc_ids of exact copies coincide
+    rep_g = idx[rep_local]
+    cluster_key = [f"{a}:{b}" for a, b in zip(s.shard[rep_g].tolist(), s.row[rep_g].tolist())]
     est_to_rep = (np.count_nonzero(s.signatures[g] == s.signatures[idx[rep_local]], axis=1) / cfg.num_perm
                   if len(members) else np.zeros(0))
     params = _params(cfg)
     clusters = pl.DataFrame({
-        "corpus": [corpus] * len(g), "cluster_id": cluster_key.tolist(),
-        "doc_id": s.doc_id[g].tolist(), "shard": s.shard[g], "row": s.row[g],
+        "corpus": [corpus] * len(g), "cluster_id": cluster_key,
+        "representative_doc_id": s.doc_id[rep_g].tolist(), "doc_id": s.doc_id[g].tolist(), "shard": s.shard[g], "row": s.row[g],
         "cluster_size": sizes[labels[members]].astype(np.int64) if len(members) else np.zeros(0, np.int64),
         "is_representative": (members == rep_local), "jaccard_to_representative": est_to_rep,
         "n_shingles": s.n_shingles[g],
-    }, schema_overrides={"cluster_id": pl.String, "doc_id": pl.String}).with_columns(
+    }, schema_overrides={"cluster_id": pl.String, "representative_doc_id": pl.String, "doc_id": pl.String}
+    ).with_columns(
         **{k: pl.lit(v) for k, v in params.items()})
     pairs = _pairs_frame(corpus, corpus, "within", s, idx[i], s, idx[j], est, params)
     n_clusters = int((sizes >= 2).sum())

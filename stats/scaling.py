@@ -68,7 +68,7 @@ class ScalingConfig:
     ci: float = 0.95  # confidence level of the percentile intervals
     seed: int = 0
     n_starts: int = 32  # L-BFGS-B starts: the best grid points by objective (0: every grid point)
-    n_starts_boot: int = 3  # per bootstrap replicate, besides the full-data optimum
+    n_starts_boot: int = 2  # per bootstrap replicate: best grid points, besides the full-data optimum
     max_iter: int = 2000  # L-BFGS-B iterations per start
     max_exponent: float = 4.0  # upper bound on alpha, beta (lower bound 0: loss falls with scale)
     n_params_col: str = "n_params"  # runs column used as N: non-embedding `n_params` or `n_params_total`
@@ -198,10 +198,11 @@ def _check_points(kind: str, D, L, N=None) -> tuple[np.ndarray, np.ndarray, np.n
             f"({', '.join(PARAMS[kind])}); give at least {n_params} distinct "
             f"{'(N, D)' if kind == 'joint' else 'D'} values"
         )
-    if kind == "joint" and (len(np.unique(N)) < 2 or len(np.unique(D)) < 2):
+    # With two model sizes only E + A/N1^alpha and the gap to N2 are pinned: E, A, alpha need three (same for D).
+    if kind == "joint" and (len(np.unique(N)) < 3 or len(np.unique(D)) < 3):
         raise FitError(
             f"under-determined joint fit: {len(np.unique(N))} model size(s) and {len(np.unique(D))} budget(s); "
-            "a joint L(N, D) fit needs at least 2 of each (fit L(D) per model size instead)"
+            "a joint L(N, D) fit needs at least 3 of each (fit L(D) per model size instead)"
         )
     return D, L, N
 

@@ -40,14 +40,22 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
-from corpora.store import CorpusInfo, Store, StoreError, read_shard_batches, resolve_store_path
+from corpora.store import (
+    CorpusInfo,
+    Store,
+    StoreError,
+    read_shard_batches,
+    resolve_store_path,
+)
 from corpora.tokenizers import DEFAULT_TOKENIZER, Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -107,17 +115,40 @@ def reduce_counts(a: UnigramCounts, b: UnigramCounts) -> UnigramCounts:
     return UnigramCounts(a.counts + b.counts, a.n_docs + b.n_docs, a.n_bytes + b.n_bytes)
 
 
-def count_unigrams(shard_path: Path, cfg: UnigramConfig, tokenizer: Tokenizer | None = None) -> UnigramCounts:
-    """Map: token counts of one Parquet shard (reads only the shard; writes nothing)."""
+def count_unigrams(shard_path: Path, cfg: UnigramConfig, tokenizer: Tokenizer | None = None,
+                   on_batch: Callable[[int], None] | None = None) -> UnigramCounts:
+    """Map: token counts of one Parquet shard (reads only the shard; writes nothing).
+
+    `on_batch(n_bytes)` is called after each record batch (progress only)."""
     tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer, num_threads=cfg.threads)
     counts = np.zeros(tok.n_vocab, dtype=np.int64)
     n_docs = n_bytes = 0
-    for batch in read_shard_batches(shard_path, ["text", "n_bytes"], cfg.batch_size):
-        texts = batch.column(0).to_pylist()
-        tokens, _ = tok.encode_batch_flat(texts)
+
+    def add(tokens: np.ndarray, batch_docs: int, batch_bytes: int) -> None:
+        nonlocal counts, n_docs, n_bytes
         counts += np.bincount(tokens, minlength=tok.n_vocab)  # vectorised: no Python loop per token
-        n_docs += len(texts)
-        n_bytes += int(pc.sum(batch.column(1)).as_py() or 0)
+        n_docs += batch_docs
+        n_bytes += batch_bytes
+        if on_batch is not None:
+            on_batch(batch_bytes)
+
+    # Double buffering: batch k is tokenized in the background while batch k+1 is read and turned into
+    # Python strings and batch k-1 is counted, so the cores are not idle while Parquet is decoded.
+    try:
+        with ThreadPoolExecutor(1) as ahead:
+            in_flight = None
+            for batch in read_shard_batches(shard_path, ["text", "n_bytes"], cfg.batch_size):
+                texts = pc.fill_null(batch.column(0), "").to_pylist()  # a null text counts as empty
+                batch_bytes = int(pc.sum(batch.column(1)).as_py() or 0)
+                future = ahead.submit(tok.encode_batch_flat, texts)
+                if in_flight is not None:
+                    add(in_flight[0].result()[0], *in_flight[1:])
+                in_flight = (future, len(texts), batch_bytes)
+            if in_flight is not None:
+                add(in_flight[0].result()[0], *in_flight[1:])
+    except (OSError, pa.ArrowException) as e:
+        raise UnigramError(f"cannot read shard {shard_path}: {str(e).splitlines()[0]}; "
+                           "check the file or re-ingest the corpus") from None
     return UnigramCounts(counts, n_docs, n_bytes)
 
 
@@ -202,18 +233,19 @@ def build_unigram_counts(store: Store, corpus: str | CorpusInfo, cfg: UnigramCon
 
     shards = store.shards(info.name)
     cache_dir = _shard_cache_dir(store, tok)
-    parts: list[UnigramCounts | None] = [
-        None if cfg.recount else _load_shard_counts(cache_dir / f"{s.content_hash}.npz", tok.n_vocab)
-        if (cache_dir / f"{s.content_hash}.npz").exists() else None
-        for s in shards
-    ]
-    pending = [i for i, p in enumerate(parts) if p is None]
+    parts: list[UnigramCounts | None] = [None] * len(shards)
+    if not cfg.recount:
+        for i, s in enumerate(shards):
+            if (cache_dir / f"{s.content_hash}.npz").exists():
+                parts[i] = _load_shard_counts(cache_dir / f"{s.content_hash}.npz", tok.n_vocab)
+    # largest shards first, so that no worker is left with a big one at the end
+    pending = sorted((i for i, p in enumerate(parts) if p is None), key=lambda i: -shards[i].n_bytes)
     pending_bytes = sum(shards[i].n_bytes for i in pending)
     cores = os.cpu_count() or 1
     workers = cfg.workers or (cores if pending_bytes >= MIN_BYTES_FOR_WORKERS else 1)
     workers = max(1, min(workers, len(pending)))
     threads = cfg.threads or max(1, cores // workers)
-    tok_run = tok if threads == tok.num_threads else load_tokenizer(cfg.tokenizer, store, num_threads=threads)
+    tok_run = tok.with_threads(threads)
     log.info("counting %d of %d shards of %s (%.1f MB) with %d processes x %d threads",
              len(pending), len(shards), info.name, pending_bytes / 1e6, workers, threads)
 
@@ -221,22 +253,24 @@ def build_unigram_counts(store: Store, corpus: str | CorpusInfo, cfg: UnigramCon
                disable=not cfg.progress or not pending, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} MB "
                "[{elapsed}<{remaining}, {rate_fmt}]")
 
-    def done(i: int, part: UnigramCounts) -> None:
+    def done(i: int, part: UnigramCounts, shown_mb: float) -> None:
         _save_shard_counts(cache_dir / f"{shards[i].content_hash}.npz", part)  # a rerun skips this shard
         parts[i] = part
-        bar.update(shards[i].n_bytes / 1e6)
+        bar.update(shards[i].n_bytes / 1e6 - shown_mb)
 
     try:
         if workers == 1:
             for i in pending:
-                done(i, count_unigrams(shards[i].path, cfg, tok_run))
+                before_mb = bar.n
+                part = count_unigrams(shards[i].path, cfg, tok_run, lambda n_bytes: bar.update(n_bytes / 1e6))
+                done(i, part, bar.n - before_mb)
         else:
             # spawn: the parent holds Polars/DuckDB thread pools, which fork would copy mid-state
             ctx = multiprocessing.get_context("spawn")
             tasks = [(i, shards[i].path, cfg, tok_run) for i in pending]
             with ctx.Pool(workers) as pool:
                 for i, part in pool.imap_unordered(_count_shard_in_worker, tasks):
-                    done(i, part)
+                    done(i, part, 0.0)
     finally:
         bar.close()
     total = functools.reduce(reduce_counts, parts)
@@ -382,7 +416,9 @@ def compare_unigrams(test: UnigramDistribution, train: UnigramDistribution, tok:
 
 def rarefied_types(counts: np.ndarray, n_tokens: int) -> float:
     """Expected distinct types in n_tokens drawn without replacement (exact rarefaction)."""
-    from scipy.special import gammaln  # imported here: scipy.special alone costs ~0.5 s of CLI start-up
+    from scipy.special import (
+        gammaln,  # imported here: scipy.special alone costs ~0.5 s of CLI start-up
+    )
 
     c = counts[counts > 0].astype(np.float64)
     total = c.sum()
@@ -465,7 +501,7 @@ def run_unigram(store: Store, cfg: UnigramConfig) -> UnigramReport:
         raise UnigramError(f"alpha must be > 0 (got {cfg.alpha}); a zero in Q would make KL infinite")
     specs = {s: parse_mixture(s) for s in [*cfg.train, *cfg.test]}  # all spec errors before any counting
     infos = {c.name: c for c in store.corpora()}
-    for spec, parts in specs.items():
+    for parts in specs.values():
         for name, _ in parts:
             if name not in infos:
                 store.corpus(name)  # raises UnknownCorpus with the list
@@ -511,8 +547,8 @@ def format_report(report: UnigramReport) -> str:
     lines = []
     for r in report.comparisons:
         lines += [
-            f"train={r['train']}  test={r['test']}  tokenizer={r['tokenizer']}  "
-            f"alpha={r['alpha']:g} (additive smoothing of train; logs in nats)",
+            (f"train={r['train']}  test={r['test']}  tokenizer={r['tokenizer']}  "
+             f"alpha={r['alpha']:g} (additive smoothing of train; logs in nats)"),
             f"  tokens          test {r['n_tokens_test']:>12,}   train {r['n_tokens_train']:>12,}",
             f"  distinct types  test {r['n_types_test']:>12,}   train {r['n_types_train']:>12,}",
             f"  type coverage   {r['type_coverage']:.4f}    token coverage {r['token_coverage']:.4f}",
@@ -557,9 +593,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "python -m stats.unigram --train cc --train cc:0.67,hq:0.33 --test wiki",
     )
     p.add_argument("--store", help="store directory (default: $SYNTHMIX_STORE, else ./store)")
-    p.add_argument("--train", action="append", default=[], metavar="CORPUS|MIX",
-                   help="training corpus or mixture NAME:WEIGHT,... (weights sum to 1); repeat for a matrix")
-    p.add_argument("--test", action="append", default=[], metavar="CORPUS|MIX", help="test corpus; repeatable")
+    p.add_argument("--train", action="extend", nargs="+", default=[], metavar="CORPUS|MIX",
+                   help="training corpus, or mixture NAME:WEIGHT,... with weights summing to 1 (e.g. cc:0.67,hq:0.33); "
+                        "several (--train cc hq, or --train repeated) give the full matrix")
+    p.add_argument("--test", action="extend", nargs="+", default=[], metavar="CORPUS|MIX",
+                   help="test corpus or mixture; several give the full matrix")
     p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
                    help="cl100k_base (offline), a tiktoken name or .tiktoken file, smollm2, a tokenizer.json/"
                         "GGUF/directory, or a tokenizer registered in the store (default: %(default)s)")

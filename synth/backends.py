@@ -167,8 +167,13 @@ class RowSampler:
     """Logits processor that samples each row with its own seeded generator.
 
     `generate(do_sample=True)` draws all rows from one global RNG, so a prompt's output would depend
-    on its batch. Here each row draws from `torch.Generator(seed)`, and the processor returns a
-    one-hot score so that greedy decoding picks the drawn token."""
+    on its batch. Here each row draws one uniform number per step from `torch.Generator(seed)` and
+    inverts the CDF of its (temperature, top-p) distribution; the processor then returns a one-hot
+    score so that greedy decoding picks the drawn token. Top-p is applied within the `TOP_K` most
+    likely tokens (their sort is cheap, a full-vocabulary sort is not); beyond rank 1024 an instruct
+    model's nucleus holds no mass in practice."""
+
+    TOP_K = 1024
 
     def __init__(self, seeds: list[int], temperature: float, top_p: float):
         import torch
@@ -180,19 +185,20 @@ class RowSampler:
     def __call__(self, input_ids, scores):
         import torch
 
-        scores = scores.float() / self.temperature
+        logits = scores.float() / self.temperature  # (B, V)
+        u = torch.cat([torch.rand(1, generator=g) for g in self.generators]).to(logits.device)  # (B,)
         if self.top_p < 1.0:
-            sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
-            probs = torch.softmax(sorted_scores, dim=-1)
-            # drop a token when the tokens ranked above it already hold top_p of the mass
-            drop = (torch.cumsum(probs, dim=-1) - probs) > self.top_p
-            sorted_scores = sorted_scores.masked_fill(drop, float("-inf"))
-            scores = torch.full_like(scores, float("-inf")).scatter(-1, order, sorted_scores)
-        probs = torch.softmax(scores, dim=-1).cpu()
-        picked = torch.stack([torch.multinomial(probs[r], 1, generator=g)[0]
-                              for r, g in enumerate(self.generators)])
+            top, order = torch.topk(logits, min(self.TOP_K, logits.shape[-1]), dim=-1)  # (B, K) sorted
+            probs = torch.exp(top - torch.logsumexp(logits, dim=-1, keepdim=True))
+            # keep a token while the tokens ranked above it hold less than top_p of the mass
+            probs = probs.masked_fill((torch.cumsum(probs, dim=-1) - probs) >= self.top_p, 0.0)
+        else:
+            probs, order = torch.softmax(logits, dim=-1), None
+        cdf = torch.cumsum(probs, dim=-1)
+        pick = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1)).clamp_max(cdf.shape[-1] - 1)  # (B, 1)
+        token = pick if order is None else torch.gather(order, -1, pick)
         out = torch.full_like(scores, float("-inf"))
-        out[torch.arange(scores.shape[0]), picked.to(scores.device)] = 0.0
+        out.scatter_(-1, token, 0.0)
         return out
 
 

@@ -52,11 +52,8 @@ log = logging.getLogger(__name__)
 DEFAULT_VAL_TOKENS = 200_000
 _TOP_KEYS = {"name", "val_tokens", "val_corpora", "grid", "run", "mixtures"}
 _GRID_KEYS = {"mixtures", "models", "tokens", "lr", "seed"}
+_GRID_OWNED = {"run_id", "mixture", "model", "tokens", "seed", "lr_peak", "sweep"}  # RunConfig fields
 _MIXTURE_KEYS = {f.name for f in dataclasses.fields(MixtureConfig)} - {"name"}
-# RunConfig fields the grid sets itself, under the RunConfig's own names; [run] may set the rest.
-# Options that change how fast a run goes but not what it computes stay out of the run id.
-_NOT_IN_RUN_ID = {"compile", "progress", "log_every", "log_every_steps", "checkpoint_every", "checkpoint_every_tokens",
-                  "num_threads", "device", "sweep", "run_id"}
 
 
 class SweepError(StoreError, ValueError):
@@ -92,12 +89,16 @@ def _run_config_class():
     return RunConfig
 
 
+def _not_in_run_id() -> set[str]:
+    """Options that change how a run executes but not what it computes (the trainer lets a resume change
+    them): they stay out of the run id, so e.g. a run stopped early resumes under the same id."""
+    from train.loop import _RESUMABLE_CHANGES
+
+    return set(_RESUMABLE_CHANGES) | {"run_id"}
+
+
 def _run_fields() -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(_run_config_class())}
-
-
-def _lr_field(fields) -> str:
-    return "lr_peak" if "lr_peak" in fields else "lr"
 
 
 def check_run_spec(store: Store, spec: RunSpec) -> None:
@@ -114,6 +115,13 @@ def check_run_spec(store: Store, spec: RunSpec) -> None:
     unknown = sorted(set(spec.options) - set(fields))
     if unknown:
         raise SweepError(f"unknown trainer option(s) {', '.join(unknown)}; RunConfig has: {', '.join(fields)}")
+    owned = sorted(set(spec.options) & _GRID_OWNED)
+    if owned:
+        raise SweepError(f"option(s) {', '.join(owned)} are set by the grid or the command line, not by [run]")
+    try:
+        _run_config_class()(**_config_values(spec))
+    except (TypeError, ValueError) as e:
+        raise SweepError(f"bad trainer option: {e}") from None
     mixture_config(store, spec.mixture)  # raises naming the built mixtures
 
 
@@ -123,25 +131,29 @@ def _mixture_fingerprint(store: Store, name: str) -> str:
     return hashlib.blake2b(json.dumps(identity, sort_keys=True).encode(), digest_size=6).hexdigest()
 
 
+def _config_values(spec: RunSpec, progress: bool = True) -> dict:
+    values = {"mixture": spec.mixture, "model": spec.model, "tokens": spec.tokens, "seed": spec.seed,
+              "sweep": spec.sweep, "progress": progress, **spec.options}
+    if spec.lr is not None:
+        values["lr_peak"] = spec.lr
+    return values
+
+
 def make_run_id(store: Store, spec: RunSpec) -> str:
     """`{mixture}.{model}.{tokens}.s{seed}.{hash}`: readable, and the hash covers everything that changes
-    the result (the mixture's config and content, lr, options) so a changed run gets a new id."""
-    key = {"mixture": spec.mixture, "mixture_fingerprint": _mixture_fingerprint(store, spec.mixture),
-           "model": spec.model, "tokens": spec.tokens, "lr": spec.lr, "seed": spec.seed,
-           "options": {k: v for k, v in sorted(spec.options.items()) if k not in _NOT_IN_RUN_ID},
+    the result (the full trainer config with its defaults, the mixture's config and content, the
+    validation sets), so a changed run gets a new id and an unchanged one is found again."""
+    cfg = dataclasses.asdict(_run_config_class()(**_config_values(spec)))
+    key = {"config": {k: v for k, v in cfg.items() if k not in _not_in_run_id()},
+           "mixture_fingerprint": _mixture_fingerprint(store, spec.mixture),
            "val_tokens": spec.val_tokens, "val_corpora": spec.val_corpora}
     digest = hashlib.blake2b(json.dumps(key, sort_keys=True, default=str).encode(), digest_size=4).hexdigest()
     return f"{spec.mixture}.{spec.model}.{format_count(spec.tokens)}.s{spec.seed}.{digest}"
 
 
-def run_config(store: Store, spec: RunSpec):
+def run_config(store: Store, spec: RunSpec, progress: bool = True):
     """The trainer's RunConfig for a spec (fields the spec leaves out keep RunConfig's defaults)."""
-    fields = _run_fields()
-    values = {"mixture": spec.mixture, "model": spec.model, "tokens": spec.tokens, "seed": spec.seed,
-              "run_id": make_run_id(store, spec), "sweep": spec.sweep, **spec.options}
-    if spec.lr is not None:
-        values[_lr_field(fields)] = spec.lr
-    return _run_config_class()(**{k: v for k, v in values.items() if k in fields})
+    return _run_config_class()(run_id=make_run_id(store, spec), **_config_values(spec, progress))
 
 
 def run_status(store: Store, run_id: str) -> str | None:
@@ -160,7 +172,7 @@ def execute_run(store: Store, spec: RunSpec, progress: bool = True) -> dict:
         return {**store.read_result("runs", run_id).to_dicts()[-1], "action": "skipped"}
     action = "resumed" if run_status(store, run_id) is not None else "started"
     data = open_mixture(store, spec.mixture, spec.val_corpora, spec.val_tokens, progress=progress)
-    cfg = run_config(store, spec)
+    cfg = run_config(store, spec, progress)
     log.info("run %s: %s", run_id, action)
     result = train_run(store, cfg, data.train, data.val_sets, data.tokenizer, data.vocab_size)
     return {**(result or {}), "run_id": run_id, "action": action}

@@ -14,7 +14,6 @@ import pytest
 
 from corpora.demo import build_demo
 from corpora.ingest import IngestConfig, ingest
-from corpora.readers import InputError
 from corpora.store import Store, StoreError, StoreLocked, UnknownCorpus, compute_doc_id, normalize_text
 from tests.conftest import REPO
 

@@ -46,9 +46,10 @@ def test_cl100k_properties_and_decoding(cl100k, lee_texts):
 
 
 def test_tokenizer_pickles_for_worker_processes(cl100k, lee_texts):
-    clone = pickle.loads(pickle.dumps(cl100k))
-    assert clone.name == cl100k.name and clone.fingerprint == cl100k.fingerprint
+    clone = pickle.loads(pickle.dumps(cl100k.with_threads(1)))
+    assert clone.name == cl100k.name and clone.fingerprint == cl100k.fingerprint and clone.num_threads == 1
     assert clone.encode_batch(lee_texts[:5]) == cl100k.encode_batch(lee_texts[:5])
+    assert cl100k.num_threads >= 1 and cl100k.with_threads(3).encoding is cl100k.encoding
 
 
 def test_tiktoken_file_gets_an_added_eot(cl100k, tmp_path, lee_texts):

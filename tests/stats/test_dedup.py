@@ -78,6 +78,13 @@ def test_signature_equals_datasketch_minhash(long_lee):
     assert status.tolist() == [dedup.STATUS_OK] * 5
 
 
+def test_permutations_are_datasketchs():
+    for num_perm, seed in ((128, 1), (64, 7)):
+        a, b = dedup.build_permutations(DedupConfig(num_perm=num_perm, seed=seed))
+        ref = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
+        assert np.array_equal(a, ref[0]) and np.array_equal(b, ref[1])
+
+
 def test_signature_independent_of_batching(long_lee):
     whole, _, _ = dedup.compute_signatures(long_lee[:30], CFG)
     parts = [dedup.compute_signatures(long_lee[i:min(i + 7, 30)], CFG)[0] for i in range(0, 30, 7)]
@@ -228,6 +235,8 @@ def test_unknown_corpus_lists_corpora(store, long_lee):
         dedup.analyze_corpus(store, "nope", CFG, progress=False)
     with pytest.raises(UnknownCorpus, match="has: cc"):
         dedup.analyze_against(store, "cc", "nope", CFG, progress=False)
+    with pytest.raises(ValueError, match="is the corpus itself"):
+        dedup.analyze_against(store, "cc", "cc", CFG, progress=False)
 
 
 # --------------------------------------------------------------------------------------- curation

@@ -12,6 +12,7 @@ from itertools import combinations
 
 import numpy as np
 import pytest
+from conftest import REPO, add_corpus
 
 from corpora.store import Store
 from corpora.tokenizers import load_tokenizer
@@ -33,7 +34,6 @@ from stats.unigram import (
     run_unigram,
     subsampled_entropy_nats,
 )
-from conftest import REPO, add_corpus
 
 CFG = UnigramConfig(progress=False)
 
@@ -62,7 +62,7 @@ def hand_metrics(p_counts: Counter, q_counts: Counter, n_vocab: int, alpha: floa
     n_p, n_q = sum(p_counts.values()), sum(q_counts.values())
     p = {v: c / n_p for v, c in p_counts.items()}
     q = {v: c / n_q for v, c in q_counts.items()}
-    q_alpha = lambda v: (q_counts.get(v, 0) + alpha) / (n_q + alpha * n_vocab)  # noqa: E731
+    q_alpha = lambda v: (q_counts.get(v, 0) + alpha) / (n_q + alpha * n_vocab)
     m = {v: (p.get(v, 0) + q.get(v, 0)) / 2 for v in set(p) | set(q)}
     return {
         "type_coverage": sum(1 for v in p if v in q) / len(p),
@@ -209,7 +209,7 @@ def test_mixture_is_weighted_mix_of_components(store, lee_texts, tok):
     p_c = token_counter(tok, lee_texts[250:])
     c_cc, c_hq = token_counter(tok, lee_texts[:100]), token_counter(tok, [t.lower() for t in lee_texts[100:150]])
     n_p, n_cc, n_hq, V = sum(p_c.values()), sum(c_cc.values()), sum(c_hq.values()), tok.n_vocab
-    q = lambda v: (0.67 * (c_cc.get(v, 0) + 0.01) / (n_cc + 0.01 * V)  # noqa: E731
+    q = lambda v: (0.67 * (c_cc.get(v, 0) + 0.01) / (n_cc + 0.01 * V)
                    + 0.33 * (c_hq.get(v, 0) + 0.01) / (n_hq + 0.01 * V))
     wiki = build_distribution(store, "wiki", cfg, tok)
     row = compare_unigrams(wiki, mix, tok, alpha=0.01)
@@ -287,7 +287,7 @@ def test_run_unigram_matrix_is_stored_once_per_pair(store, lee_texts):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "stats.unigram", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "stats.unigram", *args], check=False, capture_output=True, text=True,
                           cwd=REPO, timeout=300)
 
 
@@ -339,6 +339,13 @@ def test_cli_on_demo_store(demo_store):
     sql = subprocess.run(
         [sys.executable, "-m", "corpora", "sql", "--store", str(demo_store.root),
          "SELECT token, count FROM unigram_counts WHERE corpus='wiki' ORDER BY count DESC LIMIT 20"],
-        capture_output=True, text=True, cwd=REPO, timeout=120)
+        check=False, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert sql.returncode == 0, sql.stderr
     assert " the" in sql.stdout and "(20 rows)" in sql.stdout
+
+
+def test_corrupt_shard_is_a_clear_error(tmp_path):
+    path = tmp_path / "0.parquet"
+    path.write_bytes(b"PAR1 this is not parquet" * 10)
+    with pytest.raises(UnigramError, match=f"cannot read shard {path}"):
+        count_unigrams(path, CFG)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -19,7 +20,10 @@ from train.tokenizer import train_tokenizer
 SEQ_LEN = 63  # rows of 64 tokens
 
 
-def _fill(store, lee_texts):
+@pytest.fixture(scope="module")
+def base_store(tmp_path_factory, lee_texts):
+    """Built once per module (creating corpora is the slow part); tests that write get a copy."""
+    store = Store(tmp_path_factory.mktemp("base") / "store", create=True)
     add_corpus(store, "cc", lee_texts[:200], shard_size=70)  # 3 shards
     add_corpus(store, "hq", lee_texts[200:208], kind="synthetic", synthetic_type="hq")
     add_corpus(store, "val", lee_texts[250:], role="test")
@@ -28,14 +32,16 @@ def _fill(store, lee_texts):
 
 
 @pytest.fixture
-def mix_store(store, lee_texts):
-    return _fill(store, lee_texts)
+def mix_store(base_store, tmp_path):
+    """A private copy of base_store: a store is a directory with relative paths, so a copy is a store."""
+    shutil.copytree(base_store.root, tmp_path / "store")
+    return Store(tmp_path / "store")
 
 
-@pytest.fixture(scope="module")
-def checked_store(tmp_path_factory, lee_texts):
-    """One store for the tests that must fail before writing anything (building stores is slow)."""
-    return _fill(Store(tmp_path_factory.mktemp("checked") / "store", create=True), lee_texts)
+@pytest.fixture
+def checked_store(base_store):
+    """For tests that must fail before writing anything (and check that nothing was written)."""
+    return base_store
 
 
 def _docs(texts, tok) -> list[tuple[int, ...]]:
