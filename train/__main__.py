@@ -185,7 +185,8 @@ def cmd_run(args, store) -> int:
     if args.json:
         _json(result)
     else:
-        print(f"run {result.get('run_id')}: status {result.get('status')}, {result.get('tokens_seen')} tokens, "
+        print(f"run {result.get('run_id')} ({result.get('action')}): status {result.get('status')}, "
+              f"{result.get('tokens_seen')} tokens, "
               f"final train loss {_fmt(result.get('final_train_loss'))}, {_fmt(result.get('tokens_per_s'))} tokens/s, "
               f"{_fmt(result.get('elapsed_s'))}s")
     return 0

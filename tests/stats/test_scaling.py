@@ -176,7 +176,7 @@ def test_ratio_monotone_curve_is_flagged_at_boundary_and_refuses_two_shares():
 
 # ------------------------------------------------------------------------------ the driver on a store
 SHARES = {"cc": 0.0, "hq20": 0.2, "hq40": 0.4, "hq70": 0.7}
-MODELS = {"tiny": (1.0e6, 0.3), "mid": (2.0e6, 0.25), "small": (4.0e6, 0.2)}  # n_params, true optimal share
+MODELS = {"tiny": (1.0e5, 0.3), "mid": (1.0e6, 0.25), "small": (1.0e7, 0.2)}  # n_params, true optimal share
 BUDGETS = [1e6, 4e6, 1.6e7, 6.4e7]
 DOMAINS = {"wiki": 1.0, "cc_val": 1.1}  # loss multiplier per validation domain
 CURVATURE = 0.5
@@ -247,13 +247,13 @@ def test_fit_sweep_writes_tables_per_domain(sweep_store, sweep_fits):
     # E of the cc/tiny L(D) fit on wiki: 2 + 300 / 1e6^0.35 (the N term is constant within one model)
     row = fits.filter((pl.col("domain") == "wiki") & (pl.col("mixture") == "cc") & (pl.col("model") == "tiny")).row(
         0, named=True)
-    assert row["E"] == pytest.approx(2.0 + 300.0 / 1e6 ** 0.35, rel=0.03)
+    assert row["E"] == pytest.approx(2.0 + 300.0 / 1e5 ** 0.35, rel=0.03)
     assert row["beta"] == pytest.approx(0.3, abs=0.03)
     assert row["n_points"] == 4  # the failed run and the other sweep's run are left out
     assert row["synthetic_share"] == 0.0
     joint = fits.filter((pl.col("domain") == "cc_val") & (pl.col("fit") == "joint") & (pl.col("mixture") == "cc"))
     assert joint["alpha"][0] == pytest.approx(0.35, abs=0.05)
-    assert joint["E"][0] == pytest.approx(2.2, rel=0.05)
+    assert joint["E"][0] == pytest.approx(2.2, rel=0.1)
     # the store's SQL sees the table
     n = sweep_store.sql("SELECT count(*) AS n FROM fits WHERE domain = 'avg'").column("n")[0].as_py()
     assert n == 16
@@ -281,8 +281,8 @@ def test_fit_sweep_optimal_ratio_and_trend(sweep_fits):
     for model, (_, r_star) in MODELS.items():
         got = opt.filter(pl.col("model") == model)["ratio_opt"].to_numpy()
         np.testing.assert_allclose(got, r_star, atol=0.03)
-    # r* falls by 0.05 per doubling of N
-    assert opt["ratio_trend_per_decade"][0] == pytest.approx(-0.1 / math.log10(4.0), abs=0.04)
+    # r* falls by 0.05 per decade of N
+    assert opt["ratio_trend_per_decade"][0] == pytest.approx(-0.05, abs=0.02)
 
 
 def test_fit_sweep_rerun_replaces_parts(sweep_store):

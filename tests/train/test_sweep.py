@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-import textwrap
+import dataclasses
+import json
+import tomllib
 
+import polars as pl
 import pytest
 
 from conftest import REPO, add_corpus
+from corpora.store import Store
+from train.__main__ import main
 from train.data import MixtureConfig, build_mixture
-from train.sweep import SweepError, load_sweep, make_run_id, parse_sweep
+from train.sweep import RunSpec, SweepError, execute_run, load_sweep, make_run_id, parse_sweep, run_sweep
+from train.tokenizer import train_tokenizer
 
 GRID = """
 name = "tiny"
@@ -41,8 +47,6 @@ def test_example_grid_parses():
 
 
 def test_grid_is_the_cross_product_in_order():
-    import tomllib
-
     sweep = parse_sweep(tomllib.loads(GRID))
     assert [(r.tokens, r.lr) for r in sweep.runs] == [(256, 1e-3), (256, 3e-3), (1000, 1e-3), (1000, 3e-3)]
     assert sweep.mixtures["m"] == MixtureConfig("m", {"cc": 0.75, "hq": 0.25}, 4000, tokenizer="lee_bpe", seq_len=31)
@@ -65,8 +69,6 @@ def test_bad_grid_files_name_the_file_and_key(tmp_path, edit, match):
 
 
 def test_run_id_is_deterministic_and_covers_the_config(store, lee_texts):
-    import tomllib
-
     add_corpus(store, "cc", lee_texts[:50])
     build_mixture(store, MixtureConfig("m", {"cc": 1.0}, 2_000, seq_len=31))
     runs = parse_sweep(tomllib.loads(GRID)).runs
@@ -76,3 +78,68 @@ def test_run_id_is_deterministic_and_covers_the_config(store, lee_texts):
     # The mixture's content is part of the id: a rebuilt mixture's runs are new runs.
     build_mixture(store, MixtureConfig("m", {"cc": 1.0}, 2_000, seq_len=31, seed=1), overwrite=True)
     assert make_run_id(store, runs[0]) != ids[0]
+
+
+# ------------------------------------------------------------------------------------ running sweeps
+# A few hundred tokens of the ~1M-parameter preset: 4 optimizer steps of 2 x 31 tokens per run.
+RUN_GRID = GRID.replace('tokens = [256, "1k"]', "tokens = [248]").replace(
+    "batch_size = 2", "batch_size = 2\nlog_every_steps = 1\neval_every_tokens = 124\nnum_threads = 1")
+
+
+@pytest.fixture(scope="module")
+def sweep_store(tmp_path_factory, lee_texts):
+    store = Store(tmp_path_factory.mktemp("sweep") / "store", create=True)
+    add_corpus(store, "cc", lee_texts[:200])
+    add_corpus(store, "hq", lee_texts[200:220], kind="synthetic", synthetic_type="hq")
+    add_corpus(store, "val", lee_texts[280:], role="test")
+    train_tokenizer(store, "lee_bpe", ["cc", "hq"], vocab_size=512)
+    return store
+
+
+def test_sweep_trains_each_run_once_then_skips_done_runs(sweep_store, tmp_path, capsys):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(RUN_GRID)
+    argv = ["sweep", str(grid), "--store", str(sweep_store.root), "--json", "-q"]
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert [r["action"] for r in first] == ["started", "started"] and all(r["status"] == "done" for r in first)
+    runs = sweep_store.read_result("runs").filter(sweep="tiny")
+    assert sorted(runs["run_id"]) == sorted(r["run_id"] for r in first)
+    assert runs["lr_peak"].sort().to_list() == [1e-3, 3e-3] and (runs["tokens_seen"] == 248).all()
+    val = sweep_store.read_result("run_metrics").filter(split="val")
+    assert set(val["domain"]) == {"val"} and val["loss"].is_finite().all()
+    assert sweep_store.read_result("mixtures", "m")["n_tokens"].to_list() == [3_000, 1_000]  # 4000 // 32 * 32
+
+    files = sorted(p for p in (sweep_store.root / "results" / "runs").glob("*.parquet"))
+    files += sorted((sweep_store.root / "artifacts" / "runs").rglob("*.pt"))
+    mtimes = [p.stat().st_mtime_ns for p in files]
+    assert main(argv) == 0  # the same sweep again: nothing to do
+    again = json.loads(capsys.readouterr().out)
+    assert [r["action"] for r in again] == ["skipped", "skipped"]
+    assert [r["run_id"] for r in again] == [r["run_id"] for r in first]
+    assert [p.stat().st_mtime_ns for p in files] == mtimes
+    assert main([*argv[:-2], "--dry-run", "--json"]) == 0
+    assert [r["action"] for r in json.loads(capsys.readouterr().out)] == ["skip", "skip"]
+
+
+def test_interrupted_run_resumes_where_it_stopped(sweep_store, tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(RUN_GRID.replace('name = "tiny"', 'name = "resume"').replace("lr = [1e-3, 3e-3]", "lr = [2e-3]"))
+    sweep = load_sweep(grid)
+    run_sweep(sweep_store, dataclasses.replace(sweep, runs=[]))  # builds the mixture only
+    (spec,) = sweep.runs
+    stopped = RunSpec(**{**spec.__dict__, "options": {**spec.options, "stop_after_steps": 2}})
+    first = execute_run(sweep_store, stopped, progress=False)  # stands for a run killed after step 2
+    assert first["status"] == "running" and first["tokens_seen"] == 124 and first["action"] == "started"
+    before = sweep_store.read_result("run_metrics", first["run_id"]).filter(split="train")
+    assert before["step"].to_list() == [1, 2]
+
+    (result,) = run_sweep(sweep_store, sweep, progress=False)
+    assert result["run_id"] == first["run_id"] and result["action"] == "resumed"
+    assert result["status"] == "done" and result["tokens_seen"] == 248
+    after = sweep_store.read_result("run_metrics", first["run_id"]).filter(split="train").sort("step")
+    assert after["step"].to_list() == [1, 2, 3, 4]
+    # Steps 1-2 are the interrupted process's rows, kept as they were (a restart would have retimed them).
+    assert after.filter(pl.col("step") <= 2).equals(before)
+    assert sweep_store.read_result("runs", first["run_id"])["sweep"].to_list() == ["resume"]
+

@@ -1,0 +1,106 @@
+"""Figures for the report: seaborn/matplotlib drawn off-screen and embedded as base64 PNG data URIs."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display; must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+sns.set_theme(style="whitegrid", context="notebook")
+
+
+def to_data_uri(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def heatmap(df: pl.DataFrame, rows: str, cols: str, value: str, title: str, fmt: str = ".3f",
+            cmap: str = "viridis") -> str:
+    """A (rows x cols) heatmap of `value`."""
+    pivot = df.select(rows, cols, value).to_pandas().pivot_table(index=rows, columns=cols, values=value)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * pivot.shape[1], 1.0 + 0.45 * pivot.shape[0]))
+    sns.heatmap(pivot, annot=True, fmt=fmt, cmap=cmap, ax=ax, cbar_kws={"label": value})
+    ax.set_title(title)
+    ax.set_xlabel(cols)
+    ax.set_ylabel(rows)
+    return to_data_uri(fig)
+
+
+def bars(df: pl.DataFrame, x: str, y: str, title: str, hue: str | None = None, ylabel: str | None = None,
+         ref: float | None = None, ref_label: str | None = None) -> str:
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * df.height + 2), 3.4))
+    sns.barplot(data=df.to_pandas(), x=x, y=y, hue=hue, ax=ax)
+    if ref is not None:
+        ax.axhline(ref, color="k", lw=1, ls="--", label=ref_label)
+        ax.legend()
+    ax.set_title(title)
+    ax.set_ylabel(ylabel or y)
+    ax.tick_params(axis="x", rotation=30)
+    return to_data_uri(fig)
+
+
+def curves(df: pl.DataFrame, x: str, y: str, hue: str, title: str, col: str | None = None,
+           logx: bool = False, xlabel: str | None = None, ylabel: str | None = None) -> str:
+    """Line plots of y against x, one line per `hue`, one panel per `col`."""
+    panels = sorted(df[col].unique().to_list()) if col else [None]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 1, 3.6), squeeze=False, sharey=True)
+    for ax, panel in zip(axes[0], panels):
+        sub = df if panel is None else df.filter(pl.col(col) == panel)
+        sns.lineplot(data=sub.sort(x).to_pandas(), x=x, y=y, hue=hue, ax=ax, marker="o", markersize=3)
+        ax.set_title(f"{col} = {panel}" if panel is not None else title)
+        ax.set_xlabel(xlabel or x)
+        ax.set_ylabel(ylabel or y)
+        if logx:
+            ax.set_xscale("log")
+        if ax.get_legend() is not None and panel != panels[-1]:
+            ax.get_legend().remove()
+    if col:
+        fig.suptitle(title, y=1.03)
+    return to_data_uri(fig)
+
+
+def scaling_fits(points: pl.DataFrame, fits: list[dict], title: str) -> str:
+    """Measured final losses against tokens (dots) with each group's fitted L(D) = E + B / D^beta (lines)."""
+    groups = sorted(points["group"].unique().to_list())
+    palette = dict(zip(groups, sns.color_palette("tab10", len(groups))))
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for g in groups:
+        sub = points.filter(pl.col("group") == g)
+        ax.scatter(sub["tokens"], sub["loss"], color=palette[g], s=18, label=g)
+    for f in fits:
+        if f["group"] not in palette:
+            continue
+        d = np.geomspace(f["d_min"], f["d_max"] * 4, 60)
+        ax.plot(d, f["E"] + f["B"] / d ** f["beta"], color=palette[f["group"]], lw=1.2)
+        ax.axhline(f["E"], color=palette[f["group"]], lw=0.6, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("training tokens D")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return to_data_uri(fig)
+
+
+def ratio_curve(df: pl.DataFrame, x: str, y: str, hue: str, title: str, lo: str | None = None,
+                hi: str | None = None) -> str:
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    for i, (key, sub) in enumerate(df.sort(x).group_by(hue, maintain_order=True)):
+        color = sns.color_palette("tab10")[i % 10]
+        label = key[0] if isinstance(key, tuple) else key
+        ax.plot(sub[x], sub[y], marker="o", color=color, label=str(label))
+        if lo and hi:
+            ax.fill_between(sub[x].to_numpy(), sub[lo].to_numpy(), sub[hi].to_numpy(), color=color, alpha=0.15)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return to_data_uri(fig)
