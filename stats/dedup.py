@@ -742,7 +742,8 @@ def _add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=DedupConfig.seed, help="MinHash permutation seed (default 1)")
     p.add_argument("--lsh-fn-weight", type=float, default=DedupConfig.lsh_fn_weight,
                    help="weight of missed pairs vs extra candidates when datasketch picks LSH bands (default 0.95)")
-    p.add_argument("--workers", type=int, default=0, help="signature worker processes (default: cores)")
+    p.add_argument("--workers", type=int, default=0, help="signature worker processes (default 0: one per core, "
+                        "or in-process when fewer than 8000 documents need hashing)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 

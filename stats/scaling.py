@@ -138,25 +138,35 @@ def _design(kind: str, D: np.ndarray, N: np.ndarray | None) -> np.ndarray:
     return np.stack(cols + [np.log(D)], axis=1)
 
 
+def _terms(theta: np.ndarray, logx: np.ndarray) -> np.ndarray:
+    """(n, m + 1) LSE terms: [c_k - exponent_k * log x_k for each scale k, e]."""
+    m = logx.shape[1]
+    terms = np.empty((len(logx), m + 1))
+    terms[:, :m] = theta[0:2 * m:2] - theta[1:2 * m:2] * logx
+    terms[:, m] = theta[-1]
+    return terms
+
+
 def _objective(theta: np.ndarray, logx: np.ndarray, logL: np.ndarray, delta: float):
     """Mean Huber(delta) of log-loss residuals divided by delta, and its gradient.
 
     Dividing by delta keeps the objective O(1) so that L-BFGS-B's relative stopping tests work; with the
     raw Huber values (~1e-7) it stops at the first step."""
     m = logx.shape[1]
-    # terms: (n, m + 1) = [c_k - exponent_k * log x_k ..., e]
-    terms = np.concatenate([theta[0:2 * m:2] - theta[1:2 * m:2] * logx, np.full((len(logx), 1), theta[-1])],
-                           axis=1)
-    lse = _lse(terms, axis=1)
-    r = lse - logL
+    terms = _terms(theta, logx)
+    top = terms.max(axis=1)
+    ex = np.exp(terms - top[:, None])
+    total = ex.sum(axis=1)
+    r = np.log(total) + top - logL  # log L_hat - log L
     n = len(r)
     f = huber(delta, r).sum() / (n * delta)
-    w = np.exp(terms - lse[:, None])  # softmax weights = d lse / d term
+    w = ex / total[:, None]  # softmax weights = d LSE / d term
     psi = np.clip(r, -delta, delta) / (n * delta)  # d huber / d r, scaled as f
+    pw = psi[:, None] * w  # (n, m + 1)
     grad = np.empty_like(theta)
-    grad[0:2 * m:2] = psi @ w[:, :m]
-    grad[1:2 * m:2] = -(psi[:, None] * w[:, :m] * logx).sum(axis=0)
-    grad[-1] = psi @ w[:, m]
+    grad[0:2 * m:2] = pw[:, :m].sum(axis=0)
+    grad[1:2 * m:2] = -(pw[:, :m] * logx).sum(axis=0)
+    grad[-1] = pw[:, m].sum()
     return f, grad
 
 
@@ -280,10 +290,7 @@ def _fit_one(kind: str, D, L, N, cfg: ScalingConfig, extra_starts: np.ndarray | 
 
 
 def _objective_residuals(theta, logx, logL) -> np.ndarray:
-    m = logx.shape[1]
-    terms = np.concatenate([theta[0:2 * m:2] - theta[1:2 * m:2] * logx, np.full((len(logx), 1), theta[-1])],
-                           axis=1)
-    return _lse(terms, axis=1) - logL
+    return _lse(_terms(theta, logx), axis=1) - logL
 
 
 def fit_data_scaling(D, L, cfg: ScalingConfig | None = None) -> FitResult:
@@ -456,10 +463,6 @@ def _part_name(*keys: str) -> str:
     return "__".join(re.sub(r"[^A-Za-z0-9_.=-]", "-", k) for k in keys)
 
 
-def _sql_view_missing(store, table: str) -> bool:
-    return not store.result_parts(table)
-
-
 def read_mixture_composition(store) -> pl.DataFrame:
     """Per mixture: synthetic_share (share of 'synthetic' parts over all parts) and synthetic_type ('+'-joined)."""
     mix = store.read_result("mixtures")
@@ -487,7 +490,7 @@ def read_sweep_points(store, sweep: str, cfg: ScalingConfig) -> pl.DataFrame:
     domains, for runs that have every domain of the sweep."""
     from corpora.store import StoreError
 
-    if _sql_view_missing(store, "runs") or _sql_view_missing(store, "run_metrics"):
+    if not store.result_parts("runs") or not store.result_parts("run_metrics"):
         raise StoreError(f"the store {store.root} has no `runs`/`run_metrics` tables yet; "
                          "train a sweep first (python -m train ...)")
     runs = store.read_result("runs")
@@ -759,7 +762,8 @@ def read_points_csv(path: Path, d_col: str, loss_col: str, n_col: str | None, gr
             raise ValueError(f"{path}:{bad[0] + 2}: column {c!r} must be a positive number, "
                              f"got {df[c][int(bad[0])]!r}; fix or drop that row")
         df = df.with_columns(values.alias(c))
-    return df.with_row_index("run_id")
+    # each row is one run unless the file says otherwise: the bootstrap resamples runs
+    return df if "run_id" in df.columns else df.with_row_index("run_id")
 
 
 def build_parser() -> argparse.ArgumentParser:

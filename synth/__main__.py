@@ -53,6 +53,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--timeout-s", type=float, default=d.timeout_s, help="openai backend: per request")
     p.add_argument("--tensor-parallel-size", type=int, default=d.tensor_parallel_size, help="vllm backend")
     p.add_argument("--device", default=d.device, help="transformers backend: cpu, cuda or auto")
+    p.add_argument("--num-threads", type=int, default=d.num_threads,
+                   help="transformers backend: torch threads (0: all cores; 1 helps on a busy machine)")
     p.add_argument("--cache-dir", default=d.cache_dir, help="where converted GGUF models are kept")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
@@ -79,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--num-threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--json", action="store_true", help="print the address as JSON once serving")
     p.add_argument("--store", help="accepted for symmetry; serving does not use the store")
@@ -139,7 +142,8 @@ def _serve(args) -> int:
     from synth.serve import build_server
 
     backend = TransformersBackend(args.generator or default_generator(), batch_size=args.batch_size,
-                                  device=args.device, cache_dir=args.cache_dir or default_cache_dir())
+                                  device=args.device, cache_dir=args.cache_dir or default_cache_dir(),
+                                  num_threads=args.num_threads)
     server = build_server(backend, args.host, args.port, batch_size=args.batch_size)
     host, port = server.server_address[:2]
     info = {"base_url": f"http://{host}:{port}/v1", "generator": backend.generator}

@@ -70,6 +70,7 @@ class GenerateConfig:
     timeout_s: float = 120.0  # openai backend: per request
     tensor_parallel_size: int = 1  # vllm backend
     device: str = "cpu"  # transformers backend: cpu, cuda, auto
+    num_threads: int = 0  # transformers backend: torch intra-op threads (0: torch's default, the cores)
     cache_dir: str | None = dataclasses.field(default_factory=lambda: str(default_cache_dir()))
     progress: bool = True
 
@@ -237,7 +238,7 @@ def generate(store: Store, cfg: GenerateConfig, backend: Backend | None = None) 
     docs = read_source(store, cfg)
     if backend is None:
         backend = build_backend(cfg.backend, cfg.generator, batch_size=cfg.batch_size, device=cfg.device,
-                                cache_dir=cfg.cache_dir, base_url=cfg.base_url,
+                                cache_dir=cfg.cache_dir, num_threads=cfg.num_threads, base_url=cfg.base_url,
                                 api_key=os.environ.get(cfg.api_key_env), concurrency=cfg.concurrency,
                                 timeout_s=cfg.timeout_s, max_retries=cfg.max_retries,
                                 tensor_parallel_size=cfg.tensor_parallel_size, seed=cfg.seed)

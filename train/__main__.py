@@ -90,20 +90,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixture", required=True, help="a mixture built with `python -m train mix`")
     p.add_argument("--model", required=True, help="model preset (see `python -m train presets`)")
     p.add_argument("--tokens", type=_count, required=True, help="training token budget, e.g. 5M")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the trainer's)")
+    p.add_argument("--lr", "--lr-peak", dest="lr", type=float, default=None,
+                   help="peak learning rate (default: the trainer's)")
     p.add_argument("--seed", type=int, default=0, help="initialisation and data-order seed (default 0)")
-    p.add_argument("--batch-size", type=int, default=None, help="sequences per optimizer step")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--val-tokens", type=_count, default=200_000,
                    help="tokens per validation set (default 200k)")
     p.add_argument("--val-corpora", type=_names, default=None,
                    help="validation corpora (default: every test-role corpus)")
+    _add_run_options(p.add_argument_group("trainer options (train.loop.RunConfig fields)"))
 
     p = add("sweep", "Run a grid of mixtures x presets x token budgets, skipping done runs, resuming others.")
     p.add_argument("grid", help="grid TOML file (format: train/sweep.py's docstring; example: "
                                 "examples/sweep_cpu.toml)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their status; train nothing")
     return parser
+
+
+# RunConfig fields the run command sets itself (or that -q and the mixture decide).
+_RUN_OWNED = {"run_id", "mixture", "model", "tokens", "seed", "lr_peak", "sweep", "progress", "seq_len"}
+
+
+def _add_run_options(group) -> None:
+    """One flag per remaining RunConfig field (--batch-size, --schedule, --compile, ...); only flags
+    given on the command line reach the config, the rest keep RunConfig's defaults."""
+    from train.loop import RunConfig
+
+    for f in dataclasses.fields(RunConfig):
+        if f.name in _RUN_OWNED:
+            continue
+        flag, kind = "--" + f.name.replace("_", "-"), str(f.type)
+        help = f"default: {f.default}"
+        if kind == "bool":
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help)
+        else:
+            cast = int if kind.startswith("int") else float if kind.startswith("float") else str
+            group.add_argument(flag, type=_count if cast is int else cast, default=argparse.SUPPRESS,
+                               metavar=f.name.upper(), help=help)
+
+
+def _run_options(args) -> dict:
+    from train.loop import RunConfig
+
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)
+            if f.name not in _RUN_OWNED and hasattr(args, f.name)}
 
 
 def _print_table(rows: list[dict], columns: list[str]) -> None:
@@ -178,9 +207,7 @@ def cmd_run(args, store) -> int:
     from train.sweep import RunSpec, execute_run
 
     spec = RunSpec(mixture=args.mixture, model=args.model, tokens=args.tokens, lr=args.lr, seed=args.seed,
-                   options={k: v for k, v in (("batch_size", args.batch_size), ("compile", args.compile or None))
-                            if v is not None},
-                   val_tokens=args.val_tokens, val_corpora=args.val_corpora)
+                   options=_run_options(args), val_tokens=args.val_tokens, val_corpora=args.val_corpora)
     result = execute_run(store, spec, progress=not args.quiet)
     if args.json:
         _json(result)

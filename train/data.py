@@ -168,6 +168,9 @@ def check_mixture_config(store: Store, cfg: MixtureConfig) -> list[PartPlan]:
             raise MixtureError(f"corpus {corpus!r} has role {info.role!r} (held out for validation); "
                                "only train/both corpora can be mixture parts")
         infos.append(info)
+    from corpora.tokenizers import load_tokenizer
+
+    load_tokenizer(cfg.tokenizer, store)  # UnknownTokenizer says what names work; loads are cached
     total = (cfg.tokens // row) * row
     shares = [s / total_share for s in cfg.parts.values()]
     plans = [PartPlan(info, share, n) for info, share, n in zip(infos, shares, allocate_tokens(shares, total))]

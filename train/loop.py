@@ -452,23 +452,27 @@ def train_run(store: Store, cfg: RunConfig, train_tokens: np.ndarray, val_sets: 
 # --------------------------------------------------------------------------------- torchrun workers
 def build_parser() -> argparse.ArgumentParser:
     """Flags map 1:1 to RunConfig fields (--lr-peak, --batch-size, ...), plus where the data is."""
+    from train.data import parse_count   # "5M", "200k"
+
     p = argparse.ArgumentParser(prog="python -m train.loop", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--store", default=None, help="store path (default: $SYNTHMIX_STORE, else ./store)")
-    p.add_argument("--val-tokens", type=int, default=200_000, help="tokens per validation set to build")
+    p.add_argument("--val-tokens", type=parse_count, default=200_000, help="tokens per validation set to build")
     p.add_argument("--val-corpora", default=None, help="comma-separated validation corpora (default: test-role)")
     p.add_argument("--json", action="store_true", help="print the run's summary as JSON (rank 0)")
     for f in dataclasses.fields(RunConfig):
         flag = "--" + f.name.replace("_", "-")
         kind = str(f.type)
+        help_text = f"RunConfig.{f.name} (default: {f.default})"
         if f.type in (bool, "bool"):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
         elif "int" in kind:
-            p.add_argument(flag, type=int, default=f.default)
+            p.add_argument(flag, type=parse_count if "tokens" in f.name else int, default=f.default, help=help_text)
         elif "float" in kind:
-            p.add_argument(flag, type=float, default=f.default)
+            p.add_argument(flag, type=float, default=f.default, help=help_text)
         else:
-            p.add_argument(flag, default=f.default)
+            p.add_argument(flag, default=f.default, help=help_text)
+    p.set_defaults(progress=True)
     return p
 
 

@@ -44,8 +44,8 @@ import traceback
 from pathlib import Path
 
 from corpora.store import Store, StoreError
-from train.data import (MixtureConfig, MixtureError, build_mixture, format_count, mixture_config, open_mixture,
-                        parse_count, read_mixture_meta)
+from train.data import (MixtureConfig, MixtureError, build_mixture, check_mixture_config, format_count,
+                        mixture_config, open_mixture, parse_count, read_mixture_meta)
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,9 @@ def _run_fields() -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(_run_config_class())}
 
 
-def check_run_spec(store: Store, spec: RunSpec) -> None:
-    """Everything that can be checked before training: preset, budget, mixture, options."""
+def check_run_spec(store: Store, spec: RunSpec, check_mixture: bool = True) -> None:
+    """Everything that can be checked before training: preset, budget, options, and that the mixture
+    exists (unless `check_mixture` is False: a sweep that will build it checks its config instead)."""
     from train.model import PRESETS, UnknownPreset
 
     if spec.model not in PRESETS:
@@ -122,7 +123,8 @@ def check_run_spec(store: Store, spec: RunSpec) -> None:
         _run_config_class()(**_config_values(spec))
     except (TypeError, ValueError) as e:
         raise SweepError(f"bad trainer option: {e}") from None
-    mixture_config(store, spec.mixture)  # raises naming the built mixtures
+    if check_mixture:
+        mixture_config(store, spec.mixture)  # raises naming the built mixtures
 
 
 def _mixture_fingerprint(store: Store, name: str) -> str:
@@ -161,6 +163,12 @@ def run_status(store: Store, run_id: str) -> str | None:
     return None if row is None or row.is_empty() else row["status"][-1]
 
 
+def _has_checkpoint(store: Store, run_id: str) -> bool:
+    from train.loop import checkpoint_path
+
+    return checkpoint_path(store, run_id).exists()
+
+
 def execute_run(store: Store, spec: RunSpec, progress: bool = True) -> dict:
     """Train one run unless it is done (then return its `runs` row); resumes from its checkpoint."""
     from train.loop import train_run
@@ -170,7 +178,7 @@ def execute_run(store: Store, spec: RunSpec, progress: bool = True) -> dict:
     if run_status(store, run_id) == "done":
         log.info("run %s is done; skipping", run_id)
         return {**store.read_result("runs", run_id).to_dicts()[-1], "action": "skipped"}
-    action = "resumed" if run_status(store, run_id) is not None else "started"
+    action = "resumed" if _has_checkpoint(store, run_id) else "started"
     data = open_mixture(store, spec.mixture, spec.val_corpora, spec.val_tokens, progress=progress)
     cfg = run_config(store, spec, progress)
     log.info("run %s: %s", run_id, action)
@@ -250,16 +258,25 @@ def parse_sweep(doc: dict, where: str = "<grid>") -> Sweep:
 
 def run_sweep(store: Store, sweep: Sweep, dry_run: bool = False, progress: bool = True) -> list[dict]:
     """Build missing mixtures, check every run, then train the runs that are not done, in grid order."""
-    for name, cfg in sweep.mixtures.items():
-        if any(r.mixture == name for r in sweep.runs) and not dry_run:
+    from train.model import UnknownPreset
+
+    needed = {name: cfg for name, cfg in sweep.mixtures.items() if any(r.mixture == name for r in sweep.runs)}
+    try:  # every error a user can fix shows before the first mixture is built or run started
+        for cfg in needed.values():
+            check_mixture_config(store, cfg)
+            meta = read_mixture_meta(store, cfg.name)
+            if meta is not None and meta["config"] != json.loads(json.dumps(dataclasses.asdict(cfg))):
+                raise SweepError(f"mixture {cfg.name!r} exists with another config than [mixtures.{cfg.name}]; "
+                                 "rename it in the grid, or rebuild it with `python -m train mix ... --force`")
+        for spec in sweep.runs:
+            check_run_spec(store, spec, check_mixture=spec.mixture not in needed)
+    except (StoreError, UnknownPreset) as e:
+        raise SweepError(f"{sweep.path}: {e}") from None
+    if not dry_run:
+        for cfg in needed.values():
             build_mixture(store, cfg, progress=progress)  # a no-op when built with this config
-    for spec in sweep.runs:  # every error a user can fix shows before the first run starts
-        if dry_run and spec.mixture in sweep.mixtures and read_mixture_meta(store, spec.mixture) is None:
-            continue
-        try:
+        for spec in sweep.runs:
             check_run_spec(store, spec)
-        except StoreError as e:
-            raise SweepError(f"{sweep.path}: {e}") from None
     results = []
     for i, spec in enumerate(sweep.runs):
         built = read_mixture_meta(store, spec.mixture) is not None
@@ -267,8 +284,8 @@ def run_sweep(store: Store, sweep: Sweep, dry_run: bool = False, progress: bool 
         status = run_status(store, run_id) if built else None
         log.info("sweep %s: run %d/%d %s (%s)", sweep.name, i + 1, len(sweep.runs), run_id, status or "new")
         if dry_run:
-            results.append({"run_id": run_id, "action": "skip" if status == "done" else
-                            ("resume" if status else "start"), "status": status})
+            results.append({"run_id": run_id, "status": status, "action": "skip" if status == "done" else
+                            ("resume" if built and _has_checkpoint(store, run_id) else "start")})
             continue
         try:
             results.append(execute_run(store, spec, progress=progress))

@@ -217,10 +217,10 @@ def sweep_store(tmp_path_factory) -> Store:
                     ]
                 metrics.append({"run_id": run_id, "step": 20, "split": "train", "domain": None, "loss": 0.1})
     # a failed run with an absurd loss, and a run of another sweep: both must be ignored
-    runs += [{"run_id": "bad", "sweep": "s1", "mixture": "cc", "model": "tiny", "n_params": int(1e6),
-              "n_params_total": int(1.5e6), "tokens": int(1e6), "status": "failed", "tokens_seen": 10},
-             {"run_id": "other", "sweep": "s0", "mixture": "cc", "model": "tiny", "n_params": int(1e6),
-              "n_params_total": int(1.5e6), "tokens": int(1e6), "status": "done", "tokens_seen": int(1e6)}]
+    runs += [{"run_id": "bad", "sweep": "s1", "mixture": "cc", "model": "tiny", "n_params": int(1e5),
+              "n_params_total": int(1.5e5), "tokens": int(1e6), "status": "failed", "tokens_seen": 10},
+             {"run_id": "other", "sweep": "s0", "mixture": "cc", "model": "tiny", "n_params": int(1e5),
+              "n_params_total": int(1.5e5), "tokens": int(1e6), "status": "done", "tokens_seen": int(1e6)}]
     metrics += [{"run_id": rid, "step": 30, "split": "val", "domain": "wiki", "loss": 0.01} for rid in ("bad", "other")]
     for mixture in SHARES:
         store.put_result("mixtures", mixture, pl.DataFrame([m for m in mixtures if m["mixture"] == mixture]))

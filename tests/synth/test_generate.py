@@ -67,7 +67,7 @@ def test_qa_and_txbk(cc_store, smollm2):
     assert qa["n_docs_written"] == 2 and cc_store.corpus("qa").synthetic_type == "qa"
     assert {d["prompt_id"] for d in _docs(cc_store, "qa")} == {load_prompt("qa").prompt_id}
 
-    cfg = GenerateConfig(type="txbk", source="cc", n_topics=2, **TINY)
+    cfg = GenerateConfig(type="txbk", source="cc", n_topics=2, max_chunk_tokens=64, **TINY)
     txbk = generate(cc_store, cfg, backend=smollm2)
     assert txbk["status"] == "done" and txbk["n_docs_written"] == 6
     topics = cc_store.read_result("synth_topics", "txbk")
@@ -80,12 +80,10 @@ def test_qa_and_txbk(cc_store, smollm2):
 
 
 def test_same_seed_same_output_and_batch_independent(smollm2, short_lee_texts):
-    prompts = [load_prompt("hq").render(text=t[:300]) for t in short_lee_texts[:3]]
+    prompts = [load_prompt("hq").render(text=t[:200]) for t in short_lee_texts[:3]]
     params = SamplingParams(max_new_tokens=10, temperature=1.0, top_p=0.95)
     a = smollm2.generate(prompts, params, seeds=[1, 2, 3])
-    b = smollm2.generate(prompts, params, seeds=[1, 2, 3])
-    assert [r.text for r in a] == [r.text for r in b]
-    # a prompt's output depends on its own seed, not on the prompts sharing its batch
+    # same seed, same output, even when the prompt's batch differs: it depends on its own seed only
     alone = smollm2.generate(prompts[1:2], params, seeds=[2])
     assert alone[0].text == a[1].text
     other = smollm2.generate(prompts, params, seeds=[7, 8, 9])

@@ -81,8 +81,8 @@ def test_run_id_is_deterministic_and_covers_the_config(store, lee_texts):
 
 
 # ------------------------------------------------------------------------------------ running sweeps
-# A few hundred tokens of the ~1M-parameter preset: 4 optimizer steps of 2 x 31 tokens per run.
-RUN_GRID = GRID.replace('tokens = [256, "1k"]', "tokens = [248]").replace(
+# A few hundred tokens of the smallest preset: 4 optimizer steps of 2 x 31 tokens per run.
+RUN_GRID = GRID.replace('tokens = [256, "1k"]', "tokens = [248]").replace('"cpu-1m"', '"debugmodel"').replace(
     "batch_size = 2", "batch_size = 2\nlog_every_steps = 1\neval_every_tokens = 124\nnum_threads = 1")
 
 
@@ -134,6 +134,7 @@ def test_interrupted_run_resumes_where_it_stopped(sweep_store, tmp_path):
     before = sweep_store.read_result("run_metrics", first["run_id"]).filter(split="train")
     assert before["step"].to_list() == [1, 2]
 
+    assert [r["action"] for r in run_sweep(sweep_store, sweep, dry_run=True)] == ["resume"]
     (result,) = run_sweep(sweep_store, sweep, progress=False)
     assert result["run_id"] == first["run_id"] and result["action"] == "resumed"
     assert result["status"] == "done" and result["tokens_seen"] == 248
@@ -143,3 +144,20 @@ def test_interrupted_run_resumes_where_it_stopped(sweep_store, tmp_path):
     assert after.filter(pl.col("step") <= 2).equals(before)
     assert sweep_store.read_result("runs", first["run_id"])["sweep"].to_list() == ["resume"]
 
+
+
+def test_sweep_checks_every_mixture_and_run_before_building_anything(sweep_store, tmp_path):
+    grid = tmp_path / "grid.toml"
+    bad_second = RUN_GRID.replace('mixtures = ["m"]', 'mixtures = ["m_ok", "m_bad"]').replace("[mixtures.m]", (
+        '[mixtures.m_ok]\nparts = { cc = 1.0 }\ntokens = "2k"\ntokenizer = "lee_bpe"\nseq_len = 31\n\n'
+        "[mixtures.m_bad]"))
+    grid.write_text(bad_second.replace("hq = 0.25", "web = 0.25"))
+    with pytest.raises(SweepError, match=f"{grid}: unknown corpus 'web'"):
+        run_sweep(sweep_store, load_sweep(grid))
+    grid.write_text(bad_second.replace('models = ["debugmodel"]', 'models = ["debugmodel", "gpt-9"]'))
+    with pytest.raises(SweepError, match="unknown model preset 'gpt-9'"):
+        run_sweep(sweep_store, load_sweep(grid))
+    grid.write_text(bad_second.replace("num_threads = 1", "num_threads = 1\nwarmup = 3"))
+    with pytest.raises(SweepError, match="unknown trainer option.* warmup;"):
+        run_sweep(sweep_store, load_sweep(grid))
+    assert not (sweep_store.root / "artifacts" / "mixtures" / "m_ok").exists()  # m_ok was not built

@@ -1,0 +1,75 @@
+"""python -m reports: build the HTML report, or run the whole study that ends in it.
+
+Examples:
+    python -m reports build --out report.html
+    python -m reports study                         # the demo study (reports/studies/demo.toml)
+    python -m reports study --config my_study.toml --out my_report.html
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from corpora.store import Store, StoreError, resolve_store_path
+
+
+def cmd_build(args) -> int:
+    from reports.build import build_report
+
+    path = build_report(Store(resolve_store_path(args.store)), args.out, title=args.title)
+    print(json.dumps({"report": str(path.resolve())}) if args.json else f"report: {path.resolve()}")
+    return 0
+
+
+def cmd_study(args) -> int:
+    from reports.study import load_study, run_study
+
+    study = load_study(args.config)
+    if args.store:
+        study.store = args.store
+    if args.out:
+        study.report = args.out
+    result = run_study(study, progress=not args.json)
+    print(json.dumps(result, indent=2, default=str) if args.json else f"report: {result['report']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m reports", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sp = sub.add_parser("build", help="render the self-contained HTML report from the store",
+                        description="Render the self-contained HTML report from what the store holds.")
+    sp.add_argument("--store", help="store directory (default: $SYNTHMIX_STORE, else ./store)")
+    sp.add_argument("--out", default="report.html", help="output HTML file")
+    sp.add_argument("--title", default="synthmix study report")
+    sp.add_argument("--json", action="store_true", help="print the report path as JSON")
+    sp.set_defaults(func=cmd_build)
+    sp = sub.add_parser("study", help="run the whole study from a TOML file, ending in the report",
+                        description="Run the whole study (generate, analyse, mix, train, fit, report) from a "
+                                    "study TOML file; steps already done are reused.")
+    sp.add_argument("--config", help="study TOML (default: the demo study shipped in reports/studies/demo.toml)")
+    sp.add_argument("--store", help="store directory (overrides the study file)")
+    sp.add_argument("--out", help="report path (overrides the study file)")
+    sp.add_argument("--json", action="store_true", help="print the study summary as JSON")
+    sp.set_defaults(func=cmd_study)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (StoreError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

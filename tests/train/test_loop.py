@@ -1,0 +1,175 @@
+"""The training loop on real text: gensim's Lee news corpus, a byte-level BPE of 512 tokens trained on it,
+packed into a mixture by train.data. The model is the `debugmodel` preset so every run takes seconds."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from conftest import REPO, add_corpus
+from corpora.store import Store, StoreError
+from train.data import MixtureConfig, build_mixture, open_mixture
+from train.loop import RunConfig, get_lr, sequence_indices, train_run
+from train.model import UnknownPreset
+from train.tokenizer import train_tokenizer
+
+SEQ_LEN = 63   # rows of 64 tokens
+VOCAB = 512
+
+
+@pytest.fixture(scope="module")
+def lee_store(tmp_path_factory, lee_texts):
+    store = Store(tmp_path_factory.mktemp("loop") / "store", create=True)
+    add_corpus(store, "cc", lee_texts[:260])
+    add_corpus(store, "val", lee_texts[260:], role="test")
+    train_tokenizer(store, "lee512", ["cc"], vocab_size=VOCAB)
+    build_mixture(store, MixtureConfig(name="lee", parts={"cc": 1.0}, tokens=40_000, tokenizer="lee512",
+                                       seq_len=SEQ_LEN), progress=False)
+    return store
+
+
+@pytest.fixture(scope="module")
+def lee_data(lee_store):
+    return open_mixture(lee_store, "lee", ["val"], val_tokens=4096, progress=False)
+
+
+def tiny_cfg(**kw) -> RunConfig:
+    base = dict(run_id="tiny", mixture="lee", model="debugmodel", tokens=40 * 8 * SEQ_LEN, batch_size=8,
+                lr_peak=1e-2, warmup_steps=4, log_every_steps=1, eval_every_tokens=10 * 8 * SEQ_LEN,
+                eval_tokens=1024, progress=False, num_threads=1)
+    return RunConfig(**{**base, **kw})
+
+
+def run(store, data, cfg):
+    return train_run(store, cfg, data.train, data.val_sets, data.tokenizer, data.vocab_size)
+
+
+def train_losses(store, run_id) -> list[float]:
+    m = store.read_result("run_metrics", run_id)
+    return m.filter(pl.col("split") == "train").sort("step")["loss"].to_list()
+
+
+def test_lr_schedules():
+    cfg = RunConfig(mixture="m", lr_peak=1.0, lr_min=0.1, warmup_steps=10)
+    lrs = [get_lr(s, cfg, 100) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)      # linear warmup to the peak
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))                      # then never rises
+    assert lrs[-1] == pytest.approx(0.1, abs=1e-3)                             # cosine ends at lr_min
+    assert lrs[(10 + 100) // 2] == pytest.approx(0.55, abs=0.02)              # half way: the mid value
+    wsd = dataclasses.replace(cfg, schedule="wsd", decay_frac=0.2)
+    lrs = [get_lr(s, wsd, 100) for s in range(100)]
+    assert lrs[10:80] == [1.0] * 70                                            # stable phase
+    assert lrs[-1] == pytest.approx(0.1) and lrs[80] < 1.0
+    with pytest.raises(ValueError, match="schedule"):
+        RunConfig(mixture="m", schedule="linear")
+
+
+def test_sequence_order_is_a_pure_function_of_position():
+    n = 37
+    epoch0 = sequence_indices(0, n, n, seed=3)
+    assert sorted(epoch0) == list(range(n))                                    # every row once per epoch
+    assert not np.array_equal(epoch0, sequence_indices(n, n, n, seed=3))       # a new order each epoch
+    whole = sequence_indices(0, 3 * n, n, seed=3)
+    pieces = np.concatenate([sequence_indices(s, 7, n, seed=3) for s in range(0, 3 * n, 7)])[: 3 * n]
+    assert np.array_equal(whole, pieces)                                       # chunking does not matter
+    assert not np.array_equal(epoch0, sequence_indices(0, n, n, seed=4))
+
+
+def test_tiny_run_loss_falls(lee_store, lee_data):
+    steps = 80
+    row = run(lee_store, lee_data, tiny_cfg(run_id="falls", tokens=steps * 8 * SEQ_LEN,
+                                            eval_every_tokens=20 * 8 * SEQ_LEN))
+    assert row["status"] == "done" and row["tokens_seen"] == steps * 8 * SEQ_LEN
+    losses = train_losses(lee_store, "falls")
+    assert len(losses) == steps
+    assert losses[0] > 0.95 * math.log(lee_data.vocab_size)            # starts near uniform over the vocabulary
+    # Stated bound: the entropy of the stream's unigram distribution, the best loss without context
+    # (5.29 nats here, against ln 512 = 6.24 at the start). Going below it means the model uses context.
+    counts = np.bincount(np.asarray(lee_data.train).ravel(), minlength=lee_data.vocab_size)
+    p = counts[counts > 0] / counts.sum()
+    unigram_entropy = float(-(p * np.log(p)).sum())
+    assert np.mean(losses[-5:]) < unigram_entropy, (losses[-5:], unigram_entropy)
+    m = lee_store.read_result("run_metrics", "falls").filter(pl.col("split") == "val")
+    assert m["domain"].unique().to_list() == ["val"] and len(m) == 4   # every 20 steps
+    assert m["loss"][-1] < m["loss"][0] and m["loss"][-1] < math.log(lee_data.vocab_size) - 0.9  # held-out text
+    runs = lee_store.sql("SELECT run_id, status, model, n_params, tokenizer, tokens_per_s FROM runs "
+                         "WHERE run_id = 'falls'").to_pylist()
+    assert runs[0]["status"] == "done" and runs[0]["model"] == "debugmodel" and runs[0]["tokenizer"] == "lee512"
+    assert runs[0]["tokens_per_s"] > 0 and runs[0]["n_params"] > 50_000
+    ckpt = torch.load(lee_store.artifact_dir("runs", "falls") / "checkpoint.pt", weights_only=True)
+    assert ckpt["config"]["model"] == "debugmodel" and ckpt["step"] == steps
+
+
+def test_resume_reproduces_the_uninterrupted_curve(lee_store, lee_data, tmp_path):
+    cfg = tiny_cfg(run_id="resume", tokens=16 * 8 * SEQ_LEN, eval_every_tokens=4 * 8 * SEQ_LEN)
+    run(lee_store, lee_data, cfg)
+    full = train_losses(lee_store, "resume")
+
+    other = Store(tmp_path / "other", create=True)   # same run_id, fresh store: nothing to resume from
+    stopped = run(other, lee_data, dataclasses.replace(cfg, stop_after_steps=7))
+    assert stopped["status"] == "running" and stopped["step"] == 7
+    assert other.read_result("runs", "resume")["status"][0] == "running"
+    resumed = run(other, lee_data, cfg)
+    assert resumed["status"] == "done"
+    assert train_losses(other, "resume") == full                      # bit for bit, all 16 steps
+    a = torch.load(lee_store.artifact_dir("runs", "resume") / "checkpoint.pt", weights_only=True)
+    b = torch.load(other.artifact_dir("runs", "resume") / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    val = lambda s: s.read_result("run_metrics", "resume").filter(pl.col("split") == "val")["loss"].to_list()
+    assert val(other) == val(lee_store)
+
+    # A finished run returns its row without training; a changed config refuses to resume.
+    assert run(other, lee_data, cfg)["status"] == "done"
+    with pytest.raises(StoreError, match="lr_peak"):
+        run(other, lee_data, dataclasses.replace(cfg, lr_peak=5e-3))
+
+
+def test_seed_determines_the_run(lee_store, lee_data):
+    cfg = tiny_cfg(tokens=4 * 8 * SEQ_LEN, eval_every_tokens=10**9)
+    run(lee_store, lee_data, dataclasses.replace(cfg, run_id="seed_a"))
+    run(lee_store, lee_data, dataclasses.replace(cfg, run_id="seed_b"))
+    run(lee_store, lee_data, dataclasses.replace(cfg, run_id="seed_c", seed=1))
+    assert train_losses(lee_store, "seed_a") == train_losses(lee_store, "seed_b")
+    assert train_losses(lee_store, "seed_a") != train_losses(lee_store, "seed_c")
+
+
+def test_bad_input_fails_before_training(lee_store, lee_data):
+    with pytest.raises(UnknownPreset, match="cpu-1m"):
+        run(lee_store, lee_data, tiny_cfg(run_id="bad1", model="nope"))
+    with pytest.raises(ValueError, match="seq_len"):
+        run(lee_store, lee_data, tiny_cfg(run_id="bad2", seq_len=128))
+    with pytest.raises(ValueError, match="less than one optimizer step"):
+        run(lee_store, lee_data, tiny_cfg(run_id="bad3", tokens=100))
+    assert lee_store.read_result("runs", "bad1") is None
+
+
+def test_torchrun_two_process_gloo_matches_one_process(lee_store, lee_data):
+    """DDP over 2 CPU processes (gloo), 4 sequences each, sees the same sequences as 1 process with 8."""
+    steps = 6
+    single = tiny_cfg(run_id="single", tokens=steps * 8 * SEQ_LEN, eval_every_tokens=3 * 8 * SEQ_LEN)
+    run(lee_store, lee_data, single)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "train.loop", "--store", str(lee_store.root), "--mixture", "lee", "--model", "debugmodel",
+           "--run-id", "ddp", "--tokens", str(steps * 8 * SEQ_LEN), "--batch-size", "4", "--lr-peak", "1e-2",
+           "--warmup-steps", "4", "--log-every-steps", "1", "--eval-every-tokens", str(3 * 8 * SEQ_LEN),
+           "--eval-tokens", "1024", "--no-progress", "--num-threads", "1", "--val-corpora", "val",
+           "--val-tokens", "4096"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = lee_store.read_result("runs", "ddp").to_dicts()[0]
+    assert row["status"] == "done" and row["world_size"] == 2 and row["batch_size"] == 8
+    ddp, one = train_losses(lee_store, "ddp"), train_losses(lee_store, "single")
+    assert len(ddp) == steps
+    # Same data and math; only the order of floating-point sums differs.
+    np.testing.assert_allclose(ddp, one, rtol=2e-4)
+    val = lambda r: lee_store.read_result("run_metrics", r).filter(pl.col("split") == "val")["loss"].to_numpy()
+    np.testing.assert_allclose(val("ddp"), val("single"), rtol=2e-4)
