@@ -402,7 +402,7 @@ class RatioResult:
     ratio_opt: float
     ratio_lo: float | None
     ratio_hi: float | None
-    loss_at_opt: float
+    loss_opt: float
     at_boundary: bool  # the minimum sits at the edge of the measured share range
     coef: list[float]  # of log L in share, highest degree first (numpy.polyfit order)
     n_points: int
@@ -451,7 +451,7 @@ def fit_optimal_ratio(ratios, losses, cfg: ScalingConfig | None = None, groups=N
     q = [(1 - cfg.ci) / 2 * 100, (1 + cfg.ci) / 2 * 100]
     lo, hi = (float(v) for v in np.percentile(reps, q)) if reps else (None, None)
     return RatioResult(
-        ratio_opt=r_opt, ratio_lo=lo, ratio_hi=hi, loss_at_opt=loss_opt,
+        ratio_opt=r_opt, ratio_lo=lo, ratio_hi=hi, loss_opt=loss_opt,
         at_boundary=bool(np.isclose(r_opt, lo_r) or np.isclose(r_opt, hi_r)), coef=[float(c) for c in coef],
         n_points=len(L), n_ratios=n_ratios, ratio_range=(lo_r, hi_r), best_measured_ratio=best_measured,
         n_boot_ok=len(reps),

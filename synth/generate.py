@@ -25,7 +25,6 @@ import os
 import time
 from collections import Counter
 from datetime import datetime, timezone
-from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
@@ -390,9 +389,3 @@ def _write_run_tables(store: Store, summary: dict, rejects: list[dict], config: 
         store.put_result("synth_rejects", summary["run_id"], frame.with_columns(
             run_id=pl.lit(summary["run_id"]), corpus=pl.lit(summary["corpus"])))
 
-
-def summarize_corpus(store: Store, out: str) -> dict:
-    """Counts over all runs of corpus `out` (documents, tokens, truncation) for the CLI summary."""
-    info = store.corpus(out)
-    return {"corpus": out, "n_docs": info.n_docs, "n_bytes": info.n_bytes, "n_shards": info.n_shards,
-            "store": str(Path(store.root))}

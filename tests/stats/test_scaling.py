@@ -146,7 +146,7 @@ def test_ratio_minimum_of_known_parabola():
     log_loss = np.log(3.0) + 0.4 * (shares - 0.3) ** 2  # exact parabola in log-loss, minimum at 0.3
     res = fit_optimal_ratio(shares, np.exp(log_loss), ScalingConfig(n_boot=0))
     assert res.ratio_opt == pytest.approx(0.3, abs=1e-3)
-    assert res.loss_at_opt == pytest.approx(3.0, rel=1e-6)
+    assert res.loss_opt == pytest.approx(3.0, rel=1e-6)
     assert not res.at_boundary and res.best_measured_ratio == 0.3
 
 
