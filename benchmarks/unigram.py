@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -101,14 +102,21 @@ def build_corpus(store: Store, name: str, target_mb: float) -> None:
         store.append_shard(name, make_documents(rows))
 
 
+def _children_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def run_ours(store: Store, corpus: str) -> dict:
     t = time.perf_counter()
+    cpu0 = _children_cpu_s()
     out = subprocess.run([sys.executable, "-c", CHILD, str(store.root), corpus], check=False, capture_output=True, text=True,
                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     if out.returncode:
         raise SystemExit(f"(a) failed:\n{out.stderr}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["wall_s"] = time.perf_counter() - t
+    result["cpu_s"] = _children_cpu_s() - cpu0  # the child and its workers, start-up included
     return result
 
 
@@ -116,21 +124,21 @@ def load_batches(store: Store, corpus: str, batch_size: int = 1024) -> list[list
     return [b.column(0).to_pylist() for b in store.iter_batches(corpus, ["text"], batch_size=batch_size)]
 
 
-def run_raw(enc, batches: list[list[str]], threads: int) -> tuple[float, int]:
-    t = time.perf_counter()
+def run_raw(enc, batches: list[list[str]], threads: int) -> tuple[float, int, float]:
+    t, cpu = time.perf_counter(), time.process_time()
     n_tokens = 0
     for batch in batches:
         n_tokens += sum(map(len, enc.encode_ordinary_batch(batch, num_threads=threads)))
-    return time.perf_counter() - t, n_tokens
+    return time.perf_counter() - t, n_tokens, time.process_time() - cpu
 
 
-def run_naive(enc, batches: list[list[str]]) -> tuple[float, int]:
-    t = time.perf_counter()
+def run_naive(enc, batches: list[list[str]]) -> tuple[float, int, float]:
+    t, cpu = time.perf_counter(), time.process_time()
     counts: Counter = Counter()
     for batch in batches:
         for text in batch:
             counts.update(enc.encode_ordinary(text))
-    return time.perf_counter() - t, sum(counts.values())
+    return time.perf_counter() - t, sum(counts.values()), time.process_time() - cpu
 
 
 def main() -> None:
@@ -168,13 +176,14 @@ def main() -> None:
         print(f"  (a) repeat {r}: {ours[-1]['elapsed_s']:.1f} s", flush=True)
         raw.append(run_raw(enc, batches, cores))
         print(f"  (b) repeat {r}: {raw[-1][0]:.1f} s", flush=True)
+        print(f"      load average {os.getloadavg()[0]:.1f}", flush=True)
     naive = []
     for r in range(args.naive_repeats):
         naive.append(run_naive(enc, batches))
         print(f"  (c) repeat {r}: {naive[-1][0]:.1f} s", flush=True)
     del batches
     quarter = run_ours(store, "bench_quarter")
-    assert {o["n_tokens"] for o in ours} == {n for _, n in raw} == {n for _, n in naive}, "token totals differ"
+    assert {o["n_tokens"] for o in ours} == {r[1] for r in raw} == {r[1] for r in naive}, "token totals differ"
 
     # a repeated comparison on cached counts (counts of both corpora are in the store by now)
     from stats.unigram import UnigramConfig, run_unigram
@@ -189,14 +198,20 @@ def main() -> None:
     assert cli.returncode == 0, cli.stderr
 
     a_s = statistics.median(o["elapsed_s"] for o in ours)
-    b_s = statistics.median(s for s, _ in raw)
-    c_s = statistics.median(s for s, _ in naive)
+    b_s = statistics.median(r[0] for r in raw)
+    c_s = statistics.median(r[0] for r in naive)
+    # CPU seconds: what each way costs the machine, whatever else runs beside it
+    a_cpu = statistics.median(o["cpu_s"] for o in ours)
+    b_cpu = statistics.median(r[2] for r in raw)
+    c_cpu = statistics.median(r[2] for r in naive)
     result = {
         "corpus_mb": mb, "n_docs": info.n_docs, "n_shards": info.n_shards, "n_tokens": ours[0]["n_tokens"],
         "cores": cores, "repeats": args.repeats,
         "a_ours_s": a_s, "b_raw_batch_s": b_s, "c_naive_s": c_s,
         "a_mb_per_s": mb / a_s, "b_mb_per_s": mb / b_s, "c_mb_per_s": mb / c_s,
         "a_over_b_throughput": b_s / a_s, "a_over_c_throughput": c_s / a_s,
+        "a_cpu_s": a_cpu, "b_cpu_s": b_cpu, "c_cpu_s": c_cpu,
+        "load_average_1min_end": os.getloadavg()[0],
         "a_wall_with_startup_s": statistics.median(o["wall_s"] for o in ours),
         "peak_rss_main_mb": max(o["rss_main_mb"] for o in ours),
         "peak_rss_worker_mb": max(o["rss_worker_mb"] for o in ours),
@@ -208,11 +223,14 @@ def main() -> None:
     }
     print(f"\ncorpus: {mb:.0f} MB, {info.n_docs:,} docs, {info.n_shards} shards, {result['n_tokens']:,} tokens; "
           f"{cores} cores; medians of {args.repeats} (a, b) / {args.naive_repeats} (c)")
-    print(f"(a) ours, end to end from the store   {a_s:7.1f} s  {mb / a_s:6.1f} MB/s")
-    print(f"(b) raw encode_ordinary_batch          {b_s:7.1f} s  {mb / b_s:6.1f} MB/s")
-    print(f"(c) naive encode + Counter             {c_s:7.1f} s  {mb / c_s:6.1f} MB/s")
+    print(f"(a) ours, end to end from the store   {a_s:7.1f} s  {mb / a_s:6.1f} MB/s  {a_cpu:7.1f} CPU s")
+    print(f"(b) raw encode_ordinary_batch          {b_s:7.1f} s  {mb / b_s:6.1f} MB/s  {b_cpu:7.1f} CPU s")
+    print(f"(c) naive encode + Counter             {c_s:7.1f} s  {mb / c_s:6.1f} MB/s  {c_cpu:7.1f} CPU s")
     print(f"(a)/(b) throughput {result['a_over_b_throughput']:.2f}  (target >= 0.85)")
     print(f"(a)/(c) throughput {result['a_over_c_throughput']:.2f}  (target >= 1.7)")
+    print(f"CPU seconds (c)/(a) {c_cpu / a_cpu:.2f}: with {cores} idle cores (a) would reach up to about "
+          f"{cores * c_cpu / a_cpu:.1f}x (c); load average now {os.getloadavg()[0]:.1f} on {cores} cores "
+          "(other jobs share the cores, which hides the parallel speed-up of (a) and (b) over (c))")
     print(f"peak RSS of (a) at {mb:.0f} MB: main {result['peak_rss_main_mb']:.0f} MB, largest worker "
           f"{result['peak_rss_worker_mb']:.0f} MB, whole process tree {result['peak_rss_tree_mb']:.0f} MB")
     print(f"peak RSS of (a) at {result['quarter_mb']:.0f} MB: main {quarter['rss_main_mb']:.0f} MB, largest worker "

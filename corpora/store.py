@@ -168,7 +168,7 @@ class Store:
                     "to create one, or pass --store PATH"
                 )
             self.root.mkdir(parents=True, exist_ok=True)
-            with self.lock(purpose="create store"), self._connect(write=True) as con:
+            with self.lock(purpose="create store"), self._connect(write=True, views=None) as con:
                 con.execute("INSERT OR REPLACE INTO store_info VALUES ('version', '1')")
 
     # ------------------------------------------------------------------ locking and connections
@@ -210,8 +210,12 @@ class Store:
             os.close(fd)
 
     @contextlib.contextmanager
-    def _connect(self, write: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A short-lived connection. Writers must hold the lock; readers retry while a write is brief."""
+    def _connect(self, write: bool = False, views: tuple[str, ...] | None = ()) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A short-lived connection. Writers must hold the lock; readers retry while a write is brief.
+
+        `views`: which views to (re)create: () none, None all, else the named ones ('documents' or result
+        tables). A writer persists them in the catalog; a reader makes temporary ones with this store's
+        paths (so a moved store still reads)."""
         assert not write or self._lock_depth, "catalog writes need the writer lock"
         path = str(self.root / CATALOG_FILE)
         deadline = time.monotonic() + 30.0
@@ -229,20 +233,40 @@ class Store:
                 con.execute("BEGIN")
                 try:
                     yield con
-                    self._refresh_views(con, temp=False)
+                    self._refresh_views(con, temp=False, only=views)
                     con.execute("COMMIT")
                 except BaseException:
                     con.execute("ROLLBACK")
                     raise
             else:
-                self._refresh_views(con, temp=True)
+                self._refresh_views(con, temp=True, only=views)
                 yield con
         finally:
             con.close()
 
-    def _refresh_views(self, con: duckdb.DuckDBPyConnection, temp: bool) -> None:
-        """(Re)create `documents` and one view per result table, with this store's absolute paths."""
+    def _refresh_views(self, con: duckdb.DuckDBPyConnection, temp: bool, only: tuple[str, ...] | None) -> None:
+        """(Re)create `documents` and one view per result table (all, or those in `only`)."""
+        if only == ():
+            return
         create = "CREATE OR REPLACE TEMP VIEW" if temp else "CREATE OR REPLACE VIEW"
+        if only is None or "documents" in only:
+            self._refresh_documents_view(con, create)
+        results = self.root / "results"
+        existing = {r[0] for r in con.execute(
+            "SELECT view_name FROM duckdb_views() WHERE NOT internal AND temporary = ?", [temp]).fetchall()}
+        tables = sorted(p.name for p in results.iterdir()) if results.exists() else []
+        for table in tables if only is None else [t for t in only if t != "documents"]:
+            parts = sorted(str(p) for p in (results / table).glob("*.parquet"))
+            if parts:
+                lst = "[" + ", ".join(_sql_str(p) for p in parts) + "]"
+                con.execute(f"{create} {table} AS SELECT * FROM read_parquet({lst}, union_by_name=true)")
+            elif table in existing:
+                con.execute(f"DROP VIEW IF EXISTS {table}")
+        if only is None:
+            for stale in existing - set(tables) - {"documents"}:
+                con.execute(f"DROP VIEW IF EXISTS {stale}")
+
+    def _refresh_documents_view(self, con: duckdb.DuckDBPyConnection, create: str) -> None:
         files = [r[0] for r in con.execute("SELECT file FROM shards ORDER BY corpus, shard").fetchall()]
         if files:
             lst = "[" + ", ".join(_sql_str(self.root / f) for f in files) + "]"
@@ -255,19 +279,6 @@ class Store:
             cols = ", ".join(f"NULL::{'BIGINT' if f.type == pa.int64() else 'VARCHAR'} AS {f.name}"
                              for f in DOC_SCHEMA)
             con.execute(f"{create} documents AS SELECT NULL::VARCHAR AS corpus, {cols} WHERE false")
-        results = self.root / "results"
-        existing = {r[0] for r in con.execute(
-            "SELECT view_name FROM duckdb_views() WHERE NOT internal AND temporary = ?", [temp]).fetchall()}
-        tables = sorted(p.name for p in results.iterdir()) if results.exists() else []
-        for table in tables:
-            parts = sorted(str(p) for p in (results / table).glob("*.parquet"))
-            if parts:
-                lst = "[" + ", ".join(_sql_str(p) for p in parts) + "]"
-                con.execute(f"{create} {table} AS SELECT * FROM read_parquet({lst}, union_by_name=true)")
-            elif table in existing:
-                con.execute(f"DROP VIEW IF EXISTS {table}")
-        for stale in existing - set(tables) - {"documents"}:
-            con.execute(f"DROP VIEW IF EXISTS {stale}")
 
     # ------------------------------------------------------------------ reading the catalog
     def corpora(self) -> list[CorpusInfo]:
@@ -322,8 +333,8 @@ class Store:
             yield from read_shard_batches(shard.path, columns, batch_size)
 
     def sql(self, query: str, params: list | None = None) -> pa.Table:
-        """Run one read-only query (SELECT, EXPLAIN, DESCRIBE, SHOW, PRAGMA...) over the catalog."""
-        with self._connect() as con:
+        """Run one read-only query (SELECT or EXPLAIN) over the catalog and every view."""
+        with self._connect(views=None) as con:
             try:
                 statements = con.extract_statements(query)
             except duckdb.Error as e:
@@ -342,8 +353,8 @@ class Store:
                 raise StoreError(f"SQL error: {str(e).splitlines()[0]}") from None
 
     def catalog_rows(self, query: str, params: list | None = None) -> list[tuple]:
-        """Rows of a query on catalog tables (for library code; no statement check)."""
-        with self._connect() as con:
+        """Rows of a query on catalog tables and `documents` (for library code; no statement check)."""
+        with self._connect(views=("documents",)) as con:
             return con.execute(query, params or []).fetchall()
 
     # ------------------------------------------------------------------ writing corpora
@@ -408,7 +419,7 @@ class Store:
             (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, self.root / rel)
             info = ShardInfo(corpus, n, self.root / rel, meta.num_rows, n_bytes, _file_hash(self.root / rel))
-            with self._connect(write=True) as con:
+            with self._connect(write=True, views=("documents",)) as con:
                 con.execute(
                     "INSERT INTO shards VALUES (?, ?, ?, ?, ?, ?, now())",
                     [corpus, n, str(rel), info.n_docs, info.n_bytes, info.content_hash],
@@ -461,7 +472,7 @@ class Store:
     def remove_corpus(self, name: str) -> None:
         with self.lock(purpose=f"rm {name}"):
             self.corpus(name)
-            with self._connect(write=True) as con:
+            with self._connect(write=True, views=("documents",)) as con:
                 for table in ("shards", "corpora", "ingest_files", "rejects", "ingest_runs"):
                     con.execute(f"DELETE FROM {table} WHERE corpus = ?", [name])
             shutil.rmtree(self.root / "shards" / name, ignore_errors=True)
@@ -492,8 +503,8 @@ class Store:
         path = self._result_path(table, part)
         with self.lock(wait_s=60, purpose=f"result {table}"):
             write_parquet_atomic(data, path)
-            with self._connect(write=True):
-                pass  # refreshes the persisted views
+            with self._connect(write=True, views=(table,)):
+                pass  # refreshes the persisted view of this table
 
     def has_result(self, table: str, part: str) -> bool:
         return self._result_path(table, part).exists()
@@ -518,7 +529,7 @@ class Store:
         with self.lock(wait_s=60, purpose=f"result {table}"):
             if path.exists():
                 path.unlink()
-            with self._connect(write=True):
+            with self._connect(write=True, views=(table,)):
                 pass
 
     # ------------------------------------------------------------------ artifacts

@@ -153,12 +153,13 @@ def read_source(store: Store, cfg: GenerateConfig) -> list[tuple[str, str]]:
     info = store.corpus(cfg.source)  # raises UnknownCorpus listing the corpora
     if info.kind != "natural":
         log.warning("source corpus %r is %s text", cfg.source, info.kind)
-    docs: list[tuple[str, str]] = []
+    docs: dict[str, str] = {}  # by doc_id: a document stored twice is generated from once
     for batch in store.iter_batches(cfg.source, ["doc_id", "text"], batch_size=4096):
-        docs += zip(batch.column(0).to_pylist(), batch.column(1).to_pylist())
-        if cfg.limit is not None and len(docs) >= cfg.limit:
-            return docs[:cfg.limit]
-    return docs
+        for doc_id, text in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
+            docs.setdefault(doc_id, text)
+            if cfg.limit is not None and len(docs) >= cfg.limit:
+                return list(docs.items())
+    return list(docs.items())
 
 
 # ---------------------------------------------------------------------------------------- staging

@@ -67,9 +67,6 @@ class RMSNorm(nn.Module):
         # than HF's pow/mean/rsqrt/mul chain; in float32 the results agree to rounding.
         return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).type_as(x)
 
-    def reset_parameters(self):
-        nn.init.ones_(self.weight)
-
 
 def precompute_freqs_cis(head_dim: int, end: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables, each (end, head_dim), in the rotate_half layout: frequencies repeat per half."""
@@ -169,22 +166,21 @@ class Transformer(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         self.init_weights()
 
-    def init_weights(self, seed: int | None = None):
+    def init_weights(self):
         """Initialise all weights (a method of its own, not `reset_parameters`, so it can run once over the
         whole model after it is built or materialised from the meta device, as torchtitan does).
 
         Normal(0, init_std) everywhere; the two projections that write into the residual stream (`wo`, `w2`)
         get std / sqrt(2 * n_layers) so the residual variance stays O(1) with depth (GPT-2, nanoGPT).
         """
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        std = self.cfg.init_std
+        std = self.cfg.init_std   # draws from torch's global RNG: seed it (torch.manual_seed) before building
         for name, p in self.named_parameters():
             if p.ndim == 1:            # RMSNorm weights
                 nn.init.ones_(p)
             elif name.endswith(("wo.weight", "w2.weight")):
-                nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.cfg.n_layers), generator=gen)
+                nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.cfg.n_layers))
             else:
-                nn.init.normal_(p, 0.0, std, generator=gen)
+                nn.init.normal_(p, 0.0, std)
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None):
         """tokens (B, T) -> logits (B, T, vocab); with targets (B, T), the mean cross-entropy instead."""
