@@ -61,8 +61,11 @@ def curves(df: pl.DataFrame, x: str, y: str, hue: str, title: str, col: str | No
         ax.set_ylabel(ylabel or y)
         if logx:
             ax.set_xscale("log")
-        if ax.get_legend() is not None and panel != panels[-1]:
-            ax.get_legend().remove()
+        if ax.get_legend() is not None:
+            if panel != panels[-1]:
+                ax.get_legend().remove()
+            else:  # outside the axes: curves of ten mixtures leave no free corner
+                sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, title=hue)
     if col:
         fig.suptitle(title, y=1.03)
     return to_data_uri(fig)
@@ -86,7 +89,7 @@ def scaling_fits(points: pl.DataFrame, fits: list[dict], title: str) -> str:
     ax.set_xlabel("training tokens D")
     ax.set_ylabel("validation loss (nats/token)")
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return to_data_uri(fig)
 
 
