@@ -1,10 +1,10 @@
 """Generation speed: batched (length-sorted) against one document at a time, same 32 documents.
 
-    python benchmarks/synth.py                       # SmolLM2-135M-Instruct on CPU, 32 docs, 32 new tokens
-    python benchmarks/synth.py --max-new-tokens 64 --repeats 3 --json
+    python benchmarks/synth.py                 # SmolLM2-135M-Instruct on CPU, 32 docs, 64 new tokens
+    python benchmarks/synth.py --num-threads 1 --repeats 1 --json   # on a busy shared machine
 
 Both modes run the same `TransformersBackend` (same prompts: the HQ template on the first <=320-token
-chunk of 32 real C4 documents, or of gensim's news articles when ../shared/data is absent; same seeds,
+chunk (96 tokens by default) of 32 real C4 documents, or of gensim's news articles when ../shared/data is absent; same seeds,
 temperature 0.7). Tokens/s counts completion tokens a caller gets (up to and including end of turn),
 not padding. Repeats alternate the two modes so machine noise hits both alike; we print medians and
 the ratio. A vLLM section runs the same prompts through `VLLMBackend` when vLLM and a GPU are present
@@ -14,6 +14,7 @@ the ratio. A vLLM section runs the same prompts through `VLLMBackend` when vLLM 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import statistics
 import sys
@@ -55,9 +56,10 @@ def run(backend, prompts, params, seeds, batch_size: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-docs", type=int, default=32)
-    ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--max-chunk-tokens", type=int, default=320, help="source chunk (prompt) size")
-    ap.add_argument("--batch-size", type=int, default=32, help="batched mode (length-sorted batches)")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--max-chunk-tokens", type=int, default=96,
+                    help="source chunk size; 320 makes prefill dominate at few new tokens")
+    ap.add_argument("--batch-size", type=int, default=16, help="batched mode (length-sorted batches)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--generator", default=None, help="default: SmolLM2-135M-Instruct GGUF")
     ap.add_argument("--device", default="cpu")
@@ -114,7 +116,7 @@ def main() -> int:
 def vllm_section(prompts, params, seeds) -> dict:
     try:
         import torch
-        import vllm  # noqa: F401
+        importlib.import_module("vllm")
     except ImportError:
         return {"skipped": "vLLM is not installed"}
     if not torch.cuda.is_available():

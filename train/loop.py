@@ -190,13 +190,19 @@ def evaluate(model: nn.Module, val: np.ndarray, cfg: RunConfig, device: torch.de
     seq_len = val.shape[1] - 1
     n_rows = min(len(val), max(1, math.ceil(cfg.eval_tokens / seq_len)))
     rows = np.arange(rank, n_rows, world)
+    # FSDP gathers parameters collectively in every forward, so every rank must run the same number of
+    # batches: a rank with fewer rows runs row 0 again and does not count it.
+    n_batches = math.ceil(math.ceil(n_rows / world) / cfg.batch_size) if cfg.fsdp else 0
     model.eval()
     loss_sum, n = 0.0, 0
-    for i in range(0, len(rows), cfg.batch_size):
-        x, y = get_batch(val, rows[i:i + cfg.batch_size], device)
+    for i in range(0, max(len(rows), n_batches * cfg.batch_size), cfg.batch_size):
+        counted = i < len(rows)
+        x, y = get_batch(val, rows[i:i + cfg.batch_size] if counted else np.arange(1), device)
         with autocast():
-            loss_sum += model(x, y).item() * y.numel()
-        n += y.numel()
+            loss = model(x, y).item()
+        if counted:
+            loss_sum += loss * y.numel()
+            n += y.numel()
     model.train()
     loss_sum, n = _all_reduce_sum([loss_sum, float(n)], device)
     return loss_sum / n
@@ -321,6 +327,8 @@ def train_run(store: Store, cfg: RunConfig, train_tokens: np.ndarray, val_sets: 
 
     torch.manual_seed(cfg.seed)   # identical initialisation on every rank
     model = Transformer(model_cfg).to(device)
+    # The optimizer comes after parallelize: fully_shard replaces parameters with sharded ones.
+    train_model = parallelize(model, cfg, device)
     optimizer = build_optimizer(model, cfg, device)
     path = checkpoint_path(store, cfg.run_id)
     prior = store.read_result("runs", cfg.run_id) if rank == 0 else None
@@ -333,7 +341,6 @@ def train_run(store: Store, cfg: RunConfig, train_tokens: np.ndarray, val_sets: 
         if old is not None:   # rows past the checkpoint were logged by the interrupted process: redo them
             metrics = old.filter(pl.col("step") <= progress["step"]).to_dicts()
         log.info("run %s: resuming at step %d of %d", cfg.run_id, progress["step"], n_steps)
-    train_model = parallelize(model, cfg, device)
 
     base = {
         "run_id": cfg.run_id, "sweep": cfg.sweep, "mixture": cfg.mixture, "model": cfg.model,

@@ -12,7 +12,7 @@ from itertools import combinations
 
 import numpy as np
 import pytest
-from conftest import REPO, add_corpus
+from tests.conftest import REPO, add_corpus
 
 from corpora.store import Store
 from corpora.tokenizers import load_tokenizer

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, add_corpus
+from tests.conftest import REPO, add_corpus
 from corpora.store import Store
 from train.__main__ import COMMANDS, build_parser, main
 

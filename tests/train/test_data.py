@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import add_corpus
+from tests.conftest import add_corpus
 from corpora.store import Store, StoreError, UnknownCorpus
 from corpora.tokenizers import load_tokenizer
 from train.data import (MixtureConfig, MixtureError, allocate_tokens, build_mixture, build_valset,

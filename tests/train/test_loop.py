@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 import torch
 
-from conftest import REPO, add_corpus
+from tests.conftest import REPO, add_corpus
 from corpora.store import Store, StoreError
 from train.data import MixtureConfig, build_mixture, open_mixture
 from train.loop import RunConfig, get_lr, sequence_indices, train_run
@@ -151,25 +151,52 @@ def test_bad_input_fails_before_training(lee_store, lee_data):
     assert lee_store.read_result("runs", "bad1") is None
 
 
+def torchrun(store, run_id: str, steps: int, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "train.loop", "--store", str(store.root), "--mixture", "lee", "--model", "debugmodel",
+           "--run-id", run_id, "--tokens", str(steps * 8 * SEQ_LEN), "--batch-size", "4", "--lr-peak", "1e-2",
+           "--warmup-steps", "4", "--log-every-steps", "1", "--eval-every-tokens", str(3 * 8 * SEQ_LEN),
+           "--eval-tokens", "1024", "--no-progress", "--num-threads", "1", "--val-corpora", "val",
+           "--val-tokens", "4096", *extra]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def single_process_reference(store, data, steps: int) -> str:
+    """The same run in one process with 8 sequences per step (done once; a finished run returns at once)."""
+    run(store, data, tiny_cfg(run_id="single", tokens=steps * 8 * SEQ_LEN, eval_every_tokens=3 * 8 * SEQ_LEN))
+    return "single"
+
+
+def val_losses(store, run_id):
+    return store.read_result("run_metrics", run_id).filter(pl.col("split") == "val")["loss"].to_numpy()
+
+
 def test_torchrun_two_process_gloo_matches_one_process(lee_store, lee_data):
     """DDP over 2 CPU processes (gloo), 4 sequences each, sees the same sequences as 1 process with 8."""
     steps = 6
-    single = tiny_cfg(run_id="single", tokens=steps * 8 * SEQ_LEN, eval_every_tokens=3 * 8 * SEQ_LEN)
-    run(lee_store, lee_data, single)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "train.loop", "--store", str(lee_store.root), "--mixture", "lee", "--model", "debugmodel",
-           "--run-id", "ddp", "--tokens", str(steps * 8 * SEQ_LEN), "--batch-size", "4", "--lr-peak", "1e-2",
-           "--warmup-steps", "4", "--log-every-steps", "1", "--eval-every-tokens", str(3 * 8 * SEQ_LEN),
-           "--eval-tokens", "1024", "--no-progress", "--num-threads", "1", "--val-corpora", "val",
-           "--val-tokens", "4096"]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = single_process_reference(lee_store, lee_data, steps)
+    torchrun(lee_store, "ddp", steps)
     row = lee_store.read_result("runs", "ddp").to_dicts()[0]
     assert row["status"] == "done" and row["world_size"] == 2 and row["batch_size"] == 8
-    ddp, one = train_losses(lee_store, "ddp"), train_losses(lee_store, "single")
+    ddp = train_losses(lee_store, "ddp")
     assert len(ddp) == steps
     # Same data and math; only the order of floating-point sums differs.
-    np.testing.assert_allclose(ddp, one, rtol=2e-4)
-    val = lambda r: lee_store.read_result("run_metrics", r).filter(pl.col("split") == "val")["loss"].to_numpy()
-    np.testing.assert_allclose(val("ddp"), val("single"), rtol=2e-4)
+    np.testing.assert_allclose(ddp, train_losses(lee_store, one), rtol=2e-4)
+    np.testing.assert_allclose(val_losses(lee_store, "ddp"), val_losses(lee_store, one), rtol=2e-4)
+
+
+@pytest.mark.slow  # two torchrun launches
+def test_torchrun_fsdp2_interrupted_and_resumed_matches_one_process(lee_store, lee_data):
+    """FSDP2 (fully_shard, gloo on CPU), stopped after 2 steps and resumed from its full-state checkpoint."""
+    steps = 6
+    one = single_process_reference(lee_store, lee_data, steps)
+    torchrun(lee_store, "fsdp", steps, "--fsdp", "--stop-after-steps", "2")
+    assert lee_store.read_result("runs", "fsdp")["status"][0] == "running"
+    proc = torchrun(lee_store, "fsdp", steps, "--fsdp")
+    assert "resuming at step 2" in proc.stderr
+    assert lee_store.read_result("runs", "fsdp")["status"][0] == "done"
+    np.testing.assert_allclose(train_losses(lee_store, "fsdp"), train_losses(lee_store, one), rtol=2e-4)
+    np.testing.assert_allclose(val_losses(lee_store, "fsdp"), val_losses(lee_store, one), rtol=2e-4)

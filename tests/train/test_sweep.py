@@ -8,7 +8,7 @@ import tomllib
 import polars as pl
 import pytest
 
-from conftest import REPO, add_corpus
+from tests.conftest import REPO, add_corpus
 from corpora.store import Store
 from train.__main__ import main
 from train.data import MixtureConfig, build_mixture
