@@ -15,6 +15,10 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pyarrow is imported where it is used, so this module stays light for workers
+    import pyarrow as pa
 
 REASONS = (
     "bad_json", "bad_utf8", "missing_text_field", "empty_text", "truncated_stream",

@@ -128,8 +128,9 @@ def _sql_str(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def _file_hash(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
+def file_hash(path: Path, digest_size: int = 16) -> str:
+    """BLAKE2b of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.blake2b(digest_size=digest_size)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
@@ -401,7 +402,8 @@ class Store:
             return None
         staging = self.root / "shards" / corpus / f".staging-{os.getpid()}.parquet"
         staging.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, staging, compression="zstd")
+        # row groups of 16k documents: readers stream a shard a row group at a time
+        pq.write_table(table, staging, compression="zstd", row_group_size=16384)
         return self.adopt_shard(corpus, staging)
 
     def adopt_shard(self, corpus: str, path: Path) -> ShardInfo:
@@ -418,7 +420,7 @@ class Store:
             rel = Path("shards") / corpus / f"{n}.parquet"
             (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, self.root / rel)
-            info = ShardInfo(corpus, n, self.root / rel, meta.num_rows, n_bytes, _file_hash(self.root / rel))
+            info = ShardInfo(corpus, n, self.root / rel, meta.num_rows, n_bytes, file_hash(self.root / rel))
             with self._connect(write=True, views=("documents",)) as con:
                 con.execute(
                     "INSERT INTO shards VALUES (?, ?, ?, ?, ?, ?, now())",

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from corpora.store import StoreError
+from corpora.store import StoreError, file_hash
 
 if TYPE_CHECKING:
     from corpora.store import Store
@@ -213,14 +213,6 @@ def _flatten(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ---------------------------------------------------------------------------------------- loading
-def _hash_file(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=8)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 @functools.lru_cache(maxsize=16)
 def _load_tiktoken(source: str, name: str, num_threads: int = 0) -> TiktokenTokenizer:
     import tiktoken
@@ -235,7 +227,7 @@ def _load_tiktoken(source: str, name: str, num_threads: int = 0) -> TiktokenToke
             raise UnknownTokenizer(f"cannot read tiktoken file {path}: {e}") from None
         encoding = tiktoken.Encoding(name=name, pat_str=CL100K_PAT_STR, mergeable_ranks=ranks,
                                      special_tokens={})
-        return TiktokenTokenizer(encoding, name, source, _hash_file(path), num_threads)
+        return TiktokenTokenizer(encoding, name, source, file_hash(path, digest_size=8), num_threads)
     try:
         encoding = tiktoken.get_encoding(source)
     except Exception as e:  # noqa: BLE001 -- other encodings download their ranks; no internet here
@@ -261,7 +253,7 @@ def _load_hf_json(path: str, name: str, mtime_ns: int, num_threads: int = 0) -> 
         backend = tokenizers.Tokenizer.from_file(path)
     except Exception as e:  # noqa: BLE001 -- the Rust side raises plain Exception on bad JSON
         raise UnknownTokenizer(f"cannot read Hugging Face tokenizer {path}: {str(e).splitlines()[0]}") from None
-    return HFTokenizer(backend, name, path, _hash_file(Path(path)), num_threads)
+    return HFTokenizer(backend, name, path, file_hash(Path(path), digest_size=8), num_threads)
 
 
 @functools.lru_cache(maxsize=4)
