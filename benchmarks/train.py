@@ -1,14 +1,19 @@
 """Training throughput: our Llama (train/model.py) against HF `LlamaForCausalLM` with the same config.
 
-Both models get the same shapes, batch, thread count, optimizer (AdamW) and data, and are timed in one
-process, interleaved step by step so that load from other processes hits both alike. We report medians of
-repeats, the ratio of medians and the median of per-repeat ratios, model FLOPs per token (6N + attention,
-`Transformer.flops_per_token`) and achieved FLOP/s. `--compile` adds our model under torch.compile to answer
-"does compile pay on CPU?". When CUDA is present, a GPU section measures MFU of a ~100M preset in bf16 with
-torch.compile (a GPU is rarely lent on this project's machines; without one the section says so).
+For each preset, both models get the same shapes, batch, thread count, optimizer (fused AdamW) and data,
+and are timed in one process, interleaved repeat by repeat so that load from other processes hits all
+alike. Variants: `hf` (eager; the baseline of every ratio), `ours` (eager), `ours_compiled` (the trainer's
+`--compile`: the whole model, fused loss included, under torch.compile) and `hf_compiled` (HF under
+torch.compile, so the compiled comparison is like for like; `--no-hf-compile` skips it). We report medians
+of repeats, ratios of medians, the median of per-repeat ratios, tokens per CPU-second, model FLOPs per
+token (6N + attention, `Transformer.flops_per_token`) and achieved FLOP/s. When CUDA is present, a GPU
+section measures MFU of a ~100M preset in bf16 with torch.compile (a GPU is rarely lent on this project's
+machines; without one the section says so).
 
-    python benchmarks/train.py                        # cpu-4m, vocab 8192, 4 x 256 tokens, 2 threads
-    python benchmarks/train.py --compile --json
+Defaults are the demo study's training setup: a 4096-token BPE, 16 sequences of 128 tokens, 2 threads.
+
+    python benchmarks/train.py                                    # debugmodel, cpu-1m, cpu-4m
+    python benchmarks/train.py --presets cpu-4m --vocab 8192 --seq-len 256 --batch-size 4 --json
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -48,9 +54,9 @@ def make_step(name, model, batch, optimizer, autocast_dtype=None):
 
     def loss_fn():
         if name.startswith("hf"):
-            # HF shifts labels itself, so the inputs are the labels (T-1 targets against our T: 0.4% less
-            # loss work for HF, which only favours the baseline).
-            return model(input_ids=inputs, labels=batch[:, :-1]).loss
+            # HF shifts labels itself, so the inputs are the labels (T-1 targets against our T: 0.8% less
+            # loss work for HF at T=128, which only favours the baseline).
+            return model(input_ids=inputs, labels=inputs).loss
         return model(inputs, targets)
 
     def step():
@@ -74,60 +80,71 @@ def time_steps(step, n_steps, sync=lambda: None) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def bench_cpu(args) -> dict:
-    torch.set_num_threads(args.threads)
-    cfg = build_model_config(args.preset, args.vocab, max_seq_len=args.seq_len)
+def build_variant(name: str, cfg):
+    torch.manual_seed(0)   # same initial weights for both of ours; HF draws its own
+    if name.startswith("hf"):
+        model = build_hf(cfg)
+        return model, (torch.compile(model) if name == "hf_compiled" else model)
+    model = Transformer(cfg)
+    if name == "ours_compiled":
+        model.compile()    # what train.loop.parallelize does without FSDP
+    return model, model
+
+
+def bench_preset(preset: str, args) -> dict:
+    cfg = build_model_config(preset, args.vocab, max_seq_len=args.seq_len)
     gen = torch.Generator().manual_seed(0)
     batch = torch.randint(0, cfg.vocab_size, (args.batch_size, args.seq_len + 1), generator=gen)
     tokens_per_step = args.batch_size * args.seq_len
-
-    torch.manual_seed(0)
-    models = {"ours": Transformer(cfg), "hf": build_hf(cfg)}
-    if args.compile:
-        torch.manual_seed(0)
-        models["ours_compiled"] = Transformer(cfg)
-        for block in models["ours_compiled"].layers:   # as train.loop.parallelize does
-            block.compile()
-    steps, compile_s = {}, {}
-    for name, model in models.items():
-        # The trainer's optimizer (fused AdamW) for both models, so the step differs only in the model.
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=True)
-        steps[name] = make_step(name, model, batch, opt)
+    names = ["hf", "ours", "ours_compiled"] + ([] if args.no_hf_compile else ["hf_compiled"])
+    steps, warmup_s, models = {}, {}, {}
+    for name in names:
+        params, models[name] = build_variant(name, cfg)
+        opt = torch.optim.AdamW(params.parameters(), lr=1e-4, weight_decay=0.1, fused=True)
+        steps[name] = make_step(name, models[name], batch, opt)
         t0 = time.perf_counter()
         for _ in range(args.warmup):
             steps[name]()
-        compile_s[name] = time.perf_counter() - t0   # warmup time; includes compilation when compiled
+        warmup_s[name] = time.perf_counter() - t0   # includes compilation for the compiled variants
 
-    tok_s = {name: [] for name in models}
-    tok_cpu_s = {name: [] for name in models}
-    for _ in range(args.repeats):
-        for name in models:   # interleaved: a burst of load from other processes hits every model
+    tok_s = {name: [] for name in names}
+    tok_cpu_s = {name: [] for name in names}
+    for _ in tqdm(range(args.repeats), desc=preset, unit="repeat", leave=False, disable=args.json):
+        for name in names:   # interleaved: a burst of load from other processes hits every variant
             wall_s, cpu_s = time_steps(steps[name], args.steps)
             tok_s[name].append(args.steps * tokens_per_step / wall_s)
             tok_cpu_s[name].append(args.steps * tokens_per_step / cpu_s)
 
-    flops_per_token = models["ours"].flops_per_token(args.seq_len)
+    ours = models["ours"]
+    flops_per_token = ours.flops_per_token(args.seq_len)
     med = {name: statistics.median(v) for name, v in tok_s.items()}
+    med_cpu = {name: statistics.median(v) for name, v in tok_cpu_s.items()}
+    ratio = lambda a, b: {"of_medians": med[a] / med[b], "median_of_ratios": statistics.median(
+        x / y for x, y in zip(tok_s[a], tok_s[b])), "cpu_time": med_cpu[a] / med_cpu[b]}
     out = {
-        "preset": args.preset, "vocab_size": cfg.vocab_size, "seq_len": args.seq_len,
+        "preset": preset, "vocab_size": cfg.vocab_size, "seq_len": args.seq_len,
         "batch_size": args.batch_size, "threads": args.threads, "repeats": args.repeats,
         "steps_per_repeat": args.steps,
-        "n_params_non_embedding": models["ours"].num_params(), "n_params_total": models["ours"].num_params(False),
+        "n_params_non_embedding": ours.num_params(), "n_params_total": ours.num_params(False),
         "flops_per_token": flops_per_token,
         "tokens_per_s_median": med,
         "tokens_per_s_all": tok_s,
         # Tokens per CPU-second of this process: on a shared machine, time spent waiting for a core is not
         # counted, so this is the steadier measure of work (with 1 thread it has no spin-wait either).
-        "tokens_per_cpu_s_median": {name: statistics.median(v) for name, v in tok_cpu_s.items()},
-        "speedup_ours_vs_hf_cpu_time": statistics.median(tok_cpu_s["ours"]) / statistics.median(tok_cpu_s["hf"]),
+        "tokens_per_cpu_s_median": med_cpu,
         "achieved_flops_per_s": {name: med[name] * flops_per_token for name in med},
-        "speedup_ours_vs_hf": med["ours"] / med["hf"],
-        "speedup_median_of_ratios": statistics.median(a / b for a, b in zip(tok_s["ours"], tok_s["hf"])),
-        "warmup_s": compile_s,
+        "speedup": {"ours_vs_hf": ratio("ours", "hf"), "ours_compiled_vs_hf": ratio("ours_compiled", "hf"),
+                    "ours_compiled_vs_ours": ratio("ours_compiled", "ours")},
+        "warmup_s": warmup_s,
     }
-    if args.compile:
-        out["speedup_compiled_vs_eager"] = med["ours_compiled"] / med["ours"]
+    if "hf_compiled" in names:
+        out["speedup"]["ours_compiled_vs_hf_compiled"] = ratio("ours_compiled", "hf_compiled")
     return out
+
+
+def bench_cpu(args) -> list[dict]:
+    torch.set_num_threads(args.threads)
+    return [bench_preset(preset, args) for preset in args.presets]
 
 
 def bench_gpu(args) -> dict:
@@ -140,14 +157,14 @@ def bench_gpu(args) -> dict:
     torch.manual_seed(0)
     model = Transformer(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    compiled = torch.compile(model)
+    model.compile()
     batch = torch.randint(0, cfg.vocab_size, (args.gpu_batch_size, args.gpu_seq_len + 1), device=device)
-    step = make_step("ours", compiled, batch, opt, autocast_dtype=torch.bfloat16)
+    step = make_step("ours", model, batch, opt, autocast_dtype=torch.bfloat16)
     for _ in range(3):
         step()
     sync = torch.cuda.synchronize
     tokens_per_step = args.gpu_batch_size * args.gpu_seq_len
-    tok_s = [10 * tokens_per_step / time_steps(step, 10, sync) for _ in range(5)]
+    tok_s = [10 * tokens_per_step / time_steps(step, 10, sync)[0] for _ in range(5)]
     name = torch.cuda.get_device_name()
     peak = next((v for k, v in GPU_PEAK_BF16.items() if k in name), None)
     fpt = model.flops_per_token(args.gpu_seq_len)
@@ -160,38 +177,40 @@ def bench_gpu(args) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="cpu-4m", choices=list(PRESETS))
-    p.add_argument("--vocab", type=int, default=8192, help="vocabulary size (a trained 8k BPE on CPU)")
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=4, help="sequences per step")
+    p.add_argument("--presets", type=lambda v: v.split(","), default=["debugmodel", "cpu-1m", "cpu-4m"],
+                   help="comma-separated presets (python -m train presets)")
+    p.add_argument("--vocab", type=int, default=4096, help="vocabulary size (the demo's trained BPE: 4096)")
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per step")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=9)
-    p.add_argument("--steps", type=int, default=1, help="training steps per timed repeat")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--compile", action="store_true", help="also time our model under torch.compile")
+    p.add_argument("--steps", type=int, default=2, help="training steps per timed repeat")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--no-hf-compile", action="store_true", help="skip HF under torch.compile")
     p.add_argument("--gpu-preset", default="llama-100m", choices=list(PRESETS))
     p.add_argument("--gpu-vocab", type=int, default=32768)
     p.add_argument("--gpu-seq-len", type=int, default=2048)
     p.add_argument("--gpu-batch-size", type=int, default=16)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    unknown = [name for name in args.presets if name not in PRESETS]
+    if unknown:
+        p.error(f"unknown preset(s) {', '.join(unknown)}; choose from {', '.join(PRESETS)}")
 
     result = {"cpu": bench_cpu(args), "gpu": bench_gpu(args)}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    c = result["cpu"]
-    print(f"{c['preset']}: {c['n_params_non_embedding']:,} non-embedding params, vocab {c['vocab_size']}, "
-          f"batch {c['batch_size']} x {c['seq_len']}, {c['threads']} threads, {c['repeats']} repeats")
-    print(f"model FLOPs per token (6N + attention): {c['flops_per_token']:,}")
-    for name, v in c["tokens_per_s_median"].items():
-        print(f"  {name:14s} {v:10.0f} tokens/s   {c['achieved_flops_per_s'][name] / 1e9:7.2f} GFLOP/s   "
-              f"{c['tokens_per_cpu_s_median'][name]:8.0f} tokens/CPU-s   (warmup {c['warmup_s'][name]:.1f} s)")
-    print(f"ours / HF: {c['speedup_ours_vs_hf']:.2f}x (ratio of median tokens/s), "
-          f"{c['speedup_median_of_ratios']:.2f}x (median of per-repeat ratios), "
-          f"{c['speedup_ours_vs_hf_cpu_time']:.2f}x (tokens per CPU-second)")
-    if "speedup_compiled_vs_eager" in c:
-        print(f"torch.compile / eager (ours): {c['speedup_compiled_vs_eager']:.2f}x")
+    for c in result["cpu"]:
+        print(f"{c['preset']}: {c['n_params_non_embedding']:,} non-embedding params, vocab {c['vocab_size']}, "
+              f"batch {c['batch_size']} x {c['seq_len']}, {c['threads']} threads, {c['repeats']} repeats; "
+              f"{c['flops_per_token']:,} FLOPs/token (6N + attention)")
+        for name, v in c["tokens_per_s_median"].items():
+            print(f"  {name:14s} {v:10.0f} tokens/s   {c['achieved_flops_per_s'][name] / 1e9:7.2f} GFLOP/s   "
+                  f"{c['tokens_per_cpu_s_median'][name]:8.0f} tokens/CPU-s   (warmup {c['warmup_s'][name]:.1f} s)")
+        for key, r in c["speedup"].items():
+            print(f"  {key:30s} {r['of_medians']:.2f}x (ratio of medians)  {r['median_of_ratios']:.2f}x "
+                  f"(median of per-repeat ratios)  {r['cpu_time']:.2f}x (tokens per CPU-second)")
     g = result["gpu"]
     if "skipped" in g:
         print(f"GPU: skipped: {g['skipped']}")

@@ -313,17 +313,23 @@ def bootstrap_fit(D, L, cfg: ScalingConfig | None = None, N=None, groups=None) -
         return _bootstrap(D, L, N, groups, cfg)
 
 
+def _resamples(n: int, groups, cfg: ScalingConfig):
+    """`cfg.n_boot` seeded bootstrap resamples of n points as index arrays, drawing whole groups (the
+    points of one run, or of one curve) with replacement; each point is its own group when groups is None."""
+    labels = np.arange(n) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
+    members = [np.flatnonzero(labels == g) for g in range(labels.max() + 1)]
+    rng = np.random.default_rng(cfg.seed)
+    for _ in range(cfg.n_boot):
+        yield np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+
+
 def _bootstrap(D, L, N, groups, cfg: ScalingConfig) -> FitResult:
     kind = "data" if N is None else "joint"
     fit = _fit_one(kind, D, L, N, cfg, None, None)
     D, L = np.asarray(D, float).ravel(), np.asarray(L, float).ravel()
     N = None if N is None else np.asarray(N, float).ravel()
-    labels = np.arange(len(L)) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
-    members = [np.flatnonzero(labels == g) for g in range(labels.max() + 1)]
-    rng = np.random.default_rng(cfg.seed)
     reps = []
-    for _ in range(cfg.n_boot):
-        idx = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+    for idx in _resamples(len(L), groups, cfg):
         try:
             rep = _fit_one(kind, D[idx], L[idx], None if N is None else N[idx], cfg,
                            extra_starts=fit.theta[None, :], n_starts=cfg.n_starts_boot)
@@ -439,12 +445,8 @@ def fit_optimal_ratio(ratios, losses, cfg: ScalingConfig | None = None, groups=N
     r_opt, loss_opt, coef = _poly_argmin(r, logL, cfg.ratio_degree, lo_r, hi_r)
     shares = np.unique(r)
     best_measured = float(shares[np.argmin([logL[r == s].mean() for s in shares])])
-    labels = np.arange(len(L)) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
-    members = [np.flatnonzero(labels == g) for g in range(labels.max() + 1)]
-    rng = np.random.default_rng(cfg.seed)
     reps = []
-    for _ in range(cfg.n_boot):
-        idx = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+    for idx in _resamples(len(L), groups, cfg):
         if len(np.unique(r[idx])) < cfg.ratio_degree + 1:
             continue
         reps.append(_poly_argmin(r[idx], logL[idx], cfg.ratio_degree, lo_r, hi_r)[0])

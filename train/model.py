@@ -134,6 +134,61 @@ class FeedForward(nn.Module):
         return self.w2(F.silu(gate) * up)
 
 
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of `h @ weight.T` against targets, in chunks of rows, with the gradients
+    computed during the forward pass (the fused linear cross-entropy of Liger-Kernel and of Wijmans et al.
+    2024, "Cut your losses").
+
+    A chunk's logits are computed and turned in place into exp(logits - max), whose row sums give the
+    log-sum-exp, then into d loss / d logits = (softmax - onehot) / n, which is multiplied straight into
+    d h and d weight. The
+    (B*T, vocab) logits tensor never exists, nor does log_softmax's output or its backward pass: one pass
+    over each chunk's logits instead of five over the whole tensor. The matmuls are the same three a plain
+    linear + cross-entropy does. Same loss and gradients as `F.cross_entropy(h @ weight.T, targets)` up to
+    float rounding (tests/train/test_model.py). Logits are reduced in float32 even under bf16 autocast.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, chunk_size):
+        n = h.shape[0]
+        grad_h = torch.empty_like(h)
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        loss = torch.zeros((), dtype=torch.float32, device=h.device)
+        for start in range(0, n, chunk_size):
+            hc, tc = h[start:start + chunk_size], targets[start:start + chunk_size]
+            logits = (hc @ weight.t()).float()
+            target_logit = logits.gather(1, tc[:, None])
+            row_max = logits.amax(dim=-1, keepdim=True)
+            exp = logits.sub_(row_max).exp_()                    # in place: the chunk's only big buffer
+            sum_exp = exp.sum(dim=-1, keepdim=True)
+            loss += (row_max + sum_exp.log() - target_logit).sum()   # log-sum-exp minus the target logit
+            dlogits = exp.mul_((1.0 / n) / sum_exp)              # softmax / n
+            dlogits[torch.arange(len(tc), device=tc.device), tc] -= 1.0 / n
+            dlogits = dlogits.to(hc.dtype)
+            grad_h[start:start + chunk_size] = dlogits @ weight.to(hc.dtype)
+            grad_w += (dlogits.t() @ hc).float()
+        ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
+        return loss / n
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_loss, grad_w * grad_loss, None, None
+
+
+def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         chunk_size: int = 1024) -> torch.Tensor:
+    """Mean over rows of cross_entropy(h @ weight.T, targets): h (N, d), weight (vocab, d), targets (N,)
+    of valid class indices. Fused and chunked when a gradient is needed, chunked log-sum-exp otherwise."""
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        return _LinearCrossEntropy.apply(h, weight, targets, chunk_size)
+    total = torch.zeros((), dtype=torch.float32, device=h.device)
+    for start in range(0, h.shape[0], chunk_size):
+        logits = (h[start:start + chunk_size] @ weight.t()).float()
+        total += F.cross_entropy(logits, targets[start:start + chunk_size], reduction="sum")
+    return total / h.shape[0]
+
+
 class TransformerBlock(nn.Module):
     """Pre-norm residual block: x + attn(norm(x)), then h + ffn(norm(h))."""
 
@@ -183,7 +238,8 @@ class Transformer(nn.Module):
                 nn.init.normal_(p, 0.0, std)
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None):
-        """tokens (B, T) -> logits (B, T, vocab); with targets (B, T), the mean cross-entropy instead."""
+        """tokens (B, T) -> logits (B, T, vocab); with targets (B, T), the mean cross-entropy instead
+        (computed by `linear_cross_entropy`, which never materialises the whole logits tensor)."""
         t = tokens.shape[1]
         if t > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {t} exceeds max_seq_len={self.cfg.max_seq_len}")
@@ -191,11 +247,10 @@ class Transformer(nn.Module):
         h = self.tok_embeddings(tokens)
         for layer in self.layers:
             h = layer(h, cos, sin)
-        logits = self.output(self.norm(h))
+        h = self.norm(h)
         if targets is None:
-            return logits
-        # Loss in float32 even under bf16 autocast: log-softmax over a large vocabulary loses precision.
-        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+            return self.output(h)
+        return linear_cross_entropy(h.reshape(-1, h.shape[-1]), self.output.weight, targets.reshape(-1))
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; non_embedding drops the vocab-sized matrices (token embedding and output

@@ -132,6 +132,20 @@ def test_resume_reproduces_the_uninterrupted_curve(lee_store, lee_data, tmp_path
         run(other, lee_data, dataclasses.replace(cfg, lr_peak=5e-3))
 
 
+def test_compiled_run_follows_the_eager_curve(lee_store, lee_data):
+    """torch.compile (the whole model, fused loss included) trains the same model: same curve up to float
+    reassociation, same checkpoint keys, so a compiled run resumes an eager one and vice versa."""
+    cfg = tiny_cfg(tokens=6 * 8 * SEQ_LEN, eval_every_tokens=3 * 8 * SEQ_LEN)
+    run(lee_store, lee_data, dataclasses.replace(cfg, run_id="eager"))
+    run(lee_store, lee_data, dataclasses.replace(cfg, run_id="compiled", compile=True))
+    eager, compiled = train_losses(lee_store, "eager"), train_losses(lee_store, "compiled")
+    assert len(compiled) == 6 and np.allclose(compiled, eager, atol=2e-3), (compiled, eager)
+    val = lambda r: lee_store.read_result("run_metrics", r).filter(pl.col("split") == "val")["loss"].to_list()
+    assert np.allclose(val("compiled"), val("eager"), atol=2e-3)
+    load = lambda r: torch.load(lee_store.artifact_dir("runs", r) / "checkpoint.pt", weights_only=True)["model"]
+    assert load("compiled").keys() == load("eager").keys()
+
+
 def test_seed_determines_the_run(lee_store, lee_data):
     cfg = tiny_cfg(tokens=4 * 8 * SEQ_LEN, eval_every_tokens=10**9)
     run(lee_store, lee_data, dataclasses.replace(cfg, run_id="seed_a"))
