@@ -35,8 +35,8 @@ def demo_store(tmp_path_factory) -> Store:
 
 
 def test_demo_counts(demo_store, lee_texts):
-    rows = dict(demo_store.sql("SELECT corpus, count(*) FROM documents GROUP BY corpus").to_pylist()[i].values()
-                for i in range(2))
+    rows = {r["corpus"]: r["n"] for r in
+            demo_store.sql("SELECT corpus, count(*) AS n FROM documents GROUP BY corpus").to_pylist()}
     distinct = len({normalize_text(t) for t in lee_texts})  # lee_background.cor repeats 7 articles verbatim
     assert rows == {"cc": distinct, "wiki": 106}
     (cc_run,) = demo_store.sql("SELECT n_docs, n_duplicates FROM ingest_runs WHERE corpus = 'cc'").to_pylist()
