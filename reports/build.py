@@ -46,7 +46,14 @@ class Table:
     caption: str = ""
 
     @classmethod
-    def from_df(cls, df: pl.DataFrame, caption: str = "", digits: int = 4) -> "Table":
+    def from_df(cls, df: pl.DataFrame, caption: str = "", digits: int = 4, columns=None, sort=()) -> "Table":
+        """A table of df; `columns` and `sort` name the wanted columns in order and the sort keys, and the
+        ones a table lacks (older result tables, absent optional fields) are left out."""
+        if columns is not None:
+            df = df.select([c for c in columns if c in df.columns])
+        keys = [c for c in sort if c in df.columns]
+        if keys:
+            df = df.sort(*keys)
         return cls(df.columns, [[_fmt(v, digits) for v in row] for row in df.iter_rows()], caption)
 
     def cell_class(self, value: str) -> str:
@@ -164,8 +171,7 @@ def section_unigram(store: Store) -> Section:
                 f"alpha = {alpha:g}; test sets up to {n_test:,} tokens."))
         cols = ["train", "test", "n_tokens_train", "n_types_train", "type_coverage", "token_coverage", "kl_nats",
                 "js_nats", "entropy_train_nats", "entropy_test_nats"]
-        s.tables.append(Table.from_df(sub.select([c for c in cols if c in sub.columns]).sort("test", "kl_nats"),
-                                      f"All comparisons ({tok})."))
+        s.tables.append(Table.from_df(sub, f"All comparisons ({tok}).", columns=cols, sort=("test", "kl_nats")))
         rows = []
         for r in sub.filter(~pl.col("train").str.contains(":")).sort("kl_nats", descending=True).iter_rows(named=True):
             for t in json.loads(r.get("top_kl_tokens") or "[]")[:5]:
@@ -177,12 +183,13 @@ def section_unigram(store: Store) -> Section:
                                         "(single training set, test set) pair; count 0 = missing from training."))
     shrink = _table(store, "unigram_shrinkage")
     if shrink is not None:
-        cols = [c for c in ("synthetic", "source", "tokenizer", "budget_tokens", "types_at_budget_synthetic",
-                            "types_at_budget_source", "types_ratio", "entropy_at_budget_synthetic_nats",
-                            "entropy_at_budget_source_nats", "entropy_diff_nats") if c in shrink.columns]
-        s.tables.append(Table.from_df(shrink.select(cols), "Shrinkage: distinct types and entropy of each synthetic "
-                                      "corpus against its source at an equal token budget (subsampled to the "
-                                      "smaller corpus); types_ratio < 1 means the synthetic set is narrower."))
+        s.tables.append(Table.from_df(shrink, "Shrinkage: distinct types and entropy of each synthetic corpus "
+                                      "against its source at an equal token budget (subsampled to the smaller "
+                                      "corpus); types_ratio < 1 means the synthetic set is narrower.",
+                                      columns=("synthetic", "source", "tokenizer", "budget_tokens",
+                                               "types_at_budget_synthetic", "types_at_budget_source", "types_ratio",
+                                               "entropy_at_budget_synthetic_nats", "entropy_at_budget_source_nats",
+                                               "entropy_diff_nats")))
     return s
 
 
@@ -197,20 +204,20 @@ def section_dedup(store: Store) -> Section:
         return s
     within = summ.filter(pl.col("mode") == "within")
     if within.height:
-        cols = [c for c in ("corpus", "n_docs", "n_clusters", "n_docs_in_clusters", "n_duplicates", "dup_rate",
-                            "largest_cluster", "threshold", "num_perm", "ngram") if c in within.columns]
-        s.tables.append(Table.from_df(within.select(cols).sort("corpus"), "Within each corpus: duplicate rate = "
-                                      "documents beyond the first of each cluster / all documents."))
+        s.tables.append(Table.from_df(within, "Within each corpus: duplicate rate = documents beyond the first "
+                                      "of each cluster / all documents.",
+                                      columns=("corpus", "n_docs", "n_clusters", "n_docs_in_clusters", "n_duplicates",
+                                               "dup_rate", "largest_cluster", "threshold", "num_perm", "ngram"),
+                                      sort=("corpus",)))
         s.figures.append(Figure(figures.bars(within.sort("corpus"), "corpus", "dup_rate", "Near-duplicate rate"),
                                 f"Near-duplicate rate per corpus at Jaccard threshold {within['threshold'][0]} "
                                 f"({int(within['n_docs'].sum()):,} documents in all)."))
     across = summ.filter(pl.col("mode") == "across")
     if across.height:
-        cols = [c for c in ("corpus", "against", "n_docs_hashed", "n_against_docs", "n_with_match",
-                            "share_with_match", "n_pairs") if c in across.columns]
-        s.tables.append(Table.from_df(across.select(cols).sort("corpus", "against"),
-                                      "Across corpora: share of the first corpus's documents with a near-duplicate "
-                                      "in the second (contamination when the second is a test set)."))
+        s.tables.append(Table.from_df(across, "Across corpora: share of the first corpus's documents with a "
+                                      "near-duplicate in the second (contamination when the second is a test set).",
+                                      columns=("corpus", "against", "n_docs_hashed", "n_against_docs", "n_with_match",
+                                               "share_with_match", "n_pairs"), sort=("corpus", "against")))
     src = _table(store, "dup_source")
     if src is not None and "jaccard" in src.columns:
         import matplotlib.pyplot as plt
@@ -223,6 +230,17 @@ def section_dedup(store: Store) -> Section:
                                 f"How far generation moved the text: Jaccard of {src.height:,} synthetic documents "
                                 "against their own source documents (1 = copied, 0 = nothing shared)."))
     return s
+
+
+def _ok(df: pl.DataFrame) -> pl.DataFrame:
+    """The rows of a fit table whose status is ok (all rows of a table without a status column)."""
+    return df.filter(pl.col("status") == "ok") if "status" in df.columns else df
+
+
+def _figure_domain(df: pl.DataFrame) -> str:
+    """The domain a figure shows: the average over test domains when there is one, else the first
+    (`_main_domain`, for findings, instead refuses to pick among several domains)."""
+    return "avg" if "avg" in df["domain"].to_list() else df["domain"][0]
 
 
 def _final_val(store: Store) -> pl.DataFrame | None:
@@ -255,10 +273,10 @@ def section_training(store: Store) -> Section:
                 f"Validation loss against tokens seen for model {model} at the largest budget ({top:,} tokens), "
                 f"one line per mixture, one panel per validation domain ({sub['run_id'].n_unique()} runs)."))
     final = _final_val(store)
-    cols = [c for c in ("run_id", "sweep", "mixture", "model", "n_params", "tokens", "tokens_seen",
-                        "final_train_loss", "elapsed_s", "tokens_per_s", "status") if c in runs.columns]
-    s.tables.append(Table.from_df(runs.select(cols).sort("mixture", "model", "tokens"),
-                                  "Runs: budget, tokens seen, final training loss, wall time and throughput."))
+    s.tables.append(Table.from_df(runs, "Runs: budget, tokens seen, final training loss, wall time and throughput.",
+                                  columns=("run_id", "sweep", "mixture", "model", "n_params", "tokens", "tokens_seen",
+                                           "final_train_loss", "elapsed_s", "tokens_per_s", "status"),
+                                  sort=("mixture", "model", "tokens")))
     if final is not None and final.height:
         done = final.filter(pl.col("status") == "done")
         pivot = done.pivot(on="domain", index=["mixture", "model", "tokens"], values="loss",
@@ -276,16 +294,15 @@ def section_scaling(store: Store) -> Section:
     if fits is None:
         s.empty = "No fits yet: `python -m stats.scaling --runs SWEEP` after a sweep."
         return s
-    ok = fits.filter(pl.col("status") == "ok") if "status" in fits.columns else fits
-    show = [c for c in ("sweep", "domain", "fit", "mixture", "model", "n_points", "E", "E_lo", "E_hi", "B", "beta",
-                        "beta_lo", "beta_hi", "A", "alpha", "status", "error") if c in fits.columns]
-    s.tables.append(Table.from_df(fits.select(show).sort(*[c for c in ("domain", "fit", "mixture", "model")
-                                                          if c in show]),
-                                  "Fitted parameters with bootstrap intervals (E = irreducible loss)."))
+    ok = _ok(fits)
+    s.tables.append(Table.from_df(fits, "Fitted parameters with bootstrap intervals (E = irreducible loss).",
+                                  columns=("sweep", "domain", "fit", "mixture", "model", "n_points", "E", "E_lo",
+                                           "E_hi", "B", "beta", "beta_lo", "beta_hi", "A", "alpha", "status", "error"),
+                                  sort=("domain", "fit", "mixture", "model")))
     final = _final_val(store)
     data = ok.filter(pl.col("fit") == "data") if "fit" in ok.columns else ok
     if final is not None and data.height and {"E", "B", "beta"} <= set(data.columns):
-        domain = "avg" if "avg" in data["domain"].to_list() else data["domain"][0]
+        domain = _figure_domain(data)
         for model in sorted(set(data["model"].drop_nulls().to_list())):
             fsub = data.filter((pl.col("domain") == domain) & (pl.col("model") == model))
             if domain == "avg":
@@ -314,14 +331,14 @@ def section_speedups(store: Store) -> Section:
     if sp is None:
         s.empty = "No speed-ups yet: they come with `python -m stats.scaling --runs SWEEP`."
         return s
-    cols = [c for c in ("domain", "model", "mixture", "baseline", "synthetic_type", "synthetic_share", "tokens",
-                        "target_loss", "tokens_needed", "speedup", "speedup_lo", "speedup_hi", "reachable",
-                        "extrapolated", "status", "error") if c in sp.columns]
-    s.tables.append(Table.from_df(sp.select(cols).sort(*[c for c in ("domain", "model", "mixture", "tokens")
-                                                        if c in cols]), "Speed-ups over the baseline."))
-    ok = sp.filter(pl.col("status") == "ok") if "status" in sp.columns else sp
+    s.tables.append(Table.from_df(sp, "Speed-ups over the baseline.",
+                                  columns=("domain", "model", "mixture", "baseline", "synthetic_type",
+                                           "synthetic_share", "tokens", "target_loss", "tokens_needed", "speedup",
+                                           "speedup_lo", "speedup_hi", "reachable", "extrapolated", "status", "error"),
+                                  sort=("domain", "model", "mixture", "tokens")))
+    ok = _ok(sp)
     if ok.height and "speedup" in ok.columns:
-        domain = "avg" if "avg" in ok["domain"].to_list() else ok["domain"][0]
+        domain = _figure_domain(ok)
         top = ok.filter(pl.col("domain") == domain)
         top = top.filter(pl.col("tokens") == top["tokens"].max())
         s.figures.append(Figure(
@@ -341,13 +358,13 @@ def section_ratios(store: Store) -> Section:
     if r is None:
         s.empty = "No optimal ratios yet: they come with `python -m stats.scaling --runs SWEEP`."
         return s
-    cols = [c for c in ("domain", "synthetic_type", "model", "n_params", "tokens", "ratio_opt", "ratio_lo",
-                        "ratio_hi", "loss_opt", "status", "error") if c in r.columns]
-    s.tables.append(Table.from_df(r.select(cols).sort(*[c for c in ("domain", "synthetic_type", "model", "tokens")
-                                                       if c in cols]), "Optimal synthetic share."))
-    ok = r.filter(pl.col("status") == "ok") if "status" in r.columns else r
+    s.tables.append(Table.from_df(r, "Optimal synthetic share.",
+                                  columns=("domain", "synthetic_type", "model", "n_params", "tokens", "ratio_opt",
+                                           "ratio_lo", "ratio_hi", "loss_opt", "status", "error"),
+                                  sort=("domain", "synthetic_type", "model", "tokens")))
+    ok = _ok(r)
     if ok.height and {"ratio_opt", "n_params"} <= set(ok.columns):
-        domain = "avg" if "avg" in ok["domain"].to_list() else ok["domain"][0]
+        domain = _figure_domain(ok)
         sub = ok.filter(pl.col("domain") == domain)
         sub = sub.filter(pl.col("tokens") == sub["tokens"].max())
         lo, hi = ("ratio_lo", "ratio_hi") if {"ratio_lo", "ratio_hi"} <= set(sub.columns) else (None, None)

@@ -154,6 +154,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h = torch.empty_like(h)
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         loss = torch.zeros((), dtype=torch.float32, device=h.device)
+        weight_h = weight.to(h.dtype)                            # once, not per chunk (no-op when equal)
         for start in range(0, n, chunk_size):
             hc, tc = h[start:start + chunk_size], targets[start:start + chunk_size]
             logits = (hc @ weight.t()).float()
@@ -165,7 +166,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             dlogits = exp.mul_((1.0 / n) / sum_exp)              # softmax / n
             dlogits[torch.arange(len(tc), device=tc.device), tc] -= 1.0 / n
             dlogits = dlogits.to(hc.dtype)
-            grad_h[start:start + chunk_size] = dlogits @ weight.to(hc.dtype)
+            grad_h[start:start + chunk_size] = dlogits @ weight_h
             grad_w += (dlogits.t() @ hc).float()
         ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
         return loss / n
