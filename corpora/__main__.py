@@ -23,6 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from corpora.executor import EngineError, add_engine_args
 from corpora.readers import FORMATS, TEXT_MODES, InputError, ReaderConfig
 from corpora.store import ROLES, Store, StoreError, resolve_store_path
 
@@ -53,7 +54,7 @@ def cmd_ingest(args) -> int:
 
     cfg = IngestConfig(
         corpus=args.name, kind=args.kind, role=args.role, synthetic_type=args.synthetic_type,
-        format=args.format, workers=args.workers,
+        format=args.format, workers=args.workers, engine=args.engine, ray_address=args.ray_address,
         reader=ReaderConfig(text_field=args.text_field, text_mode=args.text_mode,
                             html_extractor=args.html_extractor),
     )
@@ -202,7 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="plain text: a document per line, per blank-line-separated block, per file, "
                          "or per WikiText article (' = Title = ' lines)")
     sp.add_argument("--html-extractor", choices=["resiliparse", "trafilatura"], default="resiliparse")
-    sp.add_argument("--workers", type=int, default=0, help="worker processes (default: number of cores)")
+    sp.add_argument("--workers", type=int, default=0,
+                    help="worker processes or Ray tasks (default: number of cores / of the cluster's CPUs)")
+    add_engine_args(sp)
     sp.add_argument("--json", action="store_true", help="print the ingest report as JSON")
 
     sp = add("list", cmd_list, "list the corpora in the store")
@@ -250,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (StoreError, InputError, ValueError) as e:
+    except (StoreError, InputError, ValueError, EngineError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -26,6 +26,7 @@ import os
 import pickle
 import signal
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -83,17 +84,20 @@ class Executor:
 
     def map(self, fn: Callable | Stateful, items: Sequence[Any], *, desc: str | None = None,
             sizes: Sequence[float] | None = None, max_workers: int | None = None, progress: bool = True,
-            preload: Sequence[str] = ()) -> Iterator[tuple[int, Any]]:
+            preload: Sequence[str] = (), resources: dict | None = None) -> Iterator[tuple[int, Any]]:
+        """Yield (index into items, result) as each item finishes. `resources` (Ray only) asks for e.g.
+        {"num_cpus": 2} or {"num_gpus": 1} per task or actor (default: one CPU)."""
         items = list(items)
         if not items:
             return
+        self._prepare()
         order = _order(len(items), sizes)
         total = float(sum(sizes)) if sizes is not None else float(len(items))
         bar = tqdm(total=total, desc=desc, disable=not progress or desc is None, unit="item" if sizes is None else "",
                    leave=False)
         workers = min(self.workers, max_workers or self.workers, len(items))
         try:
-            for i, result in self._run(fn, items, order, workers, preload):
+            for i, result in self._run(fn, items, order, workers, preload, resources):
                 bar.update(sizes[i] if sizes is not None else 1)
                 yield i, result
         finally:
@@ -108,7 +112,10 @@ class Executor:
             raise ValueError("map_reduce over no items")
         return functools.reduce(reduce, (results[i] for i in sorted(results)))
 
-    def _run(self, fn, items, order, workers, preload) -> Iterator[tuple[int, Any]]:
+    def _prepare(self) -> None:
+        """Called before each map (the Ray engine starts or joins Ray here)."""
+
+    def _run(self, fn, items, order, workers, preload, resources) -> Iterator[tuple[int, Any]]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -142,7 +149,7 @@ class LocalExecutor(Executor):
 
     name = "local"
 
-    def _run(self, fn, items, order, workers, preload):
+    def _run(self, fn, items, order, workers, preload, resources):
         if workers <= 1:
             call = _as_callable(fn)
             for i in order:
@@ -167,55 +174,142 @@ class LocalExecutor(Executor):
 
 
 # -------------------------------------------------------------------------------------------------- ray
+# A worker that dies (killed, out of memory, node lost) is retried by Ray this many times; an exception
+# raised by the step itself is not retried (it would fail again) and reaches the driver as itself.
+RAY_MAX_RETRIES = 3
+# Object store of a Ray started here: items and results are small (paths in, counts/paths out), and the
+# machine may be shared, so not Ray's default of 30% of memory.
+RAY_OBJECT_STORE_BYTES = 1 << 30
+
+
 class RayExecutor(Executor):
-    """Ray Data: items as rows, the step as `map_batches` (tasks, or an actor pool for `Stateful`)."""
+    """Ray Data: items as rows (`from_items`), the step as `map_batches`: tasks for a function, an actor
+    pool for a `Stateful` step. Joins `address` ($RAY_ADDRESS) or starts a local Ray with `workers` CPUs;
+    a Ray that is already running in this process (a test session, a notebook) is used as it is.
+
+    `max_workers=1` does not run in-process here (the user asked for Ray: the driver may be a thin head
+    node); it caps the tasks or actors in flight."""
 
     name = "ray"
 
     def __init__(self, workers: int = 0, address: str | None = None):
         super().__init__(workers)
+        self._auto_workers = workers == 0
         try:
             import ray  # noqa: F401  (optional extra)
         except ImportError:
-            raise EngineError("--engine ray needs Ray: pip install -e '.[ray]'") from None
+            raise EngineError("--engine ray needs Ray: pip install -e '.[ray]' (ray[data]==2.60.0)") from None
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self._started_here = False
+        self.startup_s = 0.0  # seconds spent starting or joining Ray (0 when it was already running)
 
-    def _ensure(self) -> None:
-        import ray
-        if ray.is_initialized():
-            return
-        try:
-            if self.address:
-                ray.init(address=self.address, log_to_driver=False)
-            else:
-                ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False)
-        except Exception as e:  # a cluster that is not there: one line, not Ray's traceback
-            raise EngineError(f"cannot start or join Ray ({self.address or 'local'}): {e}") from None
-        self._started_here = True
+    def start(self) -> RayExecutor:
+        """Start or join Ray now (otherwise the first `map` does), e.g. to time start-up apart."""
+        import logging
+        import time
 
-    def _run(self, fn, items, order, workers, preload):
         import ray
-        self._ensure()
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
-        ctx.execution_options.preserve_order = False
+
+        if not ray.is_initialized():
+            t0 = time.perf_counter()
+            # workers import steps by module name: give them this checkout's packages (a local Ray's
+            # raylet and workers inherit the driver's environment; a cluster needs synthmix installed)
+            root = str(Path(__file__).resolve().parents[1])
+            paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+            if root not in paths:
+                os.environ["PYTHONPATH"] = os.pathsep.join([root, *paths])
+            try:
+                if self.address:
+                    ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING)
+                else:
+                    ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False,
+                             logging_level=logging.WARNING, object_store_memory=RAY_OBJECT_STORE_BYTES)
+            except Exception as e:  # a cluster that is not there: one line, not Ray's traceback
+                where = f"the Ray cluster at {self.address}" if self.address else "a local Ray"
+                raise EngineError(f"cannot start or join {where}: {_first_line(e)}; check --ray-address / "
+                                  "$RAY_ADDRESS (`ray status` on the head node)") from None
+            self._started_here = True
+            self.startup_s = time.perf_counter() - t0
+        if self._auto_workers:  # 0 = all of the cluster's CPUs
+            self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        _quiet_ray_data()
+        return self
+
+    _prepare = start
+
+    def _run(self, fn, items, order, workers, preload, resources):
+        import ray
+
+        resources = dict(resources or {})
         rows = [{"i": i, "item": pickle.dumps(items[i])} for i in order]
+        # one item per block and batch: items are whole shards or batches, largest first, so that Ray
+        # schedules them one by one as workers free up (as the local pool's imap does)
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+        common = dict(batch_size=1, batch_format="pyarrow", zero_copy_batch=True,
+                      num_cpus=resources.pop("num_cpus", 1), num_gpus=resources.pop("num_gpus", None),
+                      **resources)
         if isinstance(fn, Stateful):
-            ds = ds.map_batches(_RayStateful, fn_constructor_args=(pickle.dumps(fn),), batch_size=1,
-                                concurrency=workers, batch_format="pyarrow")
+            ds = ds.map_batches(_RayStateful, fn_constructor_args=(pickle.dumps(fn),),
+                                compute=ray.data.ActorPoolStrategy(size=workers),
+                                max_restarts=RAY_MAX_RETRIES, max_task_retries=RAY_MAX_RETRIES, **common)
         else:
-            ds = ds.map_batches(_ray_call, fn_args=(pickle.dumps(fn),), batch_size=1, concurrency=workers,
-                                batch_format="pyarrow")
-        for row in ds.iter_rows():
-            yield int(row["i"]), pickle.loads(row["result"])
+            ds = ds.map_batches(_ray_call, fn_args=(pickle.dumps(fn),),
+                                compute=ray.data.TaskPoolStrategy(size=workers),
+                                max_retries=RAY_MAX_RETRIES, **common)
+        try:
+            for batch in ds.iter_batches(batch_size=1, batch_format="pyarrow", prefetch_batches=0):
+                for i, result in zip(batch.column("i").to_pylist(), batch.column("result").to_pylist()):
+                    yield int(i), pickle.loads(result)
+        except Exception as e:
+            raise _unwrap(e) from None
 
     def close(self) -> None:
         if self._started_here:
             import ray
             ray.shutdown()
             self._started_here = False
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _unwrap(e: BaseException) -> BaseException:
+    """The step's own exception from Ray's wrappers (RayTaskError, UserCodeException), so a step's
+    StoreError still reaches the CLI as a one-line error; anything else as a one-line EngineError."""
+    import ray.exceptions
+
+    seen, todo = set(), [e]
+    while todo:
+        x = todo.pop(0)
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, ray.exceptions.RayTaskError):
+            todo.append(getattr(x, "cause", None))
+        elif not type(x).__module__.startswith("ray.") and not isinstance(x, ray.exceptions.RayError):
+            return x
+        todo += [x.__cause__, x.__context__]
+    if isinstance(e, KeyboardInterrupt):
+        return e
+    return EngineError(f"Ray failed: {_first_line(e)}")
+
+
+def _quiet_ray_data() -> None:
+    """No Ray Data progress bars or per-run banners: the step shows its own tqdm bar, errors are raised."""
+    import logging
+
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.enable_operator_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.execution_options.preserve_order = False
+    ctx.execution_options.verbose_progress = False
+    for name in ("ray.data", "ray._private", "ray.util"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _ray_apply(call: Callable[[Any], Any], batch) -> dict:
@@ -229,6 +323,8 @@ def _ray_call(batch, payload: bytes) -> dict:
 
 
 class _RayStateful:
+    """The actor of a `Stateful` step: builds the step once, then maps batches of one item."""
+
     def __init__(self, payload: bytes):
         self.call = pickle.loads(payload).build()
 

@@ -14,7 +14,6 @@ import collections
 import dataclasses
 import json
 import logging
-import multiprocessing as mp
 import os
 import shutil
 import time
@@ -26,7 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from corpora.readers import FileResult, InputError, ReaderConfig, detect_format, read_to_parts, read_to_parts_job
+from corpora.executor import get_executor
+from corpora.readers import FileResult, InputError, ReaderConfig, detect_format, read_to_parts_job
 from corpora.store import Store
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,8 @@ class IngestConfig:
     format: str | None = None  # None: from each file's name
     reader: ReaderConfig = ReaderConfig()
     workers: int = 0  # 0: one per core
+    engine: str | None = None  # where readers run: local | ray (None: $SYNTHMIX_ENGINE, else local)
+    ray_address: str | None = None  # join this Ray cluster (None: $RAY_ADDRESS, else a local Ray)
     part_bytes: int = 128 << 20  # text bytes per shard
     row_group_bytes: int = 8 << 20  # text bytes a worker holds before writing them out; bounds its memory
 
@@ -138,19 +140,19 @@ def ingest(store: Store, paths: list[str | Path], cfg: IngestConfig, progress: b
 
 
 def _map_files(files: list[Path], cfg: IngestConfig, tmp_dir: Path) -> Iterator[FileResult]:
-    """Run the map over files, in parallel worker processes when there is more than one file."""
+    """Run the map over files on the executor (local processes or Ray), yielding results in file order,
+    so that the first copy of a duplicated document is kept whatever the engine and timing."""
     jobs = [(str(f), cfg.format, cfg.reader, str(tmp_dir), cfg.part_bytes, cfg.row_group_bytes) for f in files]
-    workers = min(cfg.workers or os.cpu_count() or 1, len(jobs))
-    if workers <= 1:
-        yield from (read_to_parts(*job) for job in jobs)
-        return
-    # forkserver preloading only the readers: workers start clean (no thread pools inherited from
-    # polars/duckdb in the parent, which fork would copy) and light (spawn would re-import __main__,
-    # and with it the whole store stack, in every worker)
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["corpora.readers"])
-    with ctx.Pool(workers) as pool:
-        yield from pool.imap(read_to_parts_job, jobs)
+    done: dict[int, FileResult] = {}
+    next_i = 0
+    # local: a forkserver preloading only the readers, so workers start clean (no thread pools inherited
+    # from polars/duckdb in the parent) and light (spawn would re-import the whole store stack)
+    with get_executor(cfg.engine, cfg.workers, cfg.ray_address) as ex:
+        for i, result in ex.map(read_to_parts_job, jobs, preload=("corpora.readers",), progress=False):
+            done[i] = result
+            while next_i in done:  # results hold part paths only, so waiting ones cost no memory
+                yield done.pop(next_i)
+                next_i += 1
 
 
 def _move_in(store: Store, corpus: str, result: FileResult, seen: set[str],

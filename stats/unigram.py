@@ -20,8 +20,8 @@ of V ids; logs are natural, so every divergence and entropy is in nats; bits = n
                    tokens drawn without replacement (multivariate hypergeometric).
 
 Counting is a pure map (`count_unigrams(shard_path, cfg) -> UnigramCounts`) and an associative reduce
-(`reduce_counts`); `build_unigram_counts` is the driver: it maps shards in worker processes, caches each
-shard's counts by content hash, and stores the corpus's counts in the result table `unigram_counts`
+(`reduce_counts`); `build_unigram_counts` is the driver: it maps shards on the executor (corpora.executor:
+local processes or Ray, `--engine`), caches each shard's counts by content hash, and stores the corpus's counts in the result table `unigram_counts`
 keyed by (corpus content hash, tokenizer), so an unchanged corpus is never counted twice.
 """
 
@@ -35,7 +35,6 @@ import hashlib
 import json
 import logging
 import math
-import multiprocessing
 import os
 import re
 import sys
@@ -47,8 +46,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from tqdm import tqdm
 
+from corpora.executor import EngineError, Executor, add_engine_args, get_executor
 from corpora.store import (
     CorpusInfo,
     Store,
@@ -82,7 +81,9 @@ class UnigramConfig:
     tokenizer: str = DEFAULT_TOKENIZER
     alpha: float = DEFAULT_ALPHA  # additive smoothing of Q (train) for KL
     top: int = 10  # test tokens with the largest KL contribution to report
-    workers: int = 0  # worker processes, one shard each (0: cores, or none for small jobs)
+    workers: int = 0  # worker processes / Ray tasks, one shard each (0: cores, or none for small local jobs)
+    engine: str | None = None  # local | ray (None: $SYNTHMIX_ENGINE, else local)
+    ray_address: str | None = None  # join this Ray cluster (None: $RAY_ADDRESS, else a local Ray)
     threads: int = 0  # tokenizer threads per process (0: cores / processes)
     batch_size: int = 1024  # documents per Parquet record batch
     recount: bool = False  # ignore cached counts
@@ -152,9 +153,14 @@ def count_unigrams(shard_path: Path, cfg: UnigramConfig, tokenizer: Tokenizer | 
     return UnigramCounts(counts, n_docs, n_bytes)
 
 
-def _count_shard_in_worker(args: tuple) -> tuple[int, UnigramCounts]:
-    index, path, cfg, tok = args
-    return index, count_unigrams(path, cfg, tok)
+def count_shard_job(job: tuple) -> UnigramCounts:
+    """The executor's map: (shard path, cfg, tokenizer) -> counts."""
+    path, cfg, tok = job
+    return count_unigrams(path, cfg, tok)
+
+
+def unigram_executor(cfg: UnigramConfig) -> Executor:
+    return get_executor(cfg.engine, cfg.workers, cfg.ray_address)
 
 
 # ---------------------------------------------------------------------------------------- driver + cache
@@ -219,8 +225,9 @@ def _write_counts(store: Store, info: CorpusInfo, tok: Tokenizer, total: Unigram
 
 
 def build_unigram_counts(store: Store, corpus: str | CorpusInfo, cfg: UnigramConfig,
-                         tokenizer: Tokenizer | None = None) -> UnigramCounts:
-    """Driver: a corpus's counts, from the store's cache when its content is unchanged, else counted."""
+                         tokenizer: Tokenizer | None = None, executor: Executor | None = None) -> UnigramCounts:
+    """Driver: a corpus's counts, from the store's cache when its content is unchanged, else counted
+    shard by shard on `executor` (default: one made from cfg.engine, closed on return)."""
     info = corpus if isinstance(corpus, CorpusInfo) else store.corpus(corpus)
     if info.n_docs == 0:
         raise UnigramError(f"corpus {info.name!r} is empty (no documents); ingest documents into it first")
@@ -241,38 +248,27 @@ def build_unigram_counts(store: Store, corpus: str | CorpusInfo, cfg: UnigramCon
     # largest shards first, so that no worker is left with a big one at the end
     pending = sorted((i for i, p in enumerate(parts) if p is None), key=lambda i: -shards[i].n_bytes)
     pending_bytes = sum(shards[i].n_bytes for i in pending)
-    cores = os.cpu_count() or 1
-    workers = cfg.workers or (cores if pending_bytes >= MIN_BYTES_FOR_WORKERS else 1)
-    workers = max(1, min(workers, len(pending)))
-    threads = cfg.threads or max(1, cores // workers)
-    tok_run = tok.with_threads(threads)
-    log.info("counting %d of %d shards of %s (%.1f MB) with %d processes x %d threads",
-             len(pending), len(shards), info.name, pending_bytes / 1e6, workers, threads)
-
-    bar = tqdm(total=pending_bytes / 1e6, unit="MB", unit_scale=False, desc=f"unigrams {info.name}",
-               disable=not cfg.progress or not pending, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} MB "
-               "[{elapsed}<{remaining}, {rate_fmt}]")
-
-    def done(i: int, part: UnigramCounts, shown_mb: float) -> None:
-        _save_shard_counts(cache_dir / f"{shards[i].content_hash}.npz", part)  # a rerun skips this shard
-        parts[i] = part
-        bar.update(shards[i].n_bytes / 1e6 - shown_mb)
-
-    try:
-        if workers == 1:
-            for i in pending:
-                before_mb = bar.n
-                part = count_unigrams(shards[i].path, cfg, tok_run, lambda n_bytes: bar.update(n_bytes / 1e6))
-                done(i, part, bar.n - before_mb)
-        else:
-            # spawn: the parent holds Polars/DuckDB thread pools, which fork would copy mid-state
-            ctx = multiprocessing.get_context("spawn")
-            tasks = [(i, shards[i].path, cfg, tok_run) for i in pending]
-            with ctx.Pool(workers) as pool:
-                for i, part in pool.imap_unordered(_count_shard_in_worker, tasks):
-                    done(i, part, 0.0)
-    finally:
-        bar.close()
+    if pending:
+        own = executor is None
+        ex = unigram_executor(cfg) if own else executor
+        try:
+            # a small local job stays in-process: a spawned worker costs ~1 s to start
+            small = ex.name == "local" and not cfg.workers and pending_bytes < MIN_BYTES_FOR_WORKERS
+            workers = 1 if small else max(1, min(ex.workers, len(pending)))
+            threads = cfg.threads or max(1, (os.cpu_count() or 1) // workers)
+            tok_run = tok.with_threads(threads)
+            log.info("counting %d of %d shards of %s (%.1f MB) on %s with %d workers x %d threads",
+                     len(pending), len(shards), info.name, pending_bytes / 1e6, ex.name, workers, threads)
+            jobs = [(shards[i].path, cfg, tok_run) for i in pending]
+            for k, part in ex.map(count_shard_job, jobs, desc=f"unigrams {info.name}",
+                                  sizes=[shards[i].n_bytes for i in pending], max_workers=workers,
+                                  progress=cfg.progress):
+                i = pending[k]
+                _save_shard_counts(cache_dir / f"{shards[i].content_hash}.npz", part)  # a rerun skips it
+                parts[i] = part
+        finally:
+            if own:
+                ex.close()
     total = functools.reduce(reduce_counts, parts)
     _write_counts(store, info, tok, total, cfg)
     return total
@@ -343,12 +339,13 @@ def parse_mixture(spec: str) -> list[tuple[str, float]]:
 
 
 def build_distribution(store: Store, spec: str, cfg: UnigramConfig, tok: Tokenizer,
-                       infos: dict[str, CorpusInfo] | None = None) -> UnigramDistribution:
+                       infos: dict[str, CorpusInfo] | None = None,
+                       executor: Executor | None = None) -> UnigramDistribution:
     infos = infos if infos is not None else {c.name: c for c in store.corpora()}
     components = []
     for name, w in parse_mixture(spec):
         info = infos.get(name) or store.corpus(name)  # raises UnknownCorpus listing the store's corpora
-        components.append((name, w, build_unigram_counts(store, info, cfg, tok)))
+        components.append((name, w, build_unigram_counts(store, info, cfg, tok, executor)))
     return UnigramDistribution(spec, components)
 
 
@@ -508,7 +505,9 @@ def run_unigram(store: Store, cfg: UnigramConfig) -> UnigramReport:
             if infos[name].n_docs == 0:
                 raise UnigramError(f"corpus {name!r} is empty (no documents); ingest documents into it first")
     tok = load_tokenizer(cfg.tokenizer, store)
-    dists = {s: build_distribution(store, s, cfg, tok, infos) for s in specs}
+    with unigram_executor(cfg) as ex:  # one executor (one Ray session) for every corpus counted
+        dists = {s: build_distribution(store, s, cfg, tok, infos, ex) for s in specs}
+        shrinkage = _shrinkage_rows(store, cfg, specs, infos, tok, ex)
     now = dt.datetime.now(dt.timezone.utc)
     config_json = json.dumps(dataclasses.asdict(cfg))
     comparisons = []
@@ -523,23 +522,31 @@ def run_unigram(store: Store, cfg: UnigramConfig) -> UnigramReport:
             store.put_result(COMPARISONS_TABLE, _comparison_part(row), pa.Table.from_pylist([row]))
             comparisons.append(row)
 
-    shrinkage = []
-    if cfg.shrinkage:
-        named = dict.fromkeys(n for parts in specs.values() for n, _ in parts)
-        for name in named:
-            if infos[name].kind != "synthetic":
-                continue
-            source = find_source_corpus(store, infos[name])
-            if source is None:
-                log.info("no source corpus found for synthetic corpus %s; no shrinkage row", name)
-                continue
-            row = compute_shrinkage(
-                name, source, build_unigram_counts(store, infos[name], cfg, tok),
-                build_unigram_counts(store, infos[source], cfg, tok), tok, cfg.n_subsamples, cfg.seed)
-            row.update(created_at=now)
-            store.put_result(SHRINKAGE_TABLE, f"{name}__{source}__{_slug(tok.name)}", pa.Table.from_pylist([row]))
-            shrinkage.append(row)
+    for row in shrinkage:
+        row.update(created_at=now)
+        store.put_result(SHRINKAGE_TABLE, f"{row['synthetic']}__{row['source']}__{_slug(tok.name)}",
+                         pa.Table.from_pylist([row]))
     return UnigramReport(comparisons, shrinkage, time.perf_counter() - t0)
+
+
+def _shrinkage_rows(store: Store, cfg: UnigramConfig, specs: dict, infos: dict[str, CorpusInfo], tok: Tokenizer,
+                    ex: Executor) -> list[dict]:
+    """Each synthetic corpus named against its source corpus at an equal token budget."""
+    rows = []
+    if not cfg.shrinkage:
+        return rows
+    named = dict.fromkeys(n for parts in specs.values() for n, _ in parts)
+    for name in named:
+        if infos[name].kind != "synthetic":
+            continue
+        source = find_source_corpus(store, infos[name])
+        if source is None:
+            log.info("no source corpus found for synthetic corpus %s; no shrinkage row", name)
+            continue
+        rows.append(compute_shrinkage(
+            name, source, build_unigram_counts(store, infos[name], cfg, tok, ex),
+            build_unigram_counts(store, infos[source], cfg, tok, ex), tok, cfg.n_subsamples, cfg.seed))
+    return rows
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -604,7 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
                    help="additive smoothing pseudo-count per vocabulary id of train for KL (default: %(default)s)")
     p.add_argument("--top", type=int, default=10, help="test tokens with the largest KL contribution to list")
-    p.add_argument("--workers", type=int, default=0, help="worker processes, one shard each (0: automatic)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="worker processes (or Ray tasks), one shard each (0: automatic)")
+    add_engine_args(p)
     p.add_argument("--threads", type=int, default=0, help="tokenizer threads per process (0: automatic)")
     p.add_argument("--batch-size", type=int, default=1024, help="documents per record batch")
     p.add_argument("--recount", action="store_true", help="ignore cached counts and count again")
@@ -626,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         store = Store(resolve_store_path(args.store))
         report = run_unigram(store, cfg)
-    except StoreError as e:  # UnknownCorpus, UnknownTokenizer, UnigramError: the user can fix these
+    except (StoreError, EngineError) as e:  # UnknownCorpus, UnknownTokenizer, UnigramError, no Ray
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
