@@ -25,6 +25,7 @@ import multiprocessing as mp
 import os
 import pickle
 import signal
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -218,12 +219,16 @@ class RayExecutor(Executor):
             paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
             if root not in paths:
                 os.environ["PYTHONPATH"] = os.pathsep.join([root, *paths])
+            if self.address:
+                _check_reachable(self.address)
             try:
                 if self.address:
-                    ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING)
+                    ray.init(address=self.address, log_to_driver=False, logging_level=logging.ERROR)
                 else:
-                    ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False,
-                             logging_level=logging.WARNING, object_store_memory=RAY_OBJECT_STORE_BYTES)
+                    # all the machine's cores as Ray's CPUs (a step may ask for several per actor); the
+                    # map's concurrency is capped at `workers`
+                    ray.init(num_cpus=max(self.workers, cpu_count()), include_dashboard=False, log_to_driver=False,
+                             logging_level=logging.ERROR, object_store_memory=RAY_OBJECT_STORE_BYTES)
             except Exception as e:  # a cluster that is not there: one line, not Ray's traceback
                 where = f"the Ray cluster at {self.address}" if self.address else "a local Ray"
                 raise EngineError(f"cannot start or join {where}: {_first_line(e)}; check --ray-address / "
@@ -241,6 +246,11 @@ class RayExecutor(Executor):
         import ray
 
         resources = dict(resources or {})
+        have = ray.cluster_resources()
+        for key, want in (("CPU", resources.get("num_cpus", 1)), ("GPU", resources.get("num_gpus") or 0)):
+            if want and have.get(key, 0) < want:  # Ray would wait for them forever
+                raise EngineError(f"each worker of this step needs {want:g} {key}, the Ray cluster has "
+                                  f"{have.get(key, 0):g}: add nodes with {key}s, or lower the step's request")
         rows = [{"i": i, "item": pickle.dumps(items[i])} for i in order]
         # one item per block and batch: items are whole shards or batches, largest first, so that Ray
         # schedules them one by one as workers free up (as the local pool's imap does)
@@ -248,20 +258,34 @@ class RayExecutor(Executor):
         common = dict(batch_size=1, batch_format="pyarrow", zero_copy_batch=True,
                       num_cpus=resources.pop("num_cpus", 1), num_gpus=resources.pop("num_gpus", None),
                       **resources)
-        if isinstance(fn, Stateful):
-            ds = ds.map_batches(_RayStateful, fn_constructor_args=(pickle.dumps(fn),),
-                                compute=ray.data.ActorPoolStrategy(size=workers),
-                                max_restarts=RAY_MAX_RETRIES, max_task_retries=RAY_MAX_RETRIES, **common)
-        else:
-            ds = ds.map_batches(_ray_call, fn_args=(pickle.dumps(fn),),
-                                compute=ray.data.TaskPoolStrategy(size=workers),
-                                max_retries=RAY_MAX_RETRIES, **common)
+        with warnings.catch_warnings():
+            # retry limits have no named parameter of map_batches in Ray 2.60 (Ray's defaults retry a dead
+            # worker forever, which hangs a run whose worker is killed every time, e.g. out of memory)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            if isinstance(fn, Stateful):
+                # the step travels inside the actor class, not as constructor arguments in the object
+                # store (which a restarted actor may no longer find: ray-project/ray#53727)
+                actor = type("StatefulStep", (_RayStateful,), {"payload": pickle.dumps(fn)})
+                ds = ds.map_batches(actor,
+                                    compute=ray.data.ActorPoolStrategy(size=workers),
+                                    max_restarts=RAY_MAX_RETRIES, max_task_retries=RAY_MAX_RETRIES, **common)
+            else:
+                ds = ds.map_batches(_ray_call, fn_args=(pickle.dumps(fn),),
+                                    compute=ray.data.TaskPoolStrategy(size=workers),
+                                    max_retries=RAY_MAX_RETRIES, **common)
         try:
             for batch in ds.iter_batches(batch_size=1, batch_format="pyarrow", prefetch_batches=0):
                 for i, result in zip(batch.column("i").to_pylist(), batch.column("result").to_pylist()):
-                    yield int(i), pickle.loads(result)
+                    ok, value = pickle.loads(result)
+                    if not ok:
+                        raise value  # the step's own exception, as the local engine raises it
+                    yield int(i), value
+        except (KeyboardInterrupt, GeneratorExit):
+            raise
         except Exception as e:
-            raise _unwrap(e) from None
+            if _is_ray_error(e):
+                raise _engine_error(e) from None
+            raise
 
     def close(self) -> None:
         if self._started_here:
@@ -270,30 +294,36 @@ class RayExecutor(Executor):
             self._started_here = False
 
 
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, with one line, on a cluster address where nothing listens (ray.init would retry
+    for minutes). 'auto' and names Ray resolves itself are left to Ray."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as e:
+        raise EngineError(f"no Ray cluster at {address} ({e.strerror or e}): start one with `ray start --head` "
+                          "on the head node, or fix --ray-address / $RAY_ADDRESS") from None
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _unwrap(e: BaseException) -> BaseException:
-    """The step's own exception from Ray's wrappers (RayTaskError, UserCodeException), so a step's
-    StoreError still reaches the CLI as a one-line error; anything else as a one-line EngineError."""
-    import ray.exceptions
+def _is_ray_error(e: BaseException) -> bool:
+    return type(e).__module__.startswith("ray.") or any(
+        c.__module__.startswith("ray.") for c in type(e).__mro__[1:-2])
 
-    seen, todo = set(), [e]
-    while todo:
-        x = todo.pop(0)
-        if x is None or id(x) in seen:
-            continue
-        seen.add(id(x))
-        if isinstance(x, ray.exceptions.RayTaskError):
-            todo.append(getattr(x, "cause", None))
-        elif not type(x).__module__.startswith("ray.") and not isinstance(x, ray.exceptions.RayError):
-            return x
-        todo += [x.__cause__, x.__context__]
-    if isinstance(e, KeyboardInterrupt):
-        return e
-    return EngineError(f"Ray failed: {_first_line(e)}")
+
+def _engine_error(e: BaseException) -> EngineError:
+    """Ray's failure (a worker that died more often than retried, an actor that could not be built, a
+    lost node) as one line: its last meaningful line, not Ray's traceback."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.strip().startswith(("File ", "^"))]
+    return EngineError(f"Ray failed ({type(e).__name__}): {lines[-1] if lines else e!r}"[:500])
 
 
 def _quiet_ray_data() -> None:
@@ -313,9 +343,24 @@ def _quiet_ray_data() -> None:
 
 
 def _ray_apply(call: Callable[[Any], Any], batch) -> dict:
-    idx = batch.column("i").to_pylist()
-    items = batch.column("item").to_pylist()
-    return {"i": idx, "result": [pickle.dumps(call(pickle.loads(x))) for x in items]}
+    """(ok, result) per item; a step's exception travels back as a value, so the driver raises the very
+    exception (type and message) the local engine would (Ray would turn it into a RayTaskError)."""
+    out = []
+    for x in batch.column("item").to_pylist():
+        try:
+            out.append(pickle.dumps((True, call(pickle.loads(x)))))
+        except Exception as e:
+            out.append(_pickled_error(e))
+    return {"i": batch.column("i").to_pylist(), "result": out}
+
+
+def _pickled_error(e: Exception) -> bytes:
+    try:
+        data = pickle.dumps((False, e))
+        pickle.loads(data)  # some exceptions pickle but cannot be rebuilt
+        return data
+    except Exception:
+        return pickle.dumps((False, RuntimeError(f"{type(e).__name__}: {e}")))
 
 
 def _ray_call(batch, payload: bytes) -> dict:
@@ -325,10 +370,17 @@ def _ray_call(batch, payload: bytes) -> dict:
 class _RayStateful:
     """The actor of a `Stateful` step: builds the step once, then maps batches of one item."""
 
-    def __init__(self, payload: bytes):
-        self.call = pickle.loads(payload).build()
+    payload: bytes = b""  # the pickled Stateful, set on a subclass per map
+
+    def __init__(self):
+        try:
+            self.call = pickle.loads(self.payload).build()
+        except Exception as e:  # e.g. a model that is not there: raised on the driver as itself
+            self.call, self.error = None, e
 
     def __call__(self, batch) -> dict:
+        if self.call is None:
+            return {"i": batch.column("i").to_pylist(), "result": [_pickled_error(self.error)] * batch.num_rows}
         return _ray_apply(self.call, batch)
 
 

@@ -56,6 +56,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--num-threads", type=int, default=d.num_threads,
                    help="transformers backend: torch threads (0: all cores; 1 helps on a busy machine)")
     p.add_argument("--cache-dir", default=d.cache_dir, help="where converted GGUF models are kept")
+    p.add_argument("--workers", type=int, default=d.workers,
+                   help="generator workers (processes, or Ray actors), each loading the model (default: 1)")
+    add_engine_args(p)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     p.add_argument("--store", help="store path (default: $SYNTHMIX_STORE or ./store)")
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "models":
             return _models(args)
         return _serve(args)
-    except (StoreError, PromptError, ValueError) as e:
+    except (StoreError, PromptError, ValueError, EngineError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

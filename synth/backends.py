@@ -389,6 +389,29 @@ def results_from_vllm(output: Any) -> GenerationResult:
                             len(output.prompt_token_ids or []), len(completion.token_ids or []))
 
 
+def load_driver_tokenizer(backend: str, generator: str | None, cache_dir: str | Path | None = None):
+    """(generator name, Hugging Face tokenizer or None) of a backend, without loading its model: what the
+    driver needs (to chunk sources and name documents) when the model itself runs in executor workers."""
+    from transformers import AutoTokenizer
+
+    if backend == "transformers":
+        model = generator or default_generator()
+        path = Path(model)
+        if not path.exists():
+            raise ValueError(f"generator {model!r} not found: give a Hugging Face model directory or a "
+                             ".gguf file (`python -m synth models` lists the local ones)")
+        if path.suffix == ".gguf":
+            if cache_dir is not None:
+                return generator_name(model), AutoTokenizer.from_pretrained(convert_gguf(path, Path(cache_dir)))
+            return generator_name(model), AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        return generator_name(model), AutoTokenizer.from_pretrained(path)
+    if backend == "vllm":
+        if not generator:
+            raise ValueError("the vllm backend needs --generator MODEL (a Hugging Face id or directory)")
+        return generator_name(generator), AutoTokenizer.from_pretrained(generator)
+    raise ValueError(f"backend {backend!r} runs on the driver (it has no model to spread over workers)")
+
+
 def build_backend(backend: str, generator: str | None, *, batch_size: int = 16, device: str = "cpu",
                   cache_dir: str | Path | None = None, num_threads: int = 0, base_url: str | None = None,
                   api_key: str | None = None, concurrency: int = 8, timeout_s: float = 120.0,

@@ -28,10 +28,17 @@ from datetime import datetime, timezone
 
 import polars as pl
 import pyarrow as pa
-from tqdm.auto import tqdm
 
+from corpora.executor import Stateful, get_executor
 from corpora.store import Store, StoreError, make_documents, write_parquet_atomic
-from synth.backends import Backend, GenerationResult, SamplingParams, build_backend, default_cache_dir
+from synth.backends import (
+    Backend,
+    GenerationResult,
+    SamplingParams,
+    build_backend,
+    default_cache_dir,
+    load_driver_tokenizer,
+)
 from synth.chunking import HFEncoder, chunk_documents
 from synth.postprocess import clean_output
 from synth.prompts import AUDIENCES, STYLES, PromptTemplate, load_prompt
@@ -71,6 +78,9 @@ class GenerateConfig:
     device: str = "cpu"  # transformers backend: cpu, cuda, auto
     num_threads: int = 0  # transformers backend: torch intra-op threads (0: torch's default, the cores)
     cache_dir: str | None = dataclasses.field(default_factory=lambda: str(default_cache_dir()))
+    workers: int = 1  # generator workers (processes / Ray actors), each with its own copy of the model
+    engine: str | None = None  # local | ray (None: $SYNTHMIX_ENGINE, else local)
+    ray_address: str | None = None  # join this Ray cluster (None: $RAY_ADDRESS, else a local Ray)
     progress: bool = True
 
     @property
@@ -103,10 +113,10 @@ def _now() -> datetime:
 
 
 # ---------------------------------------------------------------------------------------- requests
-def build_encoder(backend: Backend, cfg: GenerateConfig, store: Store):
-    """The tokenizer that measures chunks: the generator's own when it has one."""
-    if cfg.chunk_tokenizer is None and backend.tokenizer is not None:
-        return HFEncoder(backend.tokenizer)
+def build_encoder(tokenizer, cfg: GenerateConfig, store: Store):
+    """The tokenizer that measures chunks: the generator's own (a Hugging Face tokenizer) when it has one."""
+    if cfg.chunk_tokenizer is None and tokenizer is not None:
+        return HFEncoder(tokenizer)
     from corpora.tokenizers import load_tokenizer
 
     return load_tokenizer(cfg.chunk_tokenizer or "cl100k_base", store=store)
@@ -201,13 +211,14 @@ def assemble_document(requests: list[ChunkRequest], staged: dict[str, dict], sou
 
 
 # ---------------------------------------------------------------------------------------- driver
-def _generate_batch(backend: Backend, batch: list[ChunkRequest], params: SamplingParams,
+def _generate_batch(backend: Backend, batch: list[tuple[list[dict], int]], params: SamplingParams,
                     max_retries: int) -> list[GenerationResult]:
-    """Results for one batch; a batch that keeps raising comes back as failed results with the error."""
+    """Results for one batch of (messages, seed); a batch that keeps raising comes back as failed results
+    with the error."""
     error = ""
     for attempt in range(max_retries + 1):
         try:
-            results = backend.generate([r.messages for r in batch], params, [r.seed for r in batch])
+            results = backend.generate([m for m, _ in batch], params, [seed for _, seed in batch])
             if len(results) != len(batch):
                 raise RuntimeError(f"backend returned {len(results)} results for {len(batch)} prompts")
             return results
@@ -215,6 +226,37 @@ def _generate_batch(backend: Backend, batch: list[ChunkRequest], params: Samplin
             error = f"{type(e).__name__}: {e}"
             log.warning("batch attempt %d/%d failed: %s", attempt + 1, max_retries + 1, error)
     return [GenerationResult.failed(error) for _ in batch]
+
+
+class BatchGenerator:
+    """The executor's map for generation: a batch of (messages, seed) -> results. Built once per worker
+    (a process, or a Ray actor holding the model; `Stateful(BatchGenerator, cfg)`), or around the driver's
+    own backend when it runs in-process."""
+
+    def __init__(self, cfg: GenerateConfig, backend: Backend | None = None):
+        self.params, self.max_retries = cfg.sampling, cfg.max_retries
+        self.backend = backend if backend is not None else _build_backend(cfg)
+
+    def __call__(self, batch: list[tuple[list[dict], int]]) -> list[GenerationResult]:
+        return _generate_batch(self.backend, batch, self.params, self.max_retries)
+
+
+def _build_backend(cfg: GenerateConfig) -> Backend:
+    return build_backend(cfg.backend, cfg.generator, batch_size=cfg.batch_size, device=cfg.device,
+                         cache_dir=cfg.cache_dir, num_threads=cfg.num_threads, base_url=cfg.base_url,
+                         api_key=os.environ.get(cfg.api_key_env), concurrency=cfg.concurrency,
+                         timeout_s=cfg.timeout_s, max_retries=cfg.max_retries,
+                         tensor_parallel_size=cfg.tensor_parallel_size, seed=cfg.seed)
+
+
+def _worker_resources(cfg: GenerateConfig) -> dict:
+    """What one generator worker asks of a Ray cluster: a GPU (vLLM: tensor_parallel_size of them) or
+    its torch threads' CPUs."""
+    if cfg.backend == "vllm":
+        return {"num_cpus": 1, "num_gpus": cfg.tensor_parallel_size}
+    if cfg.backend == "transformers" and cfg.device != "cpu":
+        return {"num_cpus": 1, "num_gpus": 1}
+    return {"num_cpus": max(1, cfg.num_threads)}
 
 
 def _check_corpus(store: Store, out: str, meta: dict, template: PromptTemplate) -> None:
@@ -231,18 +273,26 @@ def _check_corpus(store: Store, out: str, meta: dict, template: PromptTemplate) 
 
 
 def generate(store: Store, cfg: GenerateConfig, backend: Backend | None = None) -> dict:
-    """Generate (or resume) corpus `cfg.out_corpus`; return the run's summary (also in `synth_runs`)."""
+    """Generate (or resume) corpus `cfg.out_corpus`; return the run's summary (also in `synth_runs`).
+
+    Batches run on the executor (`cfg.engine`): in-process on the driver's backend (local, one worker,
+    or a `backend` object given), else in `cfg.workers` worker processes or Ray actors that each load the
+    model once; the driver only chunks, stages and writes."""
     started, t0 = _now(), time.perf_counter()
     template = load_prompt(cfg.type, cfg.prompt)
     out = cfg.out_corpus
     docs = read_source(store, cfg)
-    if backend is None:
-        backend = build_backend(cfg.backend, cfg.generator, batch_size=cfg.batch_size, device=cfg.device,
-                                cache_dir=cfg.cache_dir, num_threads=cfg.num_threads, base_url=cfg.base_url,
-                                api_key=os.environ.get(cfg.api_key_env), concurrency=cfg.concurrency,
-                                timeout_s=cfg.timeout_s, max_retries=cfg.max_retries,
-                                tensor_parallel_size=cfg.tensor_parallel_size, seed=cfg.seed)
-    generator = backend.generator
+    ex = get_executor(cfg.engine, max(1, cfg.workers), cfg.ray_address)
+    in_process = backend is not None or cfg.backend == "openai" or (ex.name == "local" and ex.workers == 1)
+    if backend is not None and not (ex.name == "local" and ex.workers == 1):
+        raise ValueError("a backend object runs in-process only: pass the engine and workers by config")
+    if in_process:
+        backend = backend if backend is not None else _build_backend(cfg)
+        step = BatchGenerator(cfg, backend)
+        generator, driver_tokenizer = backend.generator, backend.tokenizer
+    else:
+        step = Stateful(BatchGenerator, cfg)
+        generator, driver_tokenizer = load_driver_tokenizer(cfg.backend, cfg.generator, cfg.cache_dir)
     params = cfg.sampling
     run_id = f"{out}-{started:%Y%m%dT%H%M%S}-{os.getpid()}"
     config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("progress",)}
@@ -258,7 +308,7 @@ def generate(store: Store, cfg: GenerateConfig, backend: Backend | None = None) 
             "corpus": out, "source": cfg.source, "topic": list(range(len(topics.sizes))),
             "key_terms": [", ".join(t) for t in topics.key_terms], "n_docs": topics.sizes,
             "seed": cfg.seed}))
-    encoder = build_encoder(backend, cfg, store)
+    encoder = build_encoder(driver_tokenizer, cfg, store)
     requests = build_requests(docs, template, encoder, cfg, topics)
     assign_keys(requests, template, generator, cfg)
 
@@ -315,15 +365,20 @@ def generate(store: Store, cfg: GenerateConfig, backend: Backend | None = None) 
     try:
         collect_finished(list(open_docs))  # documents a killed run staged completely but did not write
         window = max(1, cfg.batch_size) * WINDOW_BATCHES
-        bar = tqdm(total=len(pending), desc=f"synth {out}", unit="req", disable=not cfg.progress)
-        n_batches = 0
+        batches = []
         for w in range(0, len(pending), window):
             # Length-sorted within a window: batches of similar prompts waste little padding, and a
             # bounded window keeps documents finishing (and flushing) in roughly source order.
             in_window = sorted(pending[w:w + window], key=lambda r: len(r.messages[-1]["content"]))
-            for b in range(0, len(in_window), cfg.batch_size):
-                batch = in_window[b:b + cfg.batch_size]
-                results = _generate_batch(backend, batch, params, cfg.max_retries)
+            batches += [in_window[b:b + cfg.batch_size] for b in range(0, len(in_window), cfg.batch_size)]
+        jobs = [[(r.messages, r.seed) for r in batch] for batch in batches]
+        with ex:
+            for n_batch, results in ex.map(step, jobs, desc=f"synth {out}", sizes=[len(b) for b in batches],
+                                           progress=cfg.progress, resources=_worker_resources(cfg)):
+                batch = batches[n_batch]
+                if len(results) != len(batch):
+                    results = [GenerationResult.failed(f"worker returned {len(results)} results for "
+                                                       f"{len(batch)} prompts")] * len(batch)
                 stage_rows = []
                 for r, res in zip(batch, results):
                     summary["n_requests_run"] += 1
@@ -352,12 +407,9 @@ def generate(store: Store, cfg: GenerateConfig, backend: Backend | None = None) 
                                        "truncated": cleaned.truncated, "empty": cleaned.empty,
                                        "run_id": run_id})
                 if stage_rows:
-                    write_staged(store, out, f"{run_id}-{n_batches:06d}", stage_rows)
+                    write_staged(store, out, f"{run_id}-{n_batch:06d}", stage_rows)
                     staged.update((row["key"], row) for row in stage_rows)
-                n_batches += 1
-                bar.update(len(batch))
                 collect_finished({r.source_doc_id for r in batch})
-        bar.close()
         flush(force=True)
         summary["n_docs_incomplete"] = len(open_docs)
         if open_docs:
