@@ -202,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{s['mb']} MB, {s['docs']:,} docs (medians of {args.repeats}; load after {s['load_after'][0]:.1f})")
         print(f"  ray start-up {s['median']['ray']['startup_s']:.1f} s (not in the step times)")
         for step, ratio in s["ratio_ray_over_local"].items():
-            print(f"  {step:<8} local {s['median']['local'][f'{step}_s']:7.1f} s ({s["docs_per_s"]["local"][step]:9.1f} docs/s)"
-                  f"   ray {s['median']['ray'][f'{step}_s']:7.1f} s ({s["docs_per_s"]["ray"][step]:9.1f} docs/s)"
+            print(f"  {step:<8} local {s['median']['local'][f'{step}_s']:7.1f} s ({s['docs_per_s']['local'][step]:9.1f} docs/s)"
+                  f"   ray {s['median']['ray'][f'{step}_s']:7.1f} s ({s['docs_per_s']['ray'][step]:9.1f} docs/s)"
                   f"   ray/local {ratio:.2f}")
         for e in ("local", "ray"):
             m = s["median"][e]
