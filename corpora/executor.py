@@ -395,9 +395,14 @@ class _RayStateful:
 
 
 # ------------------------------------------------------------------------------------------- selection
+def resolve_engine(engine: str | None = None) -> str:
+    """`engine`, else $SYNTHMIX_ENGINE, else local."""
+    return engine or os.environ.get(ENGINE_ENV) or "local"
+
+
 def get_executor(engine: str | None = None, workers: int = 0, ray_address: str | None = None) -> Executor:
     """`engine` None means $SYNTHMIX_ENGINE, else local."""
-    engine = engine or os.environ.get(ENGINE_ENV) or "local"
+    engine = resolve_engine(engine)
     if engine == "local":
         return LocalExecutor(workers)
     if engine == "ray":

@@ -42,13 +42,10 @@ import dataclasses
 import hashlib
 import json
 import logging
-import multiprocessing
-import os
 import sys
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +55,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from corpora.executor import EngineError, add_engine_args, get_executor
 from corpora.store import (
     CorpusInfo,
     Store,
@@ -104,6 +102,8 @@ class DedupConfig:
     lsh_fn_weight: float = 0.95
     workers: int = 0  # signature worker processes; 0 = auto (cores, in-process for small jobs)
     batch_docs: int = 2048  # documents hashed per numpy batch inside a shard
+    engine: str | None = None  # where shards are hashed: local | ray (None: $SYNTHMIX_ENGINE, else local)
+    ray_address: str | None = None  # join this Ray cluster (None: $RAY_ADDRESS, else a local Ray)
 
     def __post_init__(self):
         if not (0.0 < float(self.threshold) < 1.0):
@@ -136,8 +136,8 @@ class DedupConfig:
 
     def as_json(self) -> str:
         d = dataclasses.asdict(self)
-        d.pop("workers")
-        d.pop("batch_docs")
+        for run_only in ("workers", "batch_docs", "engine", "ray_address"):  # do not change results
+            d.pop(run_only)
         return json.dumps(d, sort_keys=True)
 
 
@@ -322,9 +322,10 @@ def _load_signatures(path: Path, shard: int) -> Signatures:
     return sigs
 
 
-def _map_shard(job: tuple[str, int], cfg: DedupConfig) -> tuple[int, Signatures]:
-    path, shard = job
-    return shard, compute_shard_signatures(Path(path), cfg, shard)
+def _map_shard(job: tuple[str, int, DedupConfig]) -> Signatures:
+    """The executor's map: one shard's signatures."""
+    path, shard, cfg = job
+    return compute_shard_signatures(Path(path), cfg, shard)
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -338,7 +339,8 @@ class CorpusSignatures:
 
 
 def build_signatures(store: Store, corpus: str, cfg: DedupConfig, progress: bool = True) -> CorpusSignatures:
-    """Signatures of a whole corpus: cached shards are loaded, the others mapped in worker processes."""
+    """Signatures of a whole corpus: cached shards are loaded, the others mapped on the executor (local
+    processes or Ray, cfg.engine)."""
     info = store.corpus(corpus)  # raises UnknownCorpus listing the store's corpora
     cache_dir = store.artifact_dir("dedup_signatures", corpus)
     shards = store.shards(corpus)
@@ -346,28 +348,15 @@ def build_signatures(store: Store, corpus: str, cfg: DedupConfig, progress: bool
     todo = [(str(s.path), s.shard) for s in shards if not cache[s.shard].exists()]
     done: dict[int, Signatures] = {}
     if todo:
-        workers = min(cfg.workers or os.cpu_count() or 1, len(todo))
-        n_todo_docs = sum(s.n_docs for s in shards if not cache[s.shard].exists())
-        if cfg.workers == 0 and n_todo_docs < _MIN_DOCS_FOR_POOL:
-            workers = 1
-        bar = tqdm(total=len(todo), desc=f"minhash {corpus}", unit="shard", disable=not progress)
-        if workers <= 1:
-            results = (_map_shard(job, cfg) for job in todo)
-            pool = None
-        else:
-            # spawn, not fork: polars and numpy hold thread pools that fork would copy mid-flight
-            pool = multiprocessing.get_context("spawn").Pool(workers)
-            results = pool.imap_unordered(partial(_map_shard, cfg=cfg), todo)
-        try:
-            for shard, sigs in results:
+        n_docs = {s.shard: s.n_docs for s in shards}
+        with get_executor(cfg.engine, cfg.workers, cfg.ray_address) as ex:
+            small = ex.name == "local" and cfg.workers == 0 and sum(n_docs[j[1]] for j in todo) < _MIN_DOCS_FOR_POOL
+            for k, sigs in ex.map(_map_shard, [(path, shard, cfg) for path, shard in todo], desc=f"minhash {corpus}",
+                                  sizes=[n_docs[shard] for _, shard in todo], max_workers=1 if small else None,
+                                  progress=progress):
+                shard = todo[k][1]
                 _save_signatures(sigs, cache[shard])
                 done[shard] = sigs
-                bar.update(1)
-        finally:
-            bar.close()
-            if pool is not None:
-                pool.close()
-                pool.join()
     parts = [done[s.shard] if s.shard in done else _load_signatures(cache[s.shard], s.shard) for s in shards]
     current = set(cache.values())
     for stale in cache_dir.glob(f"*__{cfg.signature_key}.npz"):  # shards since rewritten or removed
@@ -744,12 +733,14 @@ def _add_config_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight of missed pairs vs extra candidates when datasketch picks LSH bands (default 0.95)")
     p.add_argument("--workers", type=int, default=0, help="signature worker processes (default 0: one per core, "
                         "or in-process when fewer than 8000 documents need hashing)")
+    add_engine_args(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def _config_from_args(args) -> DedupConfig:
     return DedupConfig(threshold=args.threshold, num_perm=args.num_perm, ngram=args.ngram, seed=args.seed,
-                       lsh_fn_weight=args.lsh_fn_weight, workers=args.workers)
+                       lsh_fn_weight=args.lsh_fn_weight, workers=args.workers, engine=args.engine,
+                       ray_address=args.ray_address)
 
 
 def add_curate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -765,7 +756,7 @@ def run_curate_cli(args) -> int:
         cfg = _config_from_args(args)
         store = Store(resolve_store_path(getattr(args, "store", None)))
         result = curate(store, args.corpus, args.out, cfg, progress=not args.json)
-    except (StoreError, ValueError) as e:
+    except (StoreError, ValueError, EngineError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
@@ -831,7 +822,7 @@ def main(argv: list[str] | None = None) -> int:
             report = analyze_against(store, args.corpus, args.against, cfg, not args.json, args.examples)
         else:
             report = analyze_corpus(store, args.corpus, cfg, not args.json, args.examples)
-    except (StoreError, ValueError) as e:
+    except (StoreError, ValueError, EngineError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:

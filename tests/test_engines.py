@@ -197,3 +197,36 @@ def test_generation_identical_on_an_actor(ray_engine, tmp_path, lee_texts):
         docs[engine] = _documents(store, "hq")
     assert len(docs["ray"]) == 3 and all(d["text"] for d in docs["ray"])
     assert docs["local"] == docs["ray"]
+
+
+def test_minhash_signatures_identical(ray_engine, shared_data, tmp_path):
+    from stats.dedup import DedupConfig, build_signatures
+
+    texts = _c4_texts(shared_data, 200)
+    stores = {}
+    for engine in ("local", "ray"):
+        stores[engine] = Store(tmp_path / engine, create=True)
+        add_corpus(stores[engine], "cc", texts + texts[:10], shard_size=50)  # 5 shards, 10 exact copies
+    local = build_signatures(stores["local"], "cc", DedupConfig(workers=2, engine="local"), progress=False)
+    on_ray = build_signatures(stores["ray"], "cc", DedupConfig(engine="ray"), progress=False)
+    assert local.n_shards_computed == on_ray.n_shards_computed == 5
+    assert len(on_ray.sigs) == 210
+    for field in ("doc_id", "shard", "row", "status", "n_shingles", "signatures"):
+        assert np.array_equal(getattr(local.sigs, field), getattr(on_ray.sigs, field)), field
+
+
+def test_mixture_tokens_identical(ray_engine, shared_data, tmp_path):
+    from corpora.tokenizers import load_tokenizer
+    from train.data import _shard_cache, load_corpus_tokens
+
+    store = Store(tmp_path / "store", create=True)
+    add_corpus(store, "cc", _c4_texts(shared_data, 120), shard_size=40)
+    tok = load_tokenizer("cl100k_base", store)
+    with get_executor("ray") as ex:
+        ray_tokens, ray_lengths = (np.array(a) for a in load_corpus_tokens(store, "cc", tok, False, ex))
+    for shard in store.shards("cc"):  # drop the cache, so that the local engine tokenizes again
+        for path in _shard_cache(store, shard, tok):
+            path.unlink()
+    tokens, lengths = load_corpus_tokens(store, "cc", tok, False, LocalExecutor(2))
+    assert len(ray_lengths) == 120 and ray_tokens.size > 30_000
+    assert np.array_equal(tokens, ray_tokens) and np.array_equal(lengths, ray_lengths)

@@ -12,6 +12,8 @@ import json
 import logging
 import sys
 
+from corpora.executor import EngineError, add_engine_args, get_executor, resolve_engine
+
 EXAMPLES = {
     "mix": "python -m train mix cc_hq --parts cc=0.67,hq=0.33 --tokens 20M --seed 0 --tokenizer demo_bpe",
     "tokenizer": "python -m train tokenizer demo_bpe --corpora cc,wiki --vocab 8192",
@@ -75,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-epochs", type=float, default=16.0,
                    help="refuse to repeat any part more often than this (default 16)")
     p.add_argument("--force", action="store_true", help="rebuild a mixture that exists with another config")
+    add_engine_args(p)
 
     p = add("tokenizer", "Train a byte-level BPE tokenizer on store corpora and register it in the store.")
     p.add_argument("name", help="tokenizer name (then usable as --tokenizer NAME)")
@@ -158,7 +161,9 @@ def cmd_mix(args, store) -> int:
 
     cfg = MixtureConfig(name=args.name, parts=args.parts, tokens=args.tokens, seed=args.seed,
                         tokenizer=args.tokenizer, seq_len=args.seq_len, max_epochs=args.max_epochs)
-    rows = build_mixture(store, cfg, overwrite=args.force, progress=not args.quiet).to_dicts()
+    engine = resolve_engine(args.engine)
+    with get_executor(engine, 1 if engine == "local" else 0, args.ray_address) as ex:  # local: the tokenizer has the cores
+        rows = build_mixture(store, cfg, overwrite=args.force, progress=not args.quiet, executor=ex).to_dicts()
     if args.json:
         _json(rows)
         return 0
@@ -246,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         store = None if args.command == "presets" else Store(resolve_store_path(args.store))
         return COMMANDS[args.command](args, store)
-    except (StoreError, UnknownPreset) as e:  # what the user can fix; anything else is a bug: traceback
+    except (StoreError, UnknownPreset, EngineError) as e:  # what the user can fix; anything else is a bug: traceback
         print(f"python -m train {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -37,8 +37,8 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from tqdm.auto import tqdm
 
+from corpora.executor import Executor, get_executor, resolve_engine
 from corpora.store import CorpusInfo, ShardInfo, Store, StoreError, atomic_path, read_shard_batches
 
 log = logging.getLogger(__name__)
@@ -226,20 +226,37 @@ def _shard_cache(store: Store, shard: ShardInfo, tokenizer) -> tuple[Path, Path]
     return d / f"{shard.content_hash}.tokens.npy", d / f"{shard.content_hash}.lengths.npy"
 
 
-def load_corpus_tokens(store: Store, corpus: str, tokenizer, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def tokenize_shard_job(job: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """The executor's map: (shard path, tokenizer) -> (tokens, lengths)."""
+    path, tokenizer = job
+    return tokenize_shard(Path(path), tokenizer)
+
+
+def load_corpus_tokens(store: Store, corpus: str, tokenizer, progress: bool = True,
+                       executor: Executor | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Driver: the corpus's token stream and document lengths, tokenizing only shards not cached yet.
 
-    Shards are tokenized one after another: the tokenizer already uses every core for a batch."""
+    Shards not cached are mapped on `executor` (default: the local engine in-process, one shard after
+    another, since the tokenizer already uses every core; Ray's tasks when $SYNTHMIX_ENGINE=ray)."""
     shards = store.shards(corpus)
+    caches = [_shard_cache(store, shard, tokenizer) for shard in shards]
+    todo = [k for k, (t, n) in enumerate(caches) if not (t.exists() and n.exists())]
+    if todo:
+        ex = executor or get_executor(None, 1 if resolve_engine(None) == "local" else 0)
+        try:
+            for k, (tokens, lengths) in ex.map(tokenize_shard_job, [(shards[i].path, tokenizer) for i in todo],
+                                               desc=f"tokenize {corpus}", sizes=[shards[i].n_bytes for i in todo],
+                                               progress=progress and len(shards) >= 2):
+                tokens_path, lengths_path = caches[todo[k]]
+                with atomic_path(lengths_path) as tmp, open(tmp, "wb") as f:
+                    np.save(f, lengths)
+                with atomic_path(tokens_path) as tmp, open(tmp, "wb") as f:
+                    np.save(f, tokens)
+        finally:
+            if executor is None:
+                ex.close()
     token_parts, length_parts = [], []
-    for shard in tqdm(shards, desc=f"tokenize {corpus}", unit="shard", disable=not progress or len(shards) < 2):
-        tokens_path, lengths_path = _shard_cache(store, shard, tokenizer)
-        if not (tokens_path.exists() and lengths_path.exists()):
-            tokens, lengths = tokenize_shard(shard.path, tokenizer)
-            with atomic_path(lengths_path) as tmp, open(tmp, "wb") as f:
-                np.save(f, lengths)
-            with atomic_path(tokens_path) as tmp, open(tmp, "wb") as f:
-                np.save(f, tokens)
+    for tokens_path, lengths_path in caches:
         token_parts.append(np.load(tokens_path, mmap_mode="r"))
         length_parts.append(np.load(lengths_path))
     if not token_parts:
@@ -302,7 +319,8 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
-def build_mixture(store: Store, cfg: MixtureConfig, overwrite: bool = False, progress: bool = True) -> pl.DataFrame:
+def build_mixture(store: Store, cfg: MixtureConfig, overwrite: bool = False, progress: bool = True,
+                  executor: Executor | None = None) -> pl.DataFrame:
     """Materialise a mixture (see the module docstring); returns its `mixtures` table rows.
 
     Rebuilding an existing mixture with the same config on unchanged corpora returns its rows without
@@ -327,7 +345,7 @@ def build_mixture(store: Store, cfg: MixtureConfig, overwrite: bool = False, pro
 
     streams = []
     for plan in plans:
-        tokens, lengths = load_corpus_tokens(store, plan.corpus.name, tokenizer, progress)
+        tokens, lengths = load_corpus_tokens(store, plan.corpus.name, tokenizer, progress, executor)
         plan.n_unique_tokens = int(lengths.sum())
         if plan.epochs > cfg.max_epochs:
             raise MixtureError(_epochs_message(cfg, plan, plan.epochs))
