@@ -374,7 +374,13 @@ def _pickled_error(e: Exception) -> bytes:
 
 
 def _ray_call(batch, payload: bytes) -> dict:
-    return _ray_apply(pickle.loads(payload), batch)
+    try:
+        call = pickle.loads(payload)
+    except Exception as e:  # e.g. a node without synthmix installed: the step's module is not there
+        error = _pickled_error(EngineError(f"a Ray worker cannot load the step: {type(e).__name__}: {e} "
+                                           "(install synthmix on every node)"))
+        return {"i": batch.column("i").to_pylist(), "result": [error] * batch.num_rows}
+    return _ray_apply(call, batch)
 
 
 class _RayStateful:

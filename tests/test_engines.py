@@ -47,6 +47,16 @@ def die_once(job: tuple[int, str]) -> int:
     return x * x
 
 
+def node_of(x: int) -> str:
+    """The Ray node that ran this item (benchmarks and the two-node check)."""
+    import time
+
+    import ray
+
+    time.sleep(0.5)
+    return ray.get_runtime_context().get_node_id()
+
+
 class Offset:
     def __init__(self, k: int):
         self.k = k
