@@ -25,6 +25,7 @@ import re
 import shutil
 import uuid
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -121,15 +122,37 @@ def piece_name(rows: np.ndarray | None) -> str:
     return hashlib.blake2b(np.ascontiguousarray(rows, dtype=np.int64).tobytes(), digest_size=8).hexdigest()
 
 
+def iter_shard_texts(shard_path: Path, rows: np.ndarray | None = None, batch_bytes: int = BATCH_BYTES,
+                     columns: tuple[str, ...] = ()) -> Iterator[tuple[np.ndarray, list[str], pa.Table]]:
+    """(rows, texts, other columns) of a shard's documents `rows` (sorted; None = all), in row order, in
+    batches of about `batch_bytes` of text; only row groups holding a wanted row are read."""
+    pf = pq.ParquetFile(shard_path)
+    starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
+    wanted = None if rows is None else np.asarray(rows, dtype=np.int64)
+    for g in range(pf.num_row_groups):
+        lo, hi = int(starts[g]), int(starts[g + 1])
+        group_rows = (np.arange(lo, hi) if wanted is None
+                      else wanted[np.searchsorted(wanted, lo):np.searchsorted(wanted, hi)])
+        if not len(group_rows):
+            continue
+        table = pf.read_row_group(g, columns=["text", "n_bytes", *columns])
+        if wanted is not None:
+            table = table.take(pa.array(group_rows - lo))
+        sizes = table.column("n_bytes").to_numpy(zero_copy_only=False)
+        cuts = np.searchsorted(np.cumsum(sizes), np.arange(batch_bytes, int(sizes.sum()) + 1, batch_bytes))
+        for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(group_rows)]):
+            if a < b:
+                part = table.slice(a, b - a)
+                # a null text is an empty document
+                yield group_rows[a:b], pc.fill_null(part.column("text"), "").to_pylist(), part
+
+
 def tokenize_rows(job: TokenizeJob, tokenizer) -> Piece:
     """Map step: the job's documents, each followed by end-of-text, streamed into `<piece>.tokens` and
     `<piece>.docs.npy` under job.out_dir, batch by batch (memory is bounded by BATCH_BYTES)."""
     name = piece_name(job.rows)
     out_dir = Path(job.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pf = pq.ParquetFile(job.shard_path)
-    starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
-    wanted = None if job.rows is None else np.asarray(job.rows, dtype=np.int64)
     doc_rows, doc_lengths, n_bytes = [], [], 0
     pending: list[str] = []
     pending_rows: list[np.ndarray] = []
@@ -152,32 +175,15 @@ def tokenize_rows(job: TokenizeJob, tokenizer) -> Piece:
         doc_lengths.append(lengths)
         pending, pending_rows, pending_bytes = [], [], 0
 
-    tokens_path = out_dir / f"{name}.tokens"
-    with open(tokens_path, "wb") as f:
-        for g in range(pf.num_row_groups):
-            lo, hi = int(starts[g]), int(starts[g + 1])
-            if wanted is None:
-                rows = np.arange(lo, hi)
-            else:
-                rows = wanted[np.searchsorted(wanted, lo):np.searchsorted(wanted, hi)]
-                if not len(rows):
-                    continue
-            table = pf.read_row_group(g, columns=["text", "n_bytes"])
-            if wanted is not None:
-                table = table.take(pa.array(rows - lo))
-            texts = pc.fill_null(table.column("text"), "").to_pylist()  # a null text is an empty document
-            sizes = table.column("n_bytes").to_numpy(zero_copy_only=False)
-            n_bytes += int(sizes.sum())
-            # cut the row group into batches of about BATCH_BYTES of text
-            cuts = np.searchsorted(np.cumsum(sizes), np.arange(BATCH_BYTES, int(sizes.sum()) + 1, BATCH_BYTES))
-            for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(texts)]):
-                if a >= b:
-                    continue
-                pending += texts[a:b]
-                pending_rows.append(rows[a:b])
-                pending_bytes += int(sizes[a:b].sum())
-                if pending_bytes >= BATCH_BYTES:
-                    flush(f)
+    with open(out_dir / f"{name}.tokens", "wb") as f:
+        for rows, texts, table in iter_shard_texts(job.shard_path, job.rows):
+            size = int(pc.sum(table.column("n_bytes")).as_py() or 0)
+            n_bytes += size
+            pending += texts
+            pending_rows.append(rows)
+            pending_bytes += size
+            if pending_bytes >= BATCH_BYTES:
+                flush(f)
         flush(f)
     docs = np.stack([np.concatenate(doc_rows) if doc_rows else np.zeros(0, np.int64),
                      np.concatenate(doc_lengths) if doc_lengths else np.zeros(0, np.int64)], axis=1)

@@ -19,10 +19,14 @@ of V ids; logs are natural, so every divergence and entropy is in nats; bits = n
                    sum_v 1 - C(N - c_v, n) / C(N, n); entropy is the mean over seeded subsamples of n
                    tokens drawn without replacement (multivariate hypergeometric).
 
-Counting is a pure map (`count_unigrams(shard_path, cfg) -> UnigramCounts`) and an associative reduce
-(`reduce_counts`); `build_unigram_counts` is the driver: it maps shards in worker processes, caches each
-shard's counts by content hash, and stores the corpus's counts in the result table `unigram_counts`
-keyed by (corpus content hash, tokenizer), so an unchanged corpus is never counted twice.
+Counting is a pure map (`count_cached_shard(CountJob, tokenizer) -> UnigramCounts`: np.bincount over the
+shard's tokens in the token cache that mixtures share, `corpora.tokens`, tokenizing first the documents
+not cached yet) and an associative reduce (`reduce_counts`); `build_unigram_counts` is the driver: it maps
+shards in worker processes, adopts the new token pieces, caches each shard's counts by content hash, and
+stores the corpus's counts in the result table `unigram_counts` keyed by (corpus content hash,
+tokenizer), so an unchanged corpus is never counted twice, and a corpus a mixture has tokenized is not
+tokenized again. `count_unigrams(shard_path, cfg)` counts one shard straight from its text, without the
+cache.
 """
 
 from __future__ import annotations
@@ -120,7 +124,8 @@ def reduce_counts(a: UnigramCounts, b: UnigramCounts) -> UnigramCounts:
 
 def count_unigrams(shard_path: Path, cfg: UnigramConfig, tokenizer: Tokenizer | None = None,
                    on_batch: Callable[[int], None] | None = None) -> UnigramCounts:
-    """Map: token counts of one Parquet shard (reads only the shard; writes nothing).
+    """Map: token counts of one Parquet shard straight from its text (reads only the shard; writes nothing;
+    no token cache).
 
     `on_batch(n_bytes)` is called after each record batch (progress only)."""
     tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer, num_threads=cfg.threads)

@@ -41,7 +41,6 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from tqdm.auto import tqdm
 
 from corpora.store import CorpusInfo, ShardInfo, Store, StoreError, atomic_path
 from corpora.tokens import TokenCache, read_doc_list, seeded_keys, tokenizer_key  # noqa: F401 (re-export)
@@ -53,7 +52,7 @@ SHARE_TOLERANCE = 1e-3  # "0.333,0.333,0.334" is fine; "0.6,0.3" is a mistake
 _SUFFIXES = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
 _COUNT_RE = re.compile(r"^\s*(\d+(?:\.\d*)?(?:e\d+)?)\s*([kmbgt]?)\s*$", re.IGNORECASE)
 _PART_RE = re.compile(r"^([a-z][a-z0-9_]*)=([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)$")
-_INTERLEAVE_STREAM = 1 << 31  # rng stream of the interleaving jitter; epochs use streams 0, 1, ...
+_INTERLEAVE_STREAM = 1 << 31  # rng stream of the interleaving jitter
 _GATHER_BLOCK = 1 << 22  # tokens copied per block when writing a stream: bounds the index arrays' memory
 # First guess of UTF-8 bytes per token (incl. end-of-text), before any document is tokenized: below what
 # BPE vocabularies of 8k-100k reach on English web text (3.5-4.5), so a first round rarely tokenizes more

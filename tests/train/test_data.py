@@ -8,6 +8,7 @@ import math
 import shutil
 
 import numpy as np
+import polars as pl
 import pytest
 
 from tests.conftest import add_corpus
@@ -177,7 +178,12 @@ def test_array_is_identical_whatever_the_cache_holds(mix_store, base_store, tmp_
     cold = np.load(mix_store.artifact_dir("mixtures", "m") / "train.npy")
     warm_store = Store(shutil.copytree(base_store.root, tmp_path / "warm"))
     build_mixture(warm_store, MixtureConfig("other", {"cc": 0.5, "hq": 0.5}, 9_000, seed=9, seq_len=SEQ_LEN))
-    build_unigram_counts(warm_store, "cc", UnigramConfig(progress=False))  # tokenizes the rest of cc
+    # counted over the pieces the mixture left plus the rest of cc: equal to a Counter over every document
+    counts = build_unigram_counts(warm_store, "cc", UnigramConfig(progress=False))
+    tok = load_tokenizer("cl100k_base")
+    expected = collections.Counter(i for ids in tok.encode_batch(warm_store.scan("cc").collect()["text"].to_list())
+                                   for i in ids)
+    assert {i: int(c) for i, c in enumerate(counts.counts) if c} == dict(expected)
     assert all(len(rows) == s.n_docs for s, rows in
                zip(warm_store.shards("cc"), (_cached_rows(warm_store)[s.content_hash] for s in warm_store.shards("cc"))))
     pieces = _pieces(warm_store)
@@ -277,3 +283,55 @@ def test_train_tokenizer_errors(store, lee_texts):
         train_tokenizer(store, "t", ["empty"], 1024)
     with pytest.raises(StoreError, match="too small"):
         train_tokenizer(store, "t", ["cc"], 100)
+
+
+def test_tokenizer_trains_on_a_bounded_seeded_sample(store, lee_texts):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from corpora.tokens import doc_id_hashes, seeded_keys
+
+    add_corpus(store, "cc", lee_texts[:200], shard_size=70)
+    add_corpus(store, "hq", lee_texts[200:250], kind="synthetic", synthetic_type="hq")
+    docs = pl.concat([store.scan(c).select("doc_id", "text", "n_bytes").collect() for c in ("cc", "hq")])
+    limit = int(docs["n_bytes"].sum()) // 3
+    row = train_tokenizer(store, "s0", ["cc", "hq"], vocab_size=600, sample_bytes=limit, seed=4)
+    assert not row["sample_whole"] and row["sample_bytes"] <= limit and row["sample_docs"] < docs.height
+    sample = pl.read_parquet(row["sample_path"])
+    assert sample.height == row["sample_docs"] and set(sample["corpus"]) == {"cc", "hq"}
+    # The sample is the prefix, by bytes, of the documents in seeded key order.
+    keys = seeded_keys(doc_id_hashes(docs["doc_id"].to_arrow()), 4, "tokenizer-sample")
+    ordered = docs[np.argsort(keys, kind="stable")]
+    n = int(np.searchsorted(np.cumsum(ordered["n_bytes"].to_numpy()), limit, side="right"))
+    assert set(sample["doc_id"]) == set(ordered["doc_id"][:n]) and row["sample_bytes"] > limit * 0.9
+    # The trainer saw exactly those texts: the same BPE trained on them directly is the same tokenizer.
+    by_id = dict(zip(docs["doc_id"], docs["text"]))
+    direct = Tokenizer(models.BPE())
+    direct.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    direct.decoder = decoders.ByteLevel()
+    direct.train_from_iterator([by_id[d] for d in sample["doc_id"]], trainers.BpeTrainer(
+        vocab_size=600, min_frequency=2, special_tokens=["<|endoftext|>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    saved = Tokenizer.from_file(row["path"])
+    assert saved.get_vocab() == direct.get_vocab()
+    # Same seed, same sample; another seed, another one; a limit above the corpora takes them whole.
+    assert train_tokenizer(store, "s0b", ["cc", "hq"], 600, sample_bytes=limit, seed=4)["sample_hash"] == row["sample_hash"]
+    assert train_tokenizer(store, "s1", ["cc", "hq"], 600, sample_bytes=limit, seed=5)["sample_hash"] != row["sample_hash"]
+    whole = train_tokenizer(store, "all", ["cc", "hq"], 600, sample_bytes=10**9)
+    assert whole["sample_whole"] and whole["sample_docs"] == docs.height
+
+
+def test_our_bpe_runs_on_tiktoken_with_the_same_ids(store, lee_texts, shared_data):
+    import json as _json
+
+    from tokenizers import Tokenizer
+
+    from corpora.tokenizers import TiktokenTokenizer
+
+    add_corpus(store, "cc", lee_texts)
+    row = train_tokenizer(store, "bpe", ["cc"], vocab_size=2048)
+    tok = load_tokenizer("bpe", store)
+    assert isinstance(tok, TiktokenTokenizer) and tok.eot_id == 0 and tok.n_vocab == 2048
+    texts = [_json.loads(line)["text"] for line in (shared_data / "cc" / "c4_sample.jsonl").open()][:300]
+    texts += (shared_data / "wiki" / "wikitext2_test.txt").read_text(encoding="utf-8").split("\n\n")[:300]
+    hf = Tokenizer.from_file(row["path"])
+    assert tok.encode_batch(texts) == [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
