@@ -54,11 +54,11 @@ _COUNT_RE = re.compile(r"^\s*(\d+(?:\.\d*)?(?:e\d+)?)\s*([kmbgt]?)\s*$", re.IGNO
 _PART_RE = re.compile(r"^([a-z][a-z0-9_]*)=([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)$")
 _INTERLEAVE_STREAM = 1 << 31  # rng stream of the interleaving jitter
 _GATHER_BLOCK = 1 << 22  # tokens copied per block when writing a stream: bounds the index arrays' memory
-# First guess of UTF-8 bytes per token (incl. end-of-text), before any document is tokenized: below what
-# BPE vocabularies of 8k-100k reach on English web text (3.5-4.5), so a first round rarely tokenizes more
-# than the budget needs; a second round, at the measured ratio, fills the rest.
+# UTF-8 bytes per token (incl. end-of-text) when nothing is measured: below what BPE vocabularies of
+# 8k-100k reach on English web text (3.5-4.5), so a round rarely tokenizes more than the budget needs.
 BYTES_PER_TOKEN_GUESS = 3.0
-THRESHOLD_MARGIN = 1.03  # a round aims 3% past what it should need, so a third round is rare
+PILOT_BYTES = 1 << 20  # text per shard of the corpus that the pilot measures bytes per token on (in one shard)
+THRESHOLD_MARGIN = 1.03  # a round aims 3% past what it should need, so a second round is rare
 
 
 class MixtureError(StoreError, ValueError):
@@ -249,6 +249,23 @@ def _lengths(cache: TokenCache, shards: list[ShardInfo], shard_idx: np.ndarray, 
     return out
 
 
+def _pilot_bytes_per_token(cache: TokenCache, shards: list[ShardInfo], corpus: str, seed: int, n_tokens: int,
+                           total_bytes: int, progress: bool) -> float:
+    """Bytes per token of the corpus, measured on the first documents of the order in one shard.
+
+    Each round of `order_part` reads the text of every shard that holds a document it needs, which is
+    every shard: a good first guess saves a second pass over the corpus. The pilot's documents are ones
+    the part takes anyway (the lowest keys), so nothing is tokenized in vain."""
+    want_bytes = min(n_tokens * BYTES_PER_TOKEN_GUESS, PILOT_BYTES * len(shards))
+    hi = min(1 << 64, math.ceil(want_bytes / max(total_bytes, 1) * 2.0**64))
+    _, shard_idx, rows, n_bytes = _key_range(shards[:1], seed, corpus, 0, 0, hi)
+    if not len(rows):
+        return BYTES_PER_TOKEN_GUESS
+    cache.ensure([(shards[0], rows)], progress=False)
+    lengths = _lengths(cache, shards, shard_idx, rows)
+    return (int(n_bytes.sum()) + len(rows)) / int(lengths.sum())
+
+
 def order_part(cache: TokenCache, shards: list[ShardInfo], corpus: str, n_tokens: int, seed: int,
                repeat: bool = True, max_epochs: float = math.inf, refuse=None, progress: bool = True) -> PartOrder:
     """The documents a part takes, in order, tokenizing only those (see the module docstring).
@@ -261,7 +278,7 @@ def order_part(cache: TokenCache, shards: list[ShardInfo], corpus: str, n_tokens
     needed; `refuse(epochs)` is called first when that is more than `max_epochs`."""
     n_docs = sum(s.n_docs for s in shards)
     total_bytes = sum(s.n_bytes for s in shards) + n_docs  # + 1 per document for its end-of-text token
-    bytes_per_token = BYTES_PER_TOKEN_GUESS
+    bytes_per_token = _pilot_bytes_per_token(cache, shards, corpus, seed, n_tokens, total_bytes, progress)
     found, lo, hi = [], 0, 0
     got_tokens = got_bytes = 0
     while hi < 1 << 64:
