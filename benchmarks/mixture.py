@@ -83,7 +83,15 @@ if args["what"] == "tokenizer":
     row = train_tokenizer(store, args["name"], ["big"], args["vocab"], sample_bytes=args["sample_bytes"])
     out = {"elapsed_s": time.perf_counter() - t, "sample_mb": row["sample_bytes"] / 1e6}
 elif args["what"] == "mixture":
+    import logging
     from train.data import MixtureConfig, build_mixture
+    rounds = []
+    class Rounds(logging.Handler):
+        def emit(self, record):
+            if "round(s)" in record.getMessage():
+                rounds.append(record.args[2])
+    logging.getLogger("train.data").addHandler(Rounds())
+    logging.getLogger("train.data").setLevel(logging.INFO)
     shutil.rmtree(store.root / "artifacts" / "tokens", ignore_errors=True)
     shutil.rmtree(store.root / "artifacts" / "mixtures", ignore_errors=True)
     times = []
@@ -94,7 +102,14 @@ elif args["what"] == "mixture":
         times.append(time.perf_counter() - t)
     import numpy as np
     n_docs = sum(len(np.load(p)) for p in (store.root / "artifacts" / "tokens").glob("*/*/*.docs.npy"))
-    out = {"elapsed_s": times[0], "warm_s": times[1], "docs_tokenized": n_docs}
+    import pyarrow.parquet as pq
+    t = time.perf_counter()  # what reading every document's text costs: the part of a build that grows
+    for shard in store.shards("big"):
+        pf = pq.ParquetFile(shard.path)
+        for g in range(pf.num_row_groups):
+            pf.read_row_group(g, columns=["text"])
+    out = {"elapsed_s": times[0], "warm_s": times[1], "docs_tokenized": n_docs, "rounds": rounds[0],
+           "read_text_s": time.perf_counter() - t}
 elif args["what"] == "full":
     from corpora.tokenizers import load_tokenizer
     from corpora.tokens import TokenCache
@@ -173,6 +188,9 @@ def main() -> None:
                     "full-corpus tokenization (default: %(default)s)")
     ap.add_argument("--workdir", default="/tmp/bench-mixture", help="stores are built (once) and kept here")
     ap.add_argument("--build-only", action="store_true", help="build the corpora, measure nothing")
+    ap.add_argument("--only", default="tokenizer,mixture,full",
+                    help="which measurements (default: %(default)s; without tokenizer, the stores must hold "
+                         "the tokenizer bpe_r0 of an earlier run)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if not (DATA / "c4_sample.jsonl").exists():
@@ -196,7 +214,8 @@ def main() -> None:
     print(f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
 
     res = {mb: {"tokenizer": [], "mixture": [], "full": []} for mb in sizes}
-    for r in range(args.train_repeats):
+    only = set(args.only.split(","))
+    for r in range(args.train_repeats if "tokenizer" in only else 0):
         for mb in sizes:
             res[mb]["tokenizer"].append(child("tokenizer", stores[mb], name=f"bpe_r{r}", vocab=args.vocab,
                                               sample_bytes=sample_bytes))
@@ -207,11 +226,11 @@ def main() -> None:
         dest = root / "artifacts" / "tokenizers" / "bpe"
         dest.mkdir(parents=True, exist_ok=True)
         shutil.copy(src / "tokenizer.json", dest / "tokenizer.json")
-    for r in range(args.repeats):
+    for r in range(args.repeats if "mixture" in only else 0):
         for mb in sizes:
             res[mb]["mixture"].append(child("mixture", stores[mb], tokens=tokens))
             print(f"  mixture {mb:g} MB: {res[mb]['mixture'][-1]}  load {os.getloadavg()[0]:.1f}", flush=True)
-    for r in range(args.train_repeats):
+    for r in range(args.train_repeats if "full" in only else 0):
         for mb in sizes:
             res[mb]["full"].append(child("full", stores[mb]))
             print(f"  full {mb:g} MB: {res[mb]['full'][-1]}  load {os.getloadavg()[0]:.1f}", flush=True)
@@ -234,22 +253,26 @@ def main() -> None:
         (f"mixture build, {args.tokens} tokens, cold (s)", "mixture", "elapsed_s", 1.3),
         ("mixture build, warm cache (s)", "mixture", "warm_s", None),
         ("documents tokenized by the build", "mixture", "docs_tokenized", None),
+        ("rounds over the corpus (median)", "mixture", "rounds", None),
+        ("reading all text of the corpus (s)", "mixture", "read_text_s", None),
         (f"tokenizer training, {args.sample_bytes} sample (s)", "tokenizer", "elapsed_s", 1.5),
         ("full-corpus tokenization (s)", "full", "elapsed_s", None),
     ]
     for label, what, key, target in rows:
+        if not res[sizes[0]][what]:
+            continue
         vals = [med(mb, what, key) for mb in sizes]
         ratio = vals[-1] / vals[0] if vals[0] else float("nan")
         summary[f"{what}_{key}"] = dict(zip([f"{mb:g}" for mb in sizes], vals))
         print(f"{label:34}" + "".join(f"{v:>14.2f}" for v in vals) + f"{ratio:>9.2f}x"
               + (f"  (target <= {target}x)" if target else ""))
-    for mb in sizes:
+    for mb in sizes if res[sizes[0]]["full"] else []:
         mbps = info[mb].n_bytes / 1e6 / med(mb, "full")
         raw = med(mb, "full", "raw_mb_per_s")
         summary[f"full_mb_per_s_{mb:g}"], summary[f"raw_mb_per_s_{mb:g}"] = mbps, raw
         print(f"full-corpus tokenization at {mb:g} MB: {mbps:.1f} MB/s (raw tokenizer on 32 MB in memory, "
               f"same process: {raw:.1f} MB/s; ratio {mbps / raw:.2f})")
-    for what in ("mixture", "tokenizer", "full"):
+    for what in [w for w in ("mixture", "tokenizer", "full") if res[sizes[0]][w]]:
         vals = [peak(mb, what) for mb in sizes]
         summary[f"peak_rss_{what}_mb"] = dict(zip([f"{mb:g}" for mb in sizes], vals))
         print(f"peak RSS (process tree), {what:9}: " + ", ".join(f"{v:.0f} MB at {mb:g} MB" for v, mb in

@@ -296,6 +296,9 @@ def order_part(cache: TokenCache, shards: list[ShardInfo], corpus: str, n_tokens
         if got_tokens:
             bytes_per_token = got_bytes / got_tokens
         lo = hi
+    log.info("part %s: %d documents in %d round(s) (%.2f bytes per token), %d tokenized by this build",
+             corpus, sum(len(f[2]) for f in found), len(found), got_bytes / max(got_tokens, 1),
+             cache.n_docs_tokenized)
     keys, shard_idx, rows, lengths = (np.concatenate(x) for x in zip(*found))
     order = np.lexsort((rows, shard_idx, keys))  # ties (equal doc_ids) by position
     shard_idx, rows, lengths = shard_idx[order], rows[order], lengths[order]
