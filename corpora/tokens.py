@@ -40,9 +40,6 @@ log = logging.getLogger(__name__)
 # Text handed to the tokenizer per call: big enough that its threads share the work evenly, small
 # enough that a worker holds a bounded amount of text and tokens at a time.
 BATCH_BYTES = 8 << 20
-# Below this many bytes to tokenize, worker processes (~1-2 s start-up each, plus loading the tokenizer)
-# cost more than they save: the tokenizer's own threads already use every core within one process.
-MIN_BYTES_FOR_WORKERS = 256 << 20
 _U64 = 1 << 64
 
 
@@ -272,11 +269,10 @@ class TokenCache:
         return self._index[shard.content_hash]
 
     def ensure(self, requests: list[tuple[ShardInfo, np.ndarray | None]], *, workers: int = 0,
-               progress: bool = True, desc: str = "tokenize") -> int:
+               engine: str | None = None, progress: bool = True, desc: str = "tokenize") -> int:
         """Tokenize every requested row (None: the whole shard) not cached yet; returns documents tokenized.
 
-        One job per shard, run by the executor: in-process when there is little to do (the tokenizer's
-        threads use every core), else one worker process per core."""
+        One job per shard (a pure map), run by the executor: in-process unless `workers` > 1."""
         from corpora.executor import Stateful, cpu_count, get_executor
 
         jobs, shards, sizes, n_missing = [], [], [], 0
@@ -294,9 +290,11 @@ class TokenCache:
             sizes.append(shard.n_bytes * len(missing) // max(shard.n_docs, 1))
         if not jobs:
             return 0
+        # One process by default: the tokenizer's own threads already use every core (benchmarks/mixture.py:
+        # as fast as the bare tokenizer), while each worker process would hold its own tokenizer and Parquet
+        # buffers (two workers + driver passed 1 GB at 500 MB). workers=n (or a Ray cluster) for more.
         cores = cpu_count()
-        n_workers = workers or (cores if sum(sizes) >= MIN_BYTES_FOR_WORKERS else 1)
-        n_workers = max(1, min(n_workers, len(jobs)))
+        n_workers = max(1, min(workers or 1, len(jobs)))
         tok = self.tokenizer.with_threads(max(1, cores // n_workers))
         step = Stateful(TokenizeStep, tok) if n_workers > 1 else TokenizeStep(tok)
         log.info("tokenizing %d documents (%.1f MB) of %d shards with %d process(es)",
@@ -304,7 +302,8 @@ class TokenCache:
                  len(jobs), n_workers)
         n_docs = 0
         try:
-            with get_executor("local", workers=n_workers) as ex:
+            # in-process work stays local; a pool follows --engine/$SYNTHMIX_ENGINE (local processes or Ray)
+            with get_executor("local" if n_workers == 1 else engine, workers=n_workers) as ex:
                 for i, piece in ex.map(step, jobs, desc=desc if progress else None, sizes=sizes,
                                        max_workers=n_workers):
                     self._adopt(shards[i], jobs[i].out_dir, piece)
