@@ -6,6 +6,7 @@ import hashlib
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from tests.conftest import add_corpus
 from corpora.tokenizers import load_tokenizer
@@ -70,6 +71,7 @@ def test_read_doc_list_is_the_shard_in_row_order(store, lee_texts):
     assert n_bytes.tolist() == [len(t.encode()) for t in table["text"]]
 
 
+@pytest.mark.slow  # spawns two worker processes that each load cl100k_base
 def test_cache_in_worker_processes_matches_the_tokenizer(store, lee_texts):
     add_corpus(store, "cc", lee_texts[:90], shard_size=30)
     tok = load_tokenizer("cl100k_base")

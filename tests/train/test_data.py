@@ -331,7 +331,7 @@ def test_our_bpe_runs_on_tiktoken_with_the_same_ids(store, lee_texts, shared_dat
     row = train_tokenizer(store, "bpe", ["cc"], vocab_size=2048)
     tok = load_tokenizer("bpe", store)
     assert isinstance(tok, TiktokenTokenizer) and tok.eot_id == 0 and tok.n_vocab == 2048
-    texts = [_json.loads(line)["text"] for line in (shared_data / "cc" / "c4_sample.jsonl").open()][:300]
-    texts += (shared_data / "wiki" / "wikitext2_test.txt").read_text(encoding="utf-8").split("\n\n")[:300]
+    texts = [_json.loads(line)["text"] for line in (shared_data / "cc" / "c4_sample.jsonl").open()][:150]
+    texts += (shared_data / "wiki" / "wikitext2_test.txt").read_text(encoding="utf-8").split("\n\n")[:150]
     hf = Tokenizer.from_file(row["path"])
     assert tok.encode_batch(texts) == [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
