@@ -47,7 +47,8 @@ FORMATS = ("hf", "jsonl", "parquet")
 HF_SCHEMA = DOC_SCHEMA.set(DOC_SCHEMA.get_field_index("text"), pa.field("text", pa.string()))
 CARD_VERSION = 1
 _COLUMN_DOCS = {
-    "doc_id": "16 hex digits of BLAKE2b over the normalised text (NFKC, case-folded, whitespace collapsed)",
+    "doc_id": "16 hex digits of BLAKE2b: over the normalised text (NFKC, case-folded, whitespace collapsed) for "
+              "natural text, over the generation requests for synthetic text",
     "text": "the document",
     "n_bytes": "UTF-8 bytes of `text`",
     "source": "where the text came from (file:line, file#record, URL; for synthetic text source_corpus/doc_id)",
@@ -369,7 +370,7 @@ def build_card(store: Store, info: CorpusInfo, stats: ExportStats, cfg: ExportCo
     if cfg.language:
         header["language"] = list(cfg.language)
     header.update({
-        "tags": tags + (["synthetic"] if info.kind == "synthetic" else []),
+        "tags": tags,
         "task_categories": ["text-generation"],
         "size_categories": [_size_category(stats.n_docs)],
         "configs": [{"config_name": "default", "data_files": [{"split": cfg.split, "path": f"data/{cfg.split}-*"}]}],
@@ -390,7 +391,16 @@ def build_card(store: Store, info: CorpusInfo, stats: ExportStats, cfg: ExportCo
 def render_card(header: dict, body: str) -> str:
     import yaml
 
-    return "---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True, width=100) + "---\n\n" + body
+    class Dumper(yaml.SafeDumper):
+        def ignore_aliases(self, data) -> bool:  # repeat values instead of &id001 anchors: readable by people
+            return True
+
+    def text(dumper, value: str):  # multi-line strings (prompt templates) as literal blocks
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+    Dumper.add_representer(str, text)
+    header_yaml = yaml.dump(header, Dumper=Dumper, sort_keys=False, allow_unicode=True, width=100)
+    return "---\n" + header_yaml + "---\n\n" + body
 
 
 def _card_body(info: CorpusInfo, stats: ExportStats, cfg: ExportConfig, tokenizer, facts: dict) -> str:
@@ -497,6 +507,7 @@ def _synthetic_section(info: CorpusInfo, facts: dict) -> list[str]:
     lines += ["", "### Risks", "",
               "Text written by a language model can carry the generator's biases and factual errors, and is less "
               "diverse than the text it was made from (see the shrinkage figures above when present). Kang et al. "
-              "(2025) found rephrased text useful mixed with about two thirds natural text, and generated "
-              "textbooks alone harmful; read the recipe above before training on it.", ""]
+              "(2025) found rephrased text helpful as about a third of a mixture with natural web text but not on "
+              "its own, and generated textbooks alone worse than web text; read the recipe above before training "
+              "on it.", ""]
     return lines

@@ -230,6 +230,8 @@ def ingest_hf_folder(store: Store, folder: str | Path, corpus: str, *, kind: str
                   "splits": {s: len(files) for s, files in splits.items()},
                   "card": hf.card, "dataset_info": hf.info}
     kind = kind or ours.get("kind") or "natural"
+    if ours:  # our own export: its doc_ids are ours too (a synthetic doc_id hashes its recipe, not its text)
+        reader = dataclasses.replace(reader, keep_doc_ids=True)
     cfg = IngestConfig(corpus=corpus, kind=kind, role=role or ours.get("role") or "train",
                        synthetic_type=synthetic_type or (ours.get("synthetic_type") if kind == "synthetic" else None),
                        format="hf", reader=reader, workers=workers, meta=meta)

@@ -55,6 +55,9 @@ class ReaderConfig:
     text_mode: str = "line"
     min_chars: int = 1  # shorter documents are rejected as empty_text
     html_extractor: str = "resiliparse"  # or "trafilatura"
+    # hf: keep an exported `doc_id` column as the document's id (set for folders a synthmix export wrote:
+    # a synthetic document's id hashes how it was made, not its text, so it cannot be recomputed)
+    keep_doc_ids: bool = False
 
 
 FORMATS = ("jsonl", "parquet", "text", "warc", "mediawiki", "hf")
@@ -384,11 +387,13 @@ def _hf_batches(path: Path) -> Iterator["pa.RecordBatch"]:
         yield from reader
 
 
-def _hf_doc(text: str, source: str, record: dict) -> Doc:
+def _hf_doc(text: str, source: str, record: dict, keep_doc_id: bool) -> Doc:
     """A document from one row; a row exported by synthmix comes back with its columns and meta."""
     from corpora.documents import compute_doc_id
 
     columns = {}
+    if keep_doc_id and isinstance(record.get("doc_id"), str):
+        columns["doc_id"] = record.pop("doc_id")
     for key in _HF_COLUMNS:
         value = record.pop(key, None)
         if isinstance(value, str):
@@ -416,7 +421,8 @@ def read_hf_file(path: Path, cfg: ReaderConfig) -> Iterator[Doc | Reject]:
     """Rows of one data file of a Hugging Face datasets folder (.parquet, or a save_to_disk .arrow file).
 
     Columns other than the text go into meta (the exported `source` too); source_doc_id, generator and
-    prompt_id come back as document columns and an exported `meta` (JSON) as the document's meta."""
+    prompt_id come back as document columns, an exported `meta` (JSON) as the document's meta, and with
+    cfg.keep_doc_ids an exported doc_id as the id (else ids are recomputed from the text)."""
     import pyarrow as pa
 
     reason = "corrupt_parquet" if path.name.lower().endswith(".parquet") else "corrupt_arrow"
@@ -435,7 +441,7 @@ def read_hf_file(path: Path, cfg: ReaderConfig) -> Iterator[Doc | Reject]:
                 if (bad := _check_text(text, source, cfg)) is not None:
                     yield bad
                     continue
-                yield _hf_doc(text, source, record)
+                yield _hf_doc(text, source, record, cfg.keep_doc_ids)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except (pa.ArrowException, OSError) as e:

@@ -61,16 +61,17 @@ def export_store(tmp_path_factory, lee_texts, smollm2) -> Store:
     return store
 
 
-def test_hf_folder_loads_offline_with_the_stores_rows(export_store, tmp_path):
-    out = tmp_path / "cc_hf"
-    report = export_corpus(export_store, ExportConfig("cc", "hf", str(out)), progress=False)
-    n_shards = len(export_store.shards("cc"))
+@pytest.mark.parametrize("corpus", ["cc", "hq"])
+def test_hf_folder_loads_offline_with_the_stores_rows(export_store, tmp_path, corpus):
+    out = tmp_path / f"{corpus}_hf"
+    report = export_corpus(export_store, ExportConfig(corpus, "hf", str(out)), progress=False)
+    n_shards = len(export_store.shards(corpus))
     assert sorted(p.name for p in (out / "data").iterdir()) == [
         f"train-{i:05d}-of-{n_shards:05d}.parquet" for i in range(n_shards)]
     ds = _load_offline(out, tmp_path / "cache")
     assert ds.column_names == DOC_COLUMNS
-    assert ds.to_list() == _rows(export_store, "cc")  # every column of every row, in store order
-    assert report.stats.n_docs == len(ds) == export_store.corpus("cc").n_docs
+    assert ds.to_list() == _rows(export_store, corpus)  # every column of every row, in store order
+    assert report.stats.n_docs == len(ds) == export_store.corpus(corpus).n_docs
     # the Parquet files alone load too (the card is not needed to read the data)
     datasets = pytest.importorskip("datasets")
     plain = datasets.load_dataset("parquet", data_files=str(out / "data" / "*.parquet"), split="train",
