@@ -379,9 +379,11 @@ def _hf_batches(path: Path) -> Iterator["pa.RecordBatch"]:
     with pa.memory_map(str(path)) as source:
         try:
             reader = pa.ipc.open_stream(source)
-        except pa.ArrowInvalid:  # datasets writes streams; an Arrow IPC *file* is read the same way
-            source.seek(0)
-            file_reader = pa.ipc.open_file(source)
+        except pa.ArrowInvalid as stream_error:  # datasets writes streams; an Arrow IPC *file* reads too
+            try:
+                file_reader = pa.ipc.open_file(source)
+            except pa.ArrowInvalid:
+                raise stream_error from None
             yield from (file_reader.get_batch(i) for i in range(file_reader.num_record_batches))
             return
         yield from reader

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 
 import pyarrow.parquet as pq
 import pytest
@@ -29,11 +28,14 @@ def _rows(store: Store, corpus: str) -> list[dict]:
     return store.scan(corpus).collect().select(DOC_COLUMNS).to_dicts()
 
 
-def _load_offline(path, cache):
-    """`datasets` reading a local folder with the network off (as on a cluster node)."""
+@pytest.fixture
+def offline(monkeypatch):
+    """`datasets` with the network off, as on a cluster node (it reads these settings when imported)."""
     datasets = pytest.importorskip("datasets")
-    os.environ["HF_DATASETS_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"
-    return datasets.load_dataset(str(path), split="train", cache_dir=str(cache))
+    for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.setenv(name, "1")
+        monkeypatch.setattr(datasets.config, name, True)
+    return datasets
 
 
 @pytest.fixture(scope="module")
@@ -54,27 +56,27 @@ def export_store(tmp_path_factory, lee_texts, smollm2) -> Store:
     ingest(store, [root / "cc.jsonl"], IngestConfig("cc", workers=1, part_bytes=8_000, row_group_bytes=4_000),
            progress=False)
     assert len(store.shards("cc")) >= 2
-    generate(store, GenerateConfig(type="hq", source="cc", out="hq", limit=2, max_new_tokens=10,
-                                   max_chunk_tokens=64, batch_size=8, progress=False), backend=smollm2)
+    # two documents of one chunk each: one batch of two short generations
+    generate(store, GenerateConfig(type="hq", source="cc", out="hq", limit=2, max_new_tokens=8, batch_size=8,
+                                   progress=False), backend=smollm2)
     analyze_against(store, "hq", "cc", DedupConfig(), progress=False)
     run_unigram(store, UnigramConfig(train=["hq"], test=["cc"], progress=False))
     return store
 
 
 @pytest.mark.parametrize("corpus", ["cc", "hq"])
-def test_hf_folder_loads_offline_with_the_stores_rows(export_store, tmp_path, corpus):
+def test_hf_folder_loads_offline_with_the_stores_rows(export_store, tmp_path, corpus, offline):
     out = tmp_path / f"{corpus}_hf"
     report = export_corpus(export_store, ExportConfig(corpus, "hf", str(out)), progress=False)
     n_shards = len(export_store.shards(corpus))
     assert sorted(p.name for p in (out / "data").iterdir()) == [
         f"train-{i:05d}-of-{n_shards:05d}.parquet" for i in range(n_shards)]
-    ds = _load_offline(out, tmp_path / "cache")
+    ds = offline.load_dataset(str(out), split="train", cache_dir=str(tmp_path / "cache"))
     assert ds.column_names == DOC_COLUMNS
     assert ds.to_list() == _rows(export_store, corpus)  # every column of every row, in store order
     assert report.stats.n_docs == len(ds) == export_store.corpus(corpus).n_docs
     # the Parquet files alone load too (the card is not needed to read the data)
-    datasets = pytest.importorskip("datasets")
-    plain = datasets.load_dataset("parquet", data_files=str(out / "data" / "*.parquet"), split="train",
+    plain = offline.load_dataset("parquet", data_files=str(out / "data" / "*.parquet"), split="train",
                                   cache_dir=str(tmp_path / "cache2"))
     assert plain["doc_id"] == ds["doc_id"]
 
@@ -111,7 +113,7 @@ def test_card_of_a_synthetic_corpus_says_how_it_was_made(export_store, tmp_path)
     gen = prov["generation"]
     assert gen["generator"] == info.meta["generator"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert gen["backend"] == "transformers" and gen["seed"] == 0
-    assert gen["sampling"] == {"max_new_tokens": 10, "temperature": 0.7, "top_p": 0.95}
+    assert gen["sampling"] == {"max_new_tokens": 8, "temperature": 0.7, "top_p": 0.95}
     template = load_prompt("hq")
     assert prov["prompts"] == [{"prompt_id": template.prompt_id, "n_docs": info.n_docs, "text": template.text}]
     assert prov["source"]["corpus"] == "cc" and prov["source"]["content_hash"] == cc.content_hash
@@ -130,7 +132,7 @@ def test_card_of_a_synthetic_corpus_says_how_it_was_made(export_store, tmp_path)
     assert prov["unigram_shrinkage"][0]["types_ratio"] == pytest.approx(shrink["types_ratio"])
     # the body says it in words: recipe, template text, source hash, analyses
     for needle in ("SmolLM2-135M-Instruct.Q4_1.gguf", template.prompt_id, template.text.splitlines()[0],
-                   cc.content_hash, "max_new_tokens=10", "Near-duplicates against the source `cc`",
+                   cc.content_hash, "max_new_tokens=8", "Near-duplicates against the source `cc`",
                    "Unigram shrinkage against `cc`", "generation round"):
         assert needle in body, needle
     assert "synthetic" in header["tags"]
@@ -160,8 +162,8 @@ def test_export_ingest_round_trip_keeps_documents_and_provenance(export_store, t
     assert again.n_files_skipped == again.n_files and other.corpus("hq_copy").n_docs == len(after)
 
 
-def test_ingest_save_to_disk_folders(tmp_path, lee_texts, store):
-    datasets = pytest.importorskip("datasets")
+def test_ingest_save_to_disk_folders(tmp_path, lee_texts, store, offline):
+    datasets = offline
     texts = lee_texts[:30]
     ds = datasets.Dataset.from_dict({"text": texts, "label": list(range(30))},
                                     info=datasets.DatasetInfo(description="thirty news articles"))
@@ -181,6 +183,13 @@ def test_ingest_save_to_disk_folders(tmp_path, lee_texts, store):
     assert store.corpus("held_out").role == "test"
     with pytest.raises(InputError, match="no split 'dev'"):
         ingest_hf_folder(store, tmp_path / "dict", "x", split="dev", progress=False)
+    # a cut Arrow file is counted as a reject with its location; the ingest goes on
+    arrow = tmp_path / "dict" / "train" / "data-00000-of-00001.arrow"
+    arrow.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 2])
+    report = ingest_hf_folder(store, tmp_path / "dict", "cut", workers=1, progress=False)
+    assert report.rejects_by_reason == {"corrupt_arrow": 1} and report.n_docs == 10  # the intact test split
+    (where,) = store.catalog_rows("SELECT source FROM rejects WHERE corpus = 'cut'")[0]
+    assert where.startswith(str(arrow))
 
 
 def test_jsonl_gz_and_parquet_exports(store, lee_texts, tmp_path):
