@@ -23,7 +23,6 @@ import sys
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from corpora.export import FORMATS as EXPORT_FORMATS
 from corpora.readers import FORMATS, TEXT_MODES, InputError, ReaderConfig
