@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
@@ -119,13 +120,17 @@ class ExportReport:
 # ---------------------------------------------------------------------------------------- map
 def batch_stats(batch: pa.RecordBatch, tokenizer=None) -> ExportStats:
     """Counts of one record batch of documents (DOC_SCHEMA columns)."""
-    cols = batch.to_pydict()
-    stats = ExportStats(n_docs=batch.num_rows, n_bytes=int(sum(cols["n_bytes"])), n_arrow_bytes=batch.nbytes)
+    stats = ExportStats(n_docs=batch.num_rows, n_bytes=int(pc.sum(batch.column("n_bytes")).as_py() or 0),
+                        n_arrow_bytes=batch.nbytes)
     if tokenizer is not None and batch.num_rows:
-        stats.n_tokens = int(tokenizer.encode_batch_flat(cols["text"])[1].sum())
-    for generator, prompt_id, meta in zip(cols["generator"], cols["prompt_id"], cols["meta"]):
+        stats.n_tokens = int(tokenizer.encode_batch_flat(batch.column("text").to_pylist())[1].sum())
+    generators = batch.column("generator")
+    if generators.null_count == batch.num_rows:
+        return stats  # natural text: no generation details to count
+    for generator, prompt_id, meta in zip(generators.to_pylist(), batch.column("prompt_id").to_pylist(),
+                                          batch.column("meta").to_pylist()):
         if generator is None:
-            continue  # natural text
+            continue
         stats.generators[generator] += 1
         stats.prompt_ids[prompt_id] += 1
         m = _json_dict(meta)

@@ -226,9 +226,10 @@ def ingest_hf_folder(store: Store, folder: str | Path, corpus: str, *, kind: str
         splits = {split: splits[split]}
     ours = hf.card.get("synthmix") if isinstance(hf.card.get("synthmix"), dict) else {}
     meta = dict(ours.get("meta") or {})
-    meta["hf"] = {"folder": str(hf.path.resolve()), "layout": hf.layout,
+    card = {**hf.card, "synthmix": {k: v for k, v in ours.items() if k != "meta"}} if ours else hf.card
+    meta["hf"] = {"folder": str(hf.path.resolve()), "layout": hf.layout,  # the card's meta is merged above
                   "splits": {s: len(files) for s, files in splits.items()},
-                  "card": hf.card, "dataset_info": hf.info}
+                  "card": card, "dataset_info": hf.info}
     kind = kind or ours.get("kind") or "natural"
     if ours:  # our own export: its doc_ids are ours too (a synthetic doc_id hashes its recipe, not its text)
         reader = dataclasses.replace(reader, keep_doc_ids=True)
