@@ -16,7 +16,6 @@ import argparse
 import gzip
 import json
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -85,7 +84,9 @@ def run_one(store_root: str, what: str, out: str) -> None:
         Path(out).mkdir(parents=True, exist_ok=True)
         np.load(store.artifact_dir("mixtures", "m") / "train.npy").tofile(Path(out) / "m.bin")
     elapsed = time.perf_counter() - t0
-    print(json.dumps({"elapsed_s": elapsed, "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across exec
+    hwm_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    print(json.dumps({"elapsed_s": elapsed, "maxrss_mb": hwm_kb / 1024}))
 
 
 def main() -> None:

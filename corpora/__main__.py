@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from corpora.executor import ENGINES
 from corpora.export import FORMATS as EXPORT_FORMATS
 from corpora.readers import FORMATS, TEXT_MODES, InputError, ReaderConfig
 from corpora.store import ROLES, Store, StoreError, resolve_store_path
@@ -152,7 +153,8 @@ def cmd_export(args) -> int:
 
     cfg = ExportConfig(corpus=args.name, format=args.format, out=args.out,
                        tokenizer=None if args.tokenizer == "none" else args.tokenizer, split=args.split,
-                       license=args.license, language=tuple(args.language or ()), overwrite=args.overwrite)
+                       license=args.license, language=tuple(args.language or ()), overwrite=args.overwrite,
+                       workers=args.workers, engine=args.engine)
     report = export_corpus(_open(args), cfg, progress=not args.json)
     if args.json:
         print(json.dumps(report.as_dict()))
@@ -252,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--license", help="hf: the card's license field (e.g. cc-by-4.0)")
     sp.add_argument("--language", action="append", help="hf: a language code for the card (repeatable)")
     sp.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    sp.add_argument("--workers", type=int, default=1, help="hf: shards exported in parallel (default 1)")
+    sp.add_argument("--engine", choices=ENGINES, help="hf: local processes or Ray (default $SYNTHMIX_ENGINE or local)")
     sp.add_argument("--json", action="store_true")
 
     sp = add("rm", cmd_rm, "remove a corpus and its shards")

@@ -14,8 +14,10 @@ generation round, post-processing counts (preambles stripped, truncated, empty),
 against the source and the unigram shrinkage figures when the store has them (`stats.dedup`,
 `stats.unigram`). The same facts are in the header's `synthmix` block, machine-readable.
 
-Shards are exported one after another, each read in record batches, so memory stays flat; the counts
-of each batch are added up (`ExportStats.__add__`). The output appears whole or not at all: it is
+hf: each shard is a map (`export_shard_parquet`: one store shard -> one data file and its counts), run by
+the executor (`--workers`, `--engine local|ray`); counts are added up (`ExportStats.__add__`), in any
+order. JSONL and single-file Parquet stream the shards in order into one file. Shards are read in
+record batches, so memory stays flat. The output appears whole or not at all: it is
 written under a temporary name and renamed.
 """
 
@@ -39,6 +41,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from corpora.documents import DOC_SCHEMA
+from corpora.executor import Stateful, get_executor
 from corpora.store import CorpusInfo, Store, StoreError, atomic_path, read_shard_batches
 
 log = logging.getLogger(__name__)
@@ -74,6 +77,8 @@ class ExportConfig:
     license: str | None = None  # card header fields the store does not know
     language: tuple[str, ...] = ()
     overwrite: bool = False
+    workers: int = 1  # hf: shards exported in parallel (tiktoken already encodes on every core)
+    engine: str | None = None  # local or ray (corpora.executor; default $SYNTHMIX_ENGINE, else local)
 
     @property
     def out_path(self) -> Path:
@@ -154,13 +159,25 @@ def _batches(shard_path: Path, schema: pa.Schema = DOC_SCHEMA) -> Iterator[pa.Re
 
 
 def export_shard_parquet(shard_path: Path, out_path: Path, tokenizer=None) -> ExportStats:
-    """One store shard -> one Parquet file of the card's schema (the hf layout's data files)."""
+    """Map: one store shard -> one Parquet file of the card's schema (the hf layout's data files)."""
     stats = ExportStats()
     with pq.ParquetWriter(out_path, HF_SCHEMA, compression="zstd") as writer:
         for batch in _batches(shard_path, HF_SCHEMA):
             writer.write_batch(batch, row_group_size=4096)
             stats += batch_stats(batch, tokenizer)
     return stats
+
+
+class ShardExporter:
+    """The hf map as an executor step: (shard path, out path) -> ExportStats, the tokenizer loaded once per worker."""
+
+    def __init__(self, tokenizer: str | None, store_root: str):
+        from corpora.tokenizers import load_tokenizer
+
+        self.tokenizer = load_tokenizer(tokenizer, Store(store_root)) if tokenizer else None
+
+    def __call__(self, job: tuple[str, str]) -> ExportStats:
+        return export_shard_parquet(Path(job[0]), Path(job[1]), self.tokenizer)
 
 
 # ---------------------------------------------------------------------------------------- driver
@@ -204,11 +221,13 @@ def export_corpus(store: Store, cfg: ExportConfig, progress: bool = True) -> Exp
         with _atomic_dir(out, cfg.overwrite) as tmp:
             (tmp / "data").mkdir()
             n = max(len(shards), 1)
-            for i, shard in enumerate(shards):
-                name = f"data/{cfg.split}-{i:05d}-of-{n:05d}.parquet"
-                stats += export_shard_parquet(shard.path, tmp / name, tokenizer)
-                files.append(name)
-                bar.update(shard.n_bytes)
+            files = [f"data/{cfg.split}-{i:05d}-of-{n:05d}.parquet" for i in range(len(shards))]
+            jobs = [(str(shard.path), str(tmp / name)) for shard, name in zip(shards, files)]
+            step = Stateful(ShardExporter, cfg.tokenizer, str(store.root))
+            with get_executor(cfg.engine, cfg.workers) as ex:  # counts add up in any order
+                for i, shard_stats in ex.map(step, jobs, sizes=[s.n_bytes for s in shards], progress=False):
+                    stats += shard_stats
+                    bar.update(shards[i].n_bytes)
             if not shards:  # an empty corpus is still a loadable dataset (with no rows)
                 files.append(f"data/{cfg.split}-00000-of-00001.parquet")
                 pq.write_table(HF_SCHEMA.empty_table(), tmp / files[0])

@@ -81,6 +81,16 @@ def test_hf_folder_loads_offline_with_the_stores_rows(export_store, tmp_path, co
     assert plain["doc_id"] == ds["doc_id"]
 
 
+def test_shards_exported_by_two_workers_give_the_same_folder(export_store, tmp_path):
+    one, two = tmp_path / "a" / "cc_hf", tmp_path / "b" / "cc_hf"  # the card names its folder
+    export_corpus(export_store, ExportConfig("cc", "hf", str(one)), progress=False)
+    export_corpus(export_store, ExportConfig("cc", "hf", str(two), workers=2), progress=False)
+    files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file()) and len(files) >= 3
+    for f in files:
+        assert (one / f).read_bytes() == (two / f).read_bytes(), f
+
+
 def test_card_counts_documents_bytes_tokens_and_ingest_rejects(export_store, tmp_path):
     out = tmp_path / "cc_hf"
     export_corpus(export_store, ExportConfig("cc", "hf", str(out), license="cc-by-4.0", language=("en",)),
