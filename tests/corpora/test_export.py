@@ -19,7 +19,6 @@ from corpora.readers import InputError, read_card_header
 from corpora.store import Store
 from corpora.tokenizers import load_tokenizer
 from tests.conftest import add_corpus
-from tests.synth.conftest import smollm2  # noqa: F401 (the real generator, a session fixture)
 
 DOC_COLUMNS = ["doc_id", "text", "n_bytes", "source", "source_doc_id", "generator", "prompt_id", "meta"]
 
