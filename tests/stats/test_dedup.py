@@ -174,7 +174,8 @@ def test_signature_cache_is_reused_and_follows_content(store, long_lee):
     add_corpus(store, "cc", long_lee[:30], shard_size=10)
     first = dedup.build_signatures(store, "cc", CFG, progress=False)
     assert (first.n_shards_computed, first.n_shards_cached) == (3, 0)
-    files = sorted(store.artifact_dir("dedup_signatures", "cc").glob("*.npz"))
+    files = sorted(store.artifact_dir("dedup_bands", "cc").glob("*"))
+    assert len(files) == 9  # signatures, documents, band keys per shard
     mtimes = [f.stat().st_mtime_ns for f in files]
     again = dedup.build_signatures(store, "cc", CFG, progress=False)
     assert (again.n_shards_computed, again.n_shards_cached) == (0, 3)
