@@ -614,13 +614,18 @@ def build_signatures(store: Store, corpus: str, cfg: DedupConfig, progress: bool
 
 
 # ---------------------------------------------------------------------------------------------- candidates
-def _duckdb(cfg: DedupConfig, tmp_dir: Path):
+def _duckdb(cfg: DedupConfig, tmp_dir: Path | None):
+    """A DuckDB connection for one grouping: `memory_limit`, and spilling to `tmp_dir` (None: no spilling)."""
     import duckdb
 
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    return duckdb.connect(config={"memory_limit": cfg.memory_limit, "temp_directory": str(tmp_dir),
-                                  "threads": cfg.threads or os.cpu_count() or 1,
-                                  "preserve_insertion_order": False})
+    if tmp_dir is not None:
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(config={"memory_limit": cfg.memory_limit,
+                                 "temp_directory": str(tmp_dir) if tmp_dir is not None else "",
+                                 "threads": cfg.threads or os.cpu_count() or 1,
+                                 "preserve_insertion_order": False})
+    con.execute("SET enable_progress_bar = false")
+    return con
 
 
 def _band_view(con, name: str, files: list[tuple[str, int]]) -> None:
@@ -681,7 +686,8 @@ def find_candidates(files: list[tuple[str, int]], out_path: Path, cfg: DedupConf
                 n += batch.num_rows
     finally:
         con.close()
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+        if tmp_dir is not None:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
     return {"n_candidates": n, "n_capped_buckets": int(n_capped), "n_docs_in_capped_buckets": int(n_in_capped)}
 
 
@@ -795,9 +801,12 @@ def analyze_corpus(store: Store, corpus: str, cfg: DedupConfig, progress: bool =
     """Near-duplicate clusters inside one corpus; writes dup_clusters, dup_pairs, dup_summary."""
     t0 = time.perf_counter()
     bc = build_bands(store, corpus, cfg, progress)
+    t_map = time.perf_counter()
     work = _work_dir(store, corpus, cfg)
     cand = find_candidates(bc.band_files(), work / "candidates.parquet", cfg, work / "duckdb_tmp")
+    t_cand = time.perf_counter()
     i, j, est = verify_candidates(work / "candidates.parquet", bc, bc, cfg, progress)
+    t_verify = time.perf_counter()
     # clusters over the documents that have a verified pair; memory grows with the pairs, not the corpus
     nodes, inv = np.unique(np.concatenate([i, j]), return_inverse=True)
     labels = build_clusters(len(nodes), inv[:len(i)], inv[len(i):])
@@ -833,6 +842,7 @@ def analyze_corpus(store: Store, corpus: str, cfg: DedupConfig, progress: bool =
         "dup_rate": (n_in - n_clusters) / counts["n_docs"] if counts["n_docs"] else 0.0,
         "n_pairs": int(len(est)), "largest_cluster": int(sizes.max()) if len(sizes) else 0,
         "content_hash": bc.content_hash, **_band_summary(cfg, cand),
+        "map_s": t_map - t0, "candidates_s": t_cand - t_map, "verify_s": t_verify - t_cand,
     }
     source = _source_if_synthetic(store, bc, cfg, progress, summary)
     summary.update(params, elapsed_s=time.perf_counter() - t0, created_at=datetime.now(timezone.utc).isoformat())
@@ -1083,6 +1093,11 @@ def _add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=DedupConfig.seed, help="MinHash permutation seed (default 1)")
     p.add_argument("--lsh-fn-weight", type=float, default=DedupConfig.lsh_fn_weight,
                    help="weight of missed pairs vs extra candidates when datasketch picks LSH bands (default 0.95)")
+    p.add_argument("--max-bucket", type=int, default=DedupConfig.max_bucket,
+                   help="LSH buckets with more documents pair each member with the first one only (default 256)")
+    p.add_argument("--memory-limit", default=DedupConfig.memory_limit,
+                   help="DuckDB memory for grouping band keys; beyond it the grouping spills to the store's "
+                        "disk (default 256MB)")
     p.add_argument("--workers", type=int, default=0, help="signature worker processes (default 0: one per core, "
                         "or in-process when fewer than 8000 documents need hashing)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -1090,7 +1105,8 @@ def _add_config_arguments(p: argparse.ArgumentParser) -> None:
 
 def _config_from_args(args) -> DedupConfig:
     return DedupConfig(threshold=args.threshold, num_perm=args.num_perm, ngram=args.ngram, seed=args.seed,
-                       lsh_fn_weight=args.lsh_fn_weight, workers=args.workers)
+                       lsh_fn_weight=args.lsh_fn_weight, max_bucket=args.max_bucket,
+                       memory_limit=args.memory_limit, workers=args.workers)
 
 
 def add_curate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -1143,12 +1159,13 @@ def _print_report(report: DedupReport) -> None:
     if s["mode"] == "within":
         print(f"{s['corpus']}: {s['n_docs']} documents{skipped}, {s['n_clusters']} near-duplicate clusters, "
               f"{s['n_docs_in_clusters']} documents in clusters, duplicate rate {s['dup_rate']:.2%} "
-              f"(threshold {s['threshold']}, {s['ngram']}-word shingles, {s['num_perm']} permutations)")
+              f"(threshold {s['threshold']}, {s['ngram']}-word shingles, {s['num_perm']} permutations)"
+              f"{_capped_note(s)}")
         for e in report.examples:
             print(f"  [{e['cluster_size']} docs] {e['snippet']}")
     else:
         print(f"{s['corpus']} vs {s['against']}: {s['n_with_match']} of {s['n_docs_hashed']} documents "
-              f"({s['share_with_match']:.2%}) have a near-duplicate in {s['against']}{skipped}")
+              f"({s['share_with_match']:.2%}) have a near-duplicate in {s['against']}{skipped}{_capped_note(s)}")
         for e in report.examples:
             print(f"  J~{e['jaccard_est']:.2f} {e['snippet'][:70]!r}\n          ~ {e['against_snippet'][:70]!r}")
     if s.get("n_source_found") is not None:
