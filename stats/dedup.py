@@ -55,7 +55,6 @@ import functools
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import re
 import shutil
@@ -74,6 +73,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from corpora.executor import get_executor
 from corpora.store import (
     CorpusInfo,
     ShardInfo,
@@ -425,30 +425,15 @@ def band_shard(job: tuple[str, str, str, str], cfg: DedupConfig) -> tuple[str, i
     return content_hash, len(status)
 
 
-def _run_map(fn, jobs: list, cfg: DedupConfig, desc: str, n_docs: int, progress: bool):
-    """Run `fn` over `jobs`, yielding results as they finish (in-process, or a spawn pool of workers).
-
-    The one place that knows how per-shard work runs: becomes `corpora.executor.get_executor().map`."""
-    workers = min(cfg.workers or os.cpu_count() or 1, len(jobs))
-    if cfg.workers == 0 and n_docs < _MIN_DOCS_FOR_POOL:
-        workers = 1
-    bar = tqdm(total=len(jobs), desc=desc, unit="shard", disable=not progress)
-    pool = None
-    try:
-        if workers <= 1:
-            results = (fn(job) for job in jobs)
-        else:
-            # spawn, not fork: polars and numpy hold thread pools that fork would copy mid-flight
-            pool = multiprocessing.get_context("spawn").Pool(workers)
-            results = pool.imap_unordered(fn, jobs)
-        for r in results:
-            yield r
-            bar.update(1)
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+def _run_map(fn, jobs: list, sizes: list[int], cfg: DedupConfig, desc: str, progress: bool):
+    """Run the per-shard map through the project's executor (local processes or Ray: $SYNTHMIX_ENGINE),
+    yielding results as they finish. Auto mode stays in-process for small jobs, where starting a worker
+    (~1-2 s of imports) costs more than it saves."""
+    small = cfg.workers == 0 and sum(sizes) < _MIN_DOCS_FOR_POOL
+    with get_executor(workers=cfg.workers) as ex:
+        for _, result in ex.map(fn, jobs, desc=desc, sizes=sizes, max_workers=1 if small else None,
+                                progress=progress):
+            yield result
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -556,11 +541,10 @@ def build_bands(store: Store, corpus: str, cfg: DedupConfig, progress: bool = Tr
     _check_disk(store, corpus, estimate_disk_bytes(n_todo_docs, info.n_docs, cfg))
     if todo:
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=cache_dir))
-        jobs = [(str(s.path), h, str(cache_dir), str(tmp))
-                for h, s in sorted(todo.items(), key=lambda kv: -kv[1].n_docs)]  # largest first
+        jobs = [(str(s.path), h, str(cache_dir), str(tmp)) for h, s in todo.items()]
         try:
-            for h, _ in _run_map(partial(band_shard, cfg=cfg), jobs, cfg, f"minhash {corpus}", n_todo_docs,
-                                 progress):
+            for h, _ in _run_map(partial(band_shard, cfg=cfg), jobs, [s.n_docs for s in todo.values()], cfg,
+                                 f"minhash {corpus}", progress):
                 # adopt: signatures and documents first, bands last (their presence marks the shard done)
                 for kind in ("sig", "docs", "bands"):
                     src = tmp / shard_file_names(h, cfg)[kind]
