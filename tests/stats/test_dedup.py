@@ -181,6 +181,12 @@ def test_signature_cache_is_reused_and_follows_content(store, long_lee):
     assert (again.n_shards_computed, again.n_shards_cached) == (0, 3)
     assert [f.stat().st_mtime_ns for f in files] == mtimes
     assert np.array_equal(first.sigs.signatures, again.sigs.signatures)
+    # another threshold: new band files from the cached signatures (not rewritten)
+    sig_files = sorted(store.artifact_dir("dedup_bands", "cc").glob("*.sig.npy"))
+    sig_mtimes = [f.stat().st_mtime_ns for f in sig_files]
+    rebanded = dedup.build_bands(store, "cc", DedupConfig(workers=1, threshold=0.5), progress=False)
+    assert rebanded.n_shards_computed == 3 and [f.stat().st_mtime_ns for f in sig_files] == sig_mtimes
+    assert len(list(store.artifact_dir("dedup_bands", "cc").glob("*.bands.parquet"))) == 6
     # other parameters: a separate cache entry; a new shard: only that shard is hashed
     other = dedup.build_signatures(store, "cc", DedupConfig(workers=1, ngram=3), progress=False)
     assert other.n_shards_computed == 3
