@@ -1,6 +1,6 @@
 """stats.dedup at scale: wall time, docs/s, peak RSS of the process tree and precision/recall, at two sizes.
 
-Corpus: realistic, mostly unique documents, each 4-12 sentences drawn at random from the ~10k distinct
+Corpus: realistic, mostly unique documents, each 8-16 sentences drawn at random from the ~10k distinct
 sentences of ../shared/data's C4 + CCNet samples; 2% of the documents are near-copies of an earlier
 document with words substituted, deleted or inserted at a controlled edit rate (EDIT_RATES). Documents
 are a pure function of their index (splitmix64 of the index picks the sentences), so the corpus is
@@ -92,7 +92,7 @@ class Corpus:
 
     def _base_texts(self, ks: np.ndarray) -> list[str]:
         ks = np.asarray(ks, dtype=np.uint64)
-        n_sent = 4 + (splitmix(ks * np.uint64(7919) + np.uint64(self.seed)) % np.uint64(9)).astype(np.int64)
+        n_sent = 8 + (splitmix(ks * np.uint64(7919) + np.uint64(self.seed)) % np.uint64(9)).astype(np.int64)
         out = []
         for k, m in zip(ks, n_sent):
             ids = splitmix(np.uint64(k) * np.uint64(64) + np.arange(m, dtype=np.uint64)) % np.uint64(len(self.sentences))
@@ -189,7 +189,12 @@ def run_size(n: int, tmp: Path, sentences: list[str], args) -> dict:
     corpus = Corpus(n, sentences)
     root = tmp / f"s{n}"
     t0 = time.perf_counter()
-    store = write_corpus(root, corpus)
+    if (root / "catalog.duckdb").exists() and Store(root).corpus("bench").n_docs == n:
+        store = Store(root)  # written before (e.g. by --write-only): reuse it, cold
+        shutil.rmtree(root / "artifacts", ignore_errors=True)
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+        store = write_corpus(root, corpus)
     t_write = time.perf_counter() - t0
     load = os.getloadavg()
     out = subprocess.run([sys.executable, __file__, "--child", str(root), "--workers", str(args.workers),
@@ -240,6 +245,8 @@ def main(argv=None) -> int:
     ap.add_argument("--memory-limit", default=DedupConfig.memory_limit, help="DuckDB memory limit")
     ap.add_argument("--tmp", help="folder for the benchmark stores (default: a temporary folder)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON only")
+    ap.add_argument("--write-only", action="store_true", help="only write the stores under --tmp (kept)")
+    ap.add_argument("--keep", action="store_true", help="keep the stores under --tmp after measuring")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -253,11 +260,16 @@ def main(argv=None) -> int:
     tmp.mkdir(parents=True, exist_ok=True)
     results = {"n_sentences": len(sentences), "edit_rates": EDIT_RATES, "copy_share": COPY_SHARE,
                "workers": args.workers, "memory_limit": args.memory_limit, "cpus": os.cpu_count(), "sizes": []}
+    if args.write_only:
+        for n in args.sizes:
+            write_corpus(tmp / f"s{n}", Corpus(n, sentences))
+        return 0
     try:
         for n in args.sizes:
             res = run_size(n, tmp, sentences, args)
             results["sizes"].append(res)
-            shutil.rmtree(tmp / f"s{n}", ignore_errors=True)
+            if not args.keep:
+                shutil.rmtree(tmp / f"s{n}", ignore_errors=True)
             if not args.json:
                 print(f"{n:>9} docs: {res['elapsed_s']:.1f} s, {res['docs_per_s']:.0f} docs/s, peak RSS (tree) "
                       f"{res['peak_rss_tree_mib']:.0f} MiB, CPU {res['cpu_s']:.0f} s ({res['docs_per_cpu_s']:.0f} docs/CPU-s), P {res['precision']:.4f} R {res['recall']:.4f} "
