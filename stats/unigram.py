@@ -19,10 +19,14 @@ of V ids; logs are natural, so every divergence and entropy is in nats; bits = n
                    sum_v 1 - C(N - c_v, n) / C(N, n); entropy is the mean over seeded subsamples of n
                    tokens drawn without replacement (multivariate hypergeometric).
 
-Counting is a pure map (`count_unigrams(shard_path, cfg) -> UnigramCounts`) and an associative reduce
-(`reduce_counts`); `build_unigram_counts` is the driver: it maps shards on the executor (corpora.executor:
-local processes or Ray, `--engine`), caches each shard's counts by content hash, and stores the corpus's counts in the result table `unigram_counts`
-keyed by (corpus content hash, tokenizer), so an unchanged corpus is never counted twice.
+Counting is a pure map (`count_cached_shard(CountJob, tokenizer) -> UnigramCounts`: np.bincount over the
+shard's tokens in the token cache that mixtures share, `corpora.tokens`, tokenizing first the documents
+not cached yet) and an associative reduce (`reduce_counts`); `build_unigram_counts` is the driver: it maps
+shards in worker processes, adopts the new token pieces, caches each shard's counts by content hash, and
+stores the corpus's counts in the result table `unigram_counts` keyed by (corpus content hash,
+tokenizer), so an unchanged corpus is never counted twice, and a corpus a mixture has tokenized is not
+tokenized again. `count_unigrams(shard_path, cfg)` counts one shard straight from its text, without the
+cache.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -46,16 +51,19 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from tqdm import tqdm
 
-from corpora.executor import EngineError, Executor, add_engine_args, get_executor
+from corpora.executor import EngineError, add_engine_args, get_executor
 from corpora.store import (
     CorpusInfo,
+    ShardInfo,
     Store,
     StoreError,
     read_shard_batches,
     resolve_store_path,
 )
 from corpora.tokenizers import DEFAULT_TOKENIZER, Tokenizer, load_tokenizer
+from corpora.tokens import Piece, TokenCache, TokenizeJob, read_piece_tokens, read_shard_tokens, tokenize_rows
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +126,8 @@ def reduce_counts(a: UnigramCounts, b: UnigramCounts) -> UnigramCounts:
 
 def count_unigrams(shard_path: Path, cfg: UnigramConfig, tokenizer: Tokenizer | None = None,
                    on_batch: Callable[[int], None] | None = None) -> UnigramCounts:
-    """Map: token counts of one Parquet shard (reads only the shard; writes nothing).
+    """Map: token counts of one Parquet shard straight from its text (reads only the shard; writes nothing;
+    no token cache).
 
     `on_batch(n_bytes)` is called after each record batch (progress only)."""
     tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer, num_threads=cfg.threads)
@@ -153,14 +162,51 @@ def count_unigrams(shard_path: Path, cfg: UnigramConfig, tokenizer: Tokenizer | 
     return UnigramCounts(counts, n_docs, n_bytes)
 
 
-def count_shard_job(job: tuple) -> UnigramCounts:
-    """The executor's map: (shard path, cfg, tokenizer) -> counts."""
-    path, cfg, tok = job
-    return count_unigrams(path, cfg, tok)
+@dataclasses.dataclass(frozen=True)
+class CountJob:
+    """Count one shard through the token cache shared with mixtures (`corpora.tokens`)."""
+
+    shard: ShardInfo
+    cache_dir: Path  # the shard's folder in the token cache
+    tmp_dir: Path  # where the piece of its not-yet-tokenized documents goes; the driver adopts it
 
 
-def unigram_executor(cfg: UnigramConfig) -> Executor:
-    return get_executor(cfg.engine, cfg.workers, cfg.ray_address)
+_BINCOUNT_BLOCK = 1 << 24  # tokens per np.bincount call: it copies its input to intp (8 bytes a token)
+
+
+def count_cached_shard(job: CountJob, tok: Tokenizer) -> tuple[UnigramCounts, Piece | None]:
+    """Map: one shard's counts from its cached tokens, tokenizing the documents not cached yet first.
+
+    Reads the shard and its cache folder, writes only a new piece under job.tmp_dir (returned, for the
+    driver to adopt). End-of-text tokens are not counted (ordinary encoding never produces that id)."""
+    index = read_shard_tokens(job.shard, job.cache_dir, tok.dtype.itemsize)
+    missing = index.missing()
+    piece = None
+    try:
+        if len(missing):
+            rows = None if len(missing) == job.shard.n_docs else missing
+            piece = tokenize_rows(TokenizeJob(job.shard.path, rows, job.tmp_dir), tok)
+            index.add_piece(job.tmp_dir / f"{piece.name}.tokens", np.load(job.tmp_dir / f"{piece.name}.docs.npy"))
+    except (OSError, pa.ArrowException) as e:
+        raise UnigramError(f"cannot read shard {job.shard.path}: {str(e).splitlines()[0]}; "
+                           "check the file or re-ingest the corpus") from None
+    counts = np.zeros(tok.n_vocab, dtype=np.int64)
+    for p, path in enumerate(index.piece_paths):
+        tokens = read_piece_tokens(path, tok.dtype)
+        own = np.flatnonzero(index.piece == p)
+        if int(index.length[own].sum()) != len(tokens):  # some documents of this piece are counted elsewhere
+            n = index.length[own]
+            tokens = tokens[np.repeat(index.offset[own], n) + np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)]
+        for i in range(0, len(tokens), _BINCOUNT_BLOCK):
+            counts += np.bincount(tokens[i:i + _BINCOUNT_BLOCK], minlength=tok.n_vocab)
+    counts[tok.eot_id] -= job.shard.n_docs
+    return UnigramCounts(counts, job.shard.n_docs, job.shard.n_bytes), piece
+
+
+def count_job(args: tuple) -> tuple[UnigramCounts, Piece | None]:
+    """The executor's map: (CountJob, tokenizer) -> (counts, new token piece)."""
+    job, tok = args
+    return count_cached_shard(job, tok)
 
 
 # ---------------------------------------------------------------------------------------- driver + cache
@@ -225,9 +271,8 @@ def _write_counts(store: Store, info: CorpusInfo, tok: Tokenizer, total: Unigram
 
 
 def build_unigram_counts(store: Store, corpus: str | CorpusInfo, cfg: UnigramConfig,
-                         tokenizer: Tokenizer | None = None, executor: Executor | None = None) -> UnigramCounts:
-    """Driver: a corpus's counts, from the store's cache when its content is unchanged, else counted
-    shard by shard on `executor` (default: one made from cfg.engine, closed on return)."""
+                         tokenizer: Tokenizer | None = None) -> UnigramCounts:
+    """Driver: a corpus's counts, from the store's cache when its content is unchanged, else counted."""
     info = corpus if isinstance(corpus, CorpusInfo) else store.corpus(corpus)
     if info.n_docs == 0:
         raise UnigramError(f"corpus {info.name!r} is empty (no documents); ingest documents into it first")
@@ -248,27 +293,40 @@ def build_unigram_counts(store: Store, corpus: str | CorpusInfo, cfg: UnigramCon
     # largest shards first, so that no worker is left with a big one at the end
     pending = sorted((i for i, p in enumerate(parts) if p is None), key=lambda i: -shards[i].n_bytes)
     pending_bytes = sum(shards[i].n_bytes for i in pending)
-    if pending:
-        own = executor is None
-        ex = unigram_executor(cfg) if own else executor
-        try:
-            # a small local job stays in-process: a spawned worker costs ~1 s to start
-            small = ex.name == "local" and not cfg.workers and pending_bytes < MIN_BYTES_FOR_WORKERS
-            workers = 1 if small else max(1, min(ex.workers, len(pending)))
-            threads = cfg.threads or max(1, (os.cpu_count() or 1) // workers)
-            tok_run = tok.with_threads(threads)
-            log.info("counting %d of %d shards of %s (%.1f MB) on %s with %d workers x %d threads",
-                     len(pending), len(shards), info.name, pending_bytes / 1e6, ex.name, workers, threads)
-            jobs = [(shards[i].path, cfg, tok_run) for i in pending]
-            for k, part in ex.map(count_shard_job, jobs, desc=f"unigrams {info.name}",
-                                  sizes=[shards[i].n_bytes for i in pending], max_workers=workers,
-                                  progress=cfg.progress):
-                i = pending[k]
-                _save_shard_counts(cache_dir / f"{shards[i].content_hash}.npz", part)  # a rerun skips it
-                parts[i] = part
-        finally:
-            if own:
-                ex.close()
+    cores = os.cpu_count() or 1
+    workers = cfg.workers or (cores if pending_bytes >= MIN_BYTES_FOR_WORKERS else 1)
+    workers = max(1, min(workers, len(pending)))
+    threads = cfg.threads or max(1, cores // workers)
+    tok_run = tok.with_threads(threads)
+    log.info("counting %d of %d shards of %s (%.1f MB) with %d processes x %d threads",
+             len(pending), len(shards), info.name, pending_bytes / 1e6, workers, threads)
+
+    bar = tqdm(total=pending_bytes / 1e6, unit="MB", unit_scale=False, desc=f"unigrams {info.name}",
+               disable=not cfg.progress or not pending, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} MB "
+               "[{elapsed}<{remaining}, {rate_fmt}]")
+
+    tokens = TokenCache(store, tok)  # the token cache shared with mixtures: a corpus is tokenized once
+    jobs = {i: CountJob(shards[i], tokens.shard_dir(shards[i]), tokens.tmp_dir()) for i in pending}
+
+    def done(i: int, result: tuple[UnigramCounts, Piece | None]) -> None:
+        part, piece = result
+        if piece is not None:
+            tokens.adopt(shards[i], jobs[i].tmp_dir, piece)
+        _save_shard_counts(cache_dir / f"{shards[i].content_hash}.npz", part)  # a rerun skips this shard
+        parts[i] = part
+        bar.update(shards[i].n_bytes / 1e6)
+
+    try:
+        # the executor (corpora.executor): in-process, local spawned processes, or Ray (--engine)
+        with get_executor(cfg.engine, cfg.workers, cfg.ray_address) as ex:
+            n = workers if ex.name == "local" else max(1, min(ex.workers, len(pending)))
+            for k, result in ex.map(count_job, [(jobs[i], tok_run) for i in pending], max_workers=n,
+                                    progress=False):
+                done(pending[k], result)
+    finally:
+        bar.close()
+        for job in jobs.values():
+            shutil.rmtree(job.tmp_dir, ignore_errors=True)
     total = functools.reduce(reduce_counts, parts)
     _write_counts(store, info, tok, total, cfg)
     return total
@@ -339,13 +397,12 @@ def parse_mixture(spec: str) -> list[tuple[str, float]]:
 
 
 def build_distribution(store: Store, spec: str, cfg: UnigramConfig, tok: Tokenizer,
-                       infos: dict[str, CorpusInfo] | None = None,
-                       executor: Executor | None = None) -> UnigramDistribution:
+                       infos: dict[str, CorpusInfo] | None = None) -> UnigramDistribution:
     infos = infos if infos is not None else {c.name: c for c in store.corpora()}
     components = []
     for name, w in parse_mixture(spec):
         info = infos.get(name) or store.corpus(name)  # raises UnknownCorpus listing the store's corpora
-        components.append((name, w, build_unigram_counts(store, info, cfg, tok, executor)))
+        components.append((name, w, build_unigram_counts(store, info, cfg, tok)))
     return UnigramDistribution(spec, components)
 
 
@@ -505,9 +562,7 @@ def run_unigram(store: Store, cfg: UnigramConfig) -> UnigramReport:
             if infos[name].n_docs == 0:
                 raise UnigramError(f"corpus {name!r} is empty (no documents); ingest documents into it first")
     tok = load_tokenizer(cfg.tokenizer, store)
-    with unigram_executor(cfg) as ex:  # one executor (one Ray session) for every corpus counted
-        dists = {s: build_distribution(store, s, cfg, tok, infos, ex) for s in specs}
-        shrinkage = _shrinkage_rows(store, cfg, specs, infos, tok, ex)
+    dists = {s: build_distribution(store, s, cfg, tok, infos) for s in specs}
     now = dt.datetime.now(dt.timezone.utc)
     config_json = json.dumps(dataclasses.asdict(cfg))
     comparisons = []
@@ -522,31 +577,23 @@ def run_unigram(store: Store, cfg: UnigramConfig) -> UnigramReport:
             store.put_result(COMPARISONS_TABLE, _comparison_part(row), pa.Table.from_pylist([row]))
             comparisons.append(row)
 
-    for row in shrinkage:
-        row.update(created_at=now)
-        store.put_result(SHRINKAGE_TABLE, f"{row['synthetic']}__{row['source']}__{_slug(tok.name)}",
-                         pa.Table.from_pylist([row]))
+    shrinkage = []
+    if cfg.shrinkage:
+        named = dict.fromkeys(n for parts in specs.values() for n, _ in parts)
+        for name in named:
+            if infos[name].kind != "synthetic":
+                continue
+            source = find_source_corpus(store, infos[name])
+            if source is None:
+                log.info("no source corpus found for synthetic corpus %s; no shrinkage row", name)
+                continue
+            row = compute_shrinkage(
+                name, source, build_unigram_counts(store, infos[name], cfg, tok),
+                build_unigram_counts(store, infos[source], cfg, tok), tok, cfg.n_subsamples, cfg.seed)
+            row.update(created_at=now)
+            store.put_result(SHRINKAGE_TABLE, f"{name}__{source}__{_slug(tok.name)}", pa.Table.from_pylist([row]))
+            shrinkage.append(row)
     return UnigramReport(comparisons, shrinkage, time.perf_counter() - t0)
-
-
-def _shrinkage_rows(store: Store, cfg: UnigramConfig, specs: dict, infos: dict[str, CorpusInfo], tok: Tokenizer,
-                    ex: Executor) -> list[dict]:
-    """Each synthetic corpus named against its source corpus at an equal token budget."""
-    rows = []
-    if not cfg.shrinkage:
-        return rows
-    named = dict.fromkeys(n for parts in specs.values() for n, _ in parts)
-    for name in named:
-        if infos[name].kind != "synthetic":
-            continue
-        source = find_source_corpus(store, infos[name])
-        if source is None:
-            log.info("no source corpus found for synthetic corpus %s; no shrinkage row", name)
-            continue
-        rows.append(compute_shrinkage(
-            name, source, build_unigram_counts(store, infos[name], cfg, tok, ex),
-            build_unigram_counts(store, infos[source], cfg, tok, ex), tok, cfg.n_subsamples, cfg.seed))
-    return rows
 
 
 # ---------------------------------------------------------------------------------------- CLI

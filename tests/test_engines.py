@@ -226,17 +226,22 @@ def test_minhash_signatures_identical(ray_engine, shared_data, tmp_path):
 
 
 def test_mixture_tokens_identical(ray_engine, shared_data, tmp_path):
+    """Mixture tokenization (corpora.tokens.TokenCache, issue 15) on 2 Ray workers vs in-process."""
     from corpora.tokenizers import load_tokenizer
-    from train.data import _shard_cache, load_corpus_tokens
+    from corpora.tokens import TokenCache
 
-    store = Store(tmp_path / "store", create=True)
-    add_corpus(store, "cc", _c4_texts(shared_data, 120), shard_size=40)
-    tok = load_tokenizer("cl100k_base", store)
-    with get_executor("ray") as ex:
-        ray_tokens, ray_lengths = (np.array(a) for a in load_corpus_tokens(store, "cc", tok, False, ex))
-    for shard in store.shards("cc"):  # drop the cache, so that the local engine tokenizes again
-        for path in _shard_cache(store, shard, tok):
-            path.unlink()
-    tokens, lengths = load_corpus_tokens(store, "cc", tok, False, LocalExecutor(2))
-    assert len(ray_lengths) == 120 and ray_tokens.size > 30_000
-    assert np.array_equal(tokens, ray_tokens) and np.array_equal(lengths, ray_lengths)
+    docs = {}
+    for engine, workers in (("local", 1), ("ray", 2)):
+        store = Store(tmp_path / engine, create=True)
+        add_corpus(store, "cc", _c4_texts(shared_data, 120), shard_size=40)
+        cache = TokenCache(store, load_tokenizer("cl100k_base", store))
+        shards = store.shards("cc")
+        assert cache.ensure([(s, None) for s in shards], workers=workers, engine=engine, progress=False) == 120
+        out = []
+        for shard in shards:
+            index = cache.index(shard)
+            for piece, offset, length in zip(index.piece, index.offset, index.length):
+                out.append(np.asarray(cache.tokens(index.piece_paths[piece])[offset:offset + length]).tolist())
+        docs[engine] = out
+    assert len(docs["ray"]) == 120 and sum(map(len, docs["ray"])) > 30_000
+    assert docs["local"] == docs["ray"]

@@ -1,4 +1,4 @@
-"""python -m train {mix,tokenizer,presets,run,sweep}: build mixtures, train tokenizers and models.
+"""python -m train {mix,tokenizer,presets,run,sweep,export}: build mixtures, train tokenizers and models.
 
 The CLI only parses arguments, calls the library (train.data, train.tokenizer, train.loop, train.sweep)
 and prints a summary (or JSON with --json). Usage errors exit with status 2 and a one-line message.
@@ -12,14 +12,13 @@ import json
 import logging
 import sys
 
-from corpora.executor import EngineError, add_engine_args, get_executor, resolve_engine
-
 EXAMPLES = {
     "mix": "python -m train mix cc_hq --parts cc=0.67,hq=0.33 --tokens 20M --seed 0 --tokenizer demo_bpe",
     "tokenizer": "python -m train tokenizer demo_bpe --corpora cc,wiki --vocab 8192",
     "presets": "python -m train presets --vocab 8192 --json",
     "run": "python -m train run --mixture cc_hq --model cpu-4m --tokens 5M --lr 3e-3",
     "sweep": "python -m train sweep examples/sweep_cpu.toml",
+    "export": "python -m train export cc_hq --format megatron --out megatron_data",
 }
 
 
@@ -77,13 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-epochs", type=float, default=16.0,
                    help="refuse to repeat any part more often than this (default 16)")
     p.add_argument("--force", action="store_true", help="rebuild a mixture that exists with another config")
-    add_engine_args(p)
 
     p = add("tokenizer", "Train a byte-level BPE tokenizer on store corpora and register it in the store.")
     p.add_argument("name", help="tokenizer name (then usable as --tokenizer NAME)")
     p.add_argument("--corpora", type=_names, required=True, help="comma-separated corpus names, e.g. cc,wiki")
     p.add_argument("--vocab", type=int, default=8192, help="vocabulary size incl. <|endoftext|> (default 8192)")
     p.add_argument("--min-frequency", type=int, default=2, help="minimum pair count for a merge (default 2)")
+    p.add_argument("--sample-bytes", type=_count, default=100_000_000,
+                   help="train on a seeded sample of at most this much text, e.g. 100M, 1G (default 100M)")
+    p.add_argument("--seed", type=int, default=0, help="which sample (default 0)")
 
     p = add("presets", "List the model presets with their parameter counts.")
     p.add_argument("--vocab", type=int, default=8192,
@@ -106,6 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("grid", help="grid TOML file (format: train/sweep.py's docstring; example: "
                                 "examples/sweep_cpu.toml)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their status; train nothing")
+
+    p = add("export", "Export a mixture for another trainer: Megatron-LM/NeMo indexed dataset or a flat token file.")
+    p.add_argument("mixture", help="a mixture built with `python -m train mix`")
+    p.add_argument("--format", choices=("megatron", "flat"), default="megatron",
+                   help="megatron: NAME_text_document.bin + .idx (MMIDIDX; --data-path OUT/NAME_text_document); "
+                        "flat: NAME.bin, uint16/uint32 tokens with end-of-text between documents, as nanoGPT and "
+                        "OLMo-core memory-map it. Both with a JSON sidecar (default megatron)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace files of an earlier export")
     return parser
 
 
@@ -161,9 +171,7 @@ def cmd_mix(args, store) -> int:
 
     cfg = MixtureConfig(name=args.name, parts=args.parts, tokens=args.tokens, seed=args.seed,
                         tokenizer=args.tokenizer, seq_len=args.seq_len, max_epochs=args.max_epochs)
-    engine = resolve_engine(args.engine)
-    with get_executor(engine, 1 if engine == "local" else 0, args.ray_address) as ex:  # local: the tokenizer has the cores
-        rows = build_mixture(store, cfg, overwrite=args.force, progress=not args.quiet, executor=ex).to_dicts()
+    rows = build_mixture(store, cfg, overwrite=args.force, progress=not args.quiet).to_dicts()
     if args.json:
         _json(rows)
         return 0
@@ -178,12 +186,15 @@ def cmd_mix(args, store) -> int:
 def cmd_tokenizer(args, store) -> int:
     from train.tokenizer import train_tokenizer
 
-    row = train_tokenizer(store, args.name, args.corpora, args.vocab, args.min_frequency)
+    row = train_tokenizer(store, args.name, args.corpora, args.vocab, args.min_frequency,
+                          sample_bytes=args.sample_bytes, seed=args.seed)
     if args.json:
         _json(row)
     else:
+        sample = "all of" if row["sample_whole"] else f"a seeded sample (seed {row['sample_seed']}) of"
         print(f"tokenizer {row['tokenizer']}: {row['n_vocab']} tokens (end-of-text id {row['eot_id']}), trained on "
-              f"{row['corpora']} ({row['n_docs']} docs, {row['n_bytes']} bytes) in {row['elapsed_s']:.1f}s\n"
+              f"{row['sample_docs']} docs ({row['sample_bytes']} bytes), {sample} {row['corpora']} "
+              f"({row['n_docs']} docs, {row['n_bytes']} bytes) in {row['elapsed_s']:.1f}s\n"
               f"saved to {row['path']}; use it with --tokenizer {row['tokenizer']}")
     return 0
 
@@ -236,8 +247,21 @@ def cmd_sweep(args, store) -> int:
     return 1 if any(r.get("status") == "failed" for r in results) else 0
 
 
+def cmd_export(args, store) -> int:
+    from train.export import ExportConfig, export_mixture
+
+    sidecar = export_mixture(store, ExportConfig(args.mixture, args.format, args.out, args.overwrite),
+                             progress=not args.quiet)
+    if args.json:
+        _json(sidecar)
+    else:
+        print(f"mixture {args.mixture}: {sidecar['n_tokens']} tokens in {sidecar['n_documents']} documents "
+              f"({sidecar['dtype']}) -> {', '.join(sidecar['files'])} in {args.out} (+ sidecar JSON)")
+    return 0
+
+
 COMMANDS = {"mix": cmd_mix, "tokenizer": cmd_tokenizer, "presets": cmd_presets, "run": cmd_run,
-            "sweep": cmd_sweep}
+            "sweep": cmd_sweep, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         store = None if args.command == "presets" else Store(resolve_store_path(args.store))
         return COMMANDS[args.command](args, store)
-    except (StoreError, UnknownPreset, EngineError) as e:  # what the user can fix; anything else is a bug: traceback
+    except (StoreError, UnknownPreset) as e:  # what the user can fix; anything else is a bug: traceback
         print(f"python -m train {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -91,13 +91,14 @@ def test_ctrl_c_stops_pool_without_worker_tracebacks(tmp_path):
         import sys, time
         from corpora.executor import LocalExecutor
         from tests.corpora.test_executor import sleepy
-        print("started", flush=True)
-        try:
-            for _ in LocalExecutor(2).map(sleepy, range(8)):
-                pass
-        except KeyboardInterrupt:
-            print("interrupted", flush=True)
-            sys.exit(130)
+        if __name__ == "__main__":
+            print("started", flush=True)
+            try:
+                for _ in LocalExecutor(2).map(sleepy, range(8)):
+                    pass
+            except KeyboardInterrupt:
+                print("interrupted", flush=True)
+                sys.exit(130)
     """))
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.Popen([sys.executable, str(script)], cwd=root, stdout=subprocess.PIPE,
