@@ -73,7 +73,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from corpora.executor import get_executor
+from corpora.executor import EngineError, add_engine_args, get_executor
 from corpora.store import (
     CorpusInfo,
     ShardInfo,
@@ -131,6 +131,8 @@ class DedupConfig:
     memory_limit: str = "256MB"  # DuckDB memory for the candidate grouping; beyond it, it spills to disk
     threads: int = 0  # DuckDB threads; 0 = one per core
     workers: int = 0  # signature worker processes; 0 = auto (cores, in-process for small jobs)
+    engine: str | None = None  # where shards are hashed: local | ray (None: $SYNTHMIX_ENGINE, else local)
+    ray_address: str | None = None  # join this Ray cluster (None: $RAY_ADDRESS, else a local Ray)
     batch_docs: int = 2048  # documents hashed per numpy batch inside a shard
 
     def __post_init__(self):
@@ -190,7 +192,7 @@ class DedupConfig:
 
     def as_json(self) -> str:
         d = dataclasses.asdict(self)
-        for k in ("workers", "batch_docs", "memory_limit", "threads"):  # do not change the result
+        for k in ("workers", "batch_docs", "memory_limit", "threads", "engine", "ray_address"):  # not results
             d.pop(k)
         d["bands"], d["rows"] = self.bands_rows
         return json.dumps(d, sort_keys=True)
@@ -430,7 +432,7 @@ def _run_map(fn, jobs: list, sizes: list[int], cfg: DedupConfig, desc: str, prog
     yielding results as they finish. Auto mode stays in-process for small jobs, where starting a worker
     (~1-2 s of imports) costs more than it saves."""
     small = cfg.workers == 0 and sum(sizes) < _MIN_DOCS_FOR_POOL
-    with get_executor(workers=cfg.workers) as ex:
+    with get_executor(cfg.engine, cfg.workers, cfg.ray_address) as ex:
         for _, result in ex.map(fn, jobs, desc=desc, sizes=sizes, max_workers=1 if small else None,
                                 progress=progress):
             yield result
@@ -1084,13 +1086,15 @@ def _add_config_arguments(p: argparse.ArgumentParser) -> None:
                         "disk (default 256MB)")
     p.add_argument("--workers", type=int, default=0, help="signature worker processes (default 0: one per core, "
                         "or in-process when fewer than 8000 documents need hashing)")
+    add_engine_args(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def _config_from_args(args) -> DedupConfig:
     return DedupConfig(threshold=args.threshold, num_perm=args.num_perm, ngram=args.ngram, seed=args.seed,
                        lsh_fn_weight=args.lsh_fn_weight, max_bucket=args.max_bucket,
-                       memory_limit=args.memory_limit, workers=args.workers)
+                       memory_limit=args.memory_limit, workers=args.workers, engine=args.engine,
+                       ray_address=args.ray_address)
 
 
 def add_curate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -1106,7 +1110,7 @@ def run_curate_cli(args) -> int:
         cfg = _config_from_args(args)
         store = Store(resolve_store_path(getattr(args, "store", None)))
         result = curate(store, args.corpus, args.out, cfg, progress=not args.json)
-    except (StoreError, ValueError) as e:
+    except (StoreError, ValueError, EngineError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
@@ -1173,7 +1177,7 @@ def main(argv: list[str] | None = None) -> int:
             report = analyze_against(store, args.corpus, args.against, cfg, not args.json, args.examples)
         else:
             report = analyze_corpus(store, args.corpus, cfg, not args.json, args.examples)
-    except (StoreError, ValueError) as e:
+    except (StoreError, ValueError, EngineError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
