@@ -224,9 +224,10 @@ class RayExecutor(Executor):
                 if self.address:
                     ray.init(address=self.address, log_to_driver=False, logging_level=logging.ERROR)
                 else:
-                    # all the machine's cores as Ray's CPUs (a step may ask for several per actor); the
+                    # address="local": a new Ray of our own, never a cluster someone started on this
+                    # machine (ray.init would join that one); all the machine's cores as Ray's CPUs (a step may ask for several per actor); the
                     # map's concurrency is capped at `workers`
-                    ray.init(num_cpus=max(self.workers, cpu_count()), include_dashboard=False, log_to_driver=False,
+                    ray.init(address="local", num_cpus=max(self.workers, cpu_count()), include_dashboard=False, log_to_driver=False,
                              logging_level=logging.ERROR, object_store_memory=RAY_OBJECT_STORE_BYTES)
             except Exception as e:  # a cluster that is not there: one line, not Ray's traceback
                 where = f"the Ray cluster at {self.address}" if self.address else "a local Ray"

@@ -122,7 +122,7 @@ def test_unreachable_cluster_is_one_line_exit_2(tmp_path, lee_texts):
     add_corpus(store, "cc", lee_texts[:5])
     proc = subprocess.run(
         [sys.executable, "-m", "stats.unigram", "--store", str(store.root), "--train", "cc", "--test", "cc",
-         "--engine", "ray", "--ray-address", "127.0.0.1:9", "--recount"],
+         "--engine", "ray", "--ray-address", "127.0.0.1:9", "--recount", "--no-progress"],
         cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "no Ray cluster at 127.0.0.1:9" in proc.stderr
