@@ -517,6 +517,12 @@ def _row(claim: str, v: dict | str, measured: str) -> dict:
             "css": verdict.split(" ")[0].replace(" ", "-") if verdict != evidence.NO_DATA else "not-enough-data"}
 
 
+def _all_or_none(n_ok: int, n: int, unit: str) -> dict:
+    """A claim checked on exact numbers (no sampling noise): agrees when every item does, disagrees when none."""
+    verdict = evidence.AGREES if n_ok == n else (evidence.DISAGREES if n_ok == 0 else evidence.MIXED)
+    return {"verdict": verdict, "n_points": n, "n_agree": n_ok, "n_disagree": n - n_ok, "n_noise": 0, "unit": unit}
+
+
 def findings(store: Store, n_boot: int = 2000, seed: int = 0) -> list[dict]:
     """The study's headline claims beside what this run measured, each with a noise-aware verdict
     (rule: stats.evidence) and the counts it rests on."""
@@ -598,7 +604,8 @@ def findings(store: Store, n_boot: int = 2000, seed: int = 0) -> list[dict]:
             n_agree, n_pairs = int(mean["n_agree"].sum()), int(mean["n_pairs"].sum())
             acc = n_agree / n_pairs
             v = {"verdict": evidence.AGREES if acc >= 0.8 else (evidence.DISAGREES if acc <= 0.6 else evidence.MIXED),
-                 "n_points": n_pairs, "n_agree": n_agree, "n_disagree": n_pairs - n_agree, "n_noise": 0}
+                 "n_points": n_pairs, "n_agree": n_agree, "n_disagree": n_pairs - n_agree, "n_noise": 0,
+                 "unit": "pair decisions (as at the largest scale)"}
             flips = (f"; at the largest scale single seeds flip {seeds['n_flip'].sum()}/{seeds['n_pairs'].sum()} "
                      "pair decisions against the seed mean" if seeds.height else "; one seed: no flip rate")
             add(claim, v, f"pairwise decision accuracy {acc:.0%} over {mean.height} smaller scales against "
@@ -614,8 +621,7 @@ def findings(store: Store, n_boot: int = 2000, seed: int = 0) -> list[dict]:
     claim = "The models learned more than token frequencies (final loss below the mixture's unigram loss)"
     if lc is not None:
         n_ok = int(lc["below_unigram"].sum())
-        v = {"verdict": evidence.AGREES if n_ok == lc.height else (evidence.DISAGREES if n_ok == 0 else evidence.MIXED),
-             "n_points": lc.height, "n_agree": n_ok, "n_disagree": lc.height - n_ok, "n_noise": 0}
+        v = _all_or_none(n_ok, lc.height, "(run, domain) results")
         add(claim, v, f"a precondition of every claim above, not a claim of the paper: {lc.height - n_ok} (run, domain) "
             f"results are not below their unigram baseline (median unigram loss {lc['unigram_loss'].median():.3f}, "
             f"ln V = {lc['uniform_loss'][0]:.3f}, median final loss {lc['loss'].median():.3f}); their rankings say "
@@ -628,8 +634,7 @@ def findings(store: Store, n_boot: int = 2000, seed: int = 0) -> list[dict]:
     if shrink is not None and "types_ratio" in shrink.columns:
         vals = list(shrink.select("synthetic", "types_ratio").iter_rows())
         n_ok = sum(r < 1 for _, r in vals)
-        v = {"verdict": evidence.AGREES if n_ok == len(vals) else (evidence.DISAGREES if n_ok == 0 else evidence.MIXED),
-             "n_points": len(vals), "n_agree": n_ok, "n_disagree": len(vals) - n_ok, "n_noise": 0}
+        v = _all_or_none(n_ok, len(vals), "synthetic corpora")
         add(claim, v, "distinct types at equal budget (exact rarefaction expectation, no sampling noise), "
             "synthetic/source: " + ", ".join(f"{n} {r:.3f}" for n, r in vals))
     else:
@@ -647,8 +652,7 @@ def findings(store: Store, n_boot: int = 2000, seed: int = 0) -> list[dict]:
             details.append(f"{test[0]}: widest coverage {best_cov}, lowest KL {best_kl}")
         if oks and single["train"].n_unique() > 1:
             n_ok = sum(oks)
-            v = {"verdict": evidence.AGREES if all(oks) else (evidence.DISAGREES if not any(oks) else evidence.MIXED),
-                 "n_points": len(oks), "n_agree": n_ok, "n_disagree": len(oks) - n_ok, "n_noise": 0}
+            v = _all_or_none(n_ok, len(oks), "test sets")
             add(claim, v, "; ".join(details))
         else:
             add(claim, evidence.NO_DATA, "fewer than two single training sets compared")
@@ -692,7 +696,8 @@ def build_report(store: Store, out: str | Path, title: str = "synthmix study rep
         claims = [_row("(findings could not be computed)", evidence.NO_DATA, str(e))]
     page = _TEMPLATES.get_template("report.html.j2").render(
         title=title, generated_at=dt.datetime.now().isoformat(timespec="seconds"), store=str(store.root),
-        sections=sections, findings=claims, verdict_rule=evidence.VERDICT_RULE, study_json=json.dumps(study, indent=2) if study else None,
+        sections=sections, findings=claims, verdict_rule=evidence.VERDICT_RULE,
+        study_json=json.dumps(study, indent=2) if study else None,
         escape=html.escape)
     with atomic_path(out) as tmp:
         tmp.write_text(page, encoding="utf-8")

@@ -151,8 +151,9 @@ def counts_text(v: dict) -> str:
             s += (f"; significant as claimed for {', '.join(map(str, v['groups_pos'])) or 'none'}, "
                   f"against for {', '.join(map(str, v['groups_neg'])) or 'none'}")
         return s
-    return (f"{v['n_agree']}/{v['n_points']} points agree, {v['n_disagree']} disagree, "
-            f"{v['n_noise']} within noise")
+    unit = v.get("unit", "points")
+    s = f"{v['n_agree']}/{v['n_points']} {unit} agree, {v['n_disagree']} disagree"
+    return s + (f", {v['n_noise']} within noise" if "unit" not in v or v["n_noise"] else "")
 
 
 # ------------------------------------------------------------------------------------------------ points

@@ -84,7 +84,9 @@ def test_decision_accuracy_on_a_hand_made_sweep():
         losses.update({("A", "small", 20, s): 3.0, ("B", "small", 20, s): 2.0, ("C", "small", 20, s): 1.0 + s / 10})
     df = decision_table(_sweep(losses))
     assert set(df["target_model"]) == {"big"} and set(df["target_tokens"]) == {20}
-    row = lambda m, t, s: df.filter((pl.col("model") == m) & (pl.col("tokens") == t) & (pl.col("seed") == s)).row(0, named=True)  # noqa: E731
+    def row(m, t, s):
+        return df.filter((pl.col("model") == m) & (pl.col("tokens") == t) & (pl.col("seed") == s)).row(0, named=True)
+
     mean10 = row("small", 10, "mean")
     assert (mean10["n_pairs"], mean10["n_agree"]) == (3, 2) and mean10["accuracy"] == pytest.approx(2 / 3)
     assert mean10["n_flip"] == 1  # B vs C is ordered differently by the two seeds
