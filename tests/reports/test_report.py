@@ -203,3 +203,17 @@ def test_report_against_a_store_with_every_analysis(full_store, tmp_path):
     assert set(dec["seed"]) == {"mean", "0", "1"} and dec["n_pairs"].max() == 3
     fits = full_store.read_result("fits")
     assert (fits.filter(pl.col("fit") == "data")["n_seeds"] == 2).all()
+
+
+def test_store_stamps_created_at_on_every_result(store):
+    """The report orders rows by created_at: the store stamps it on every write (a writer's own value, e.g. an
+    ISO string, is replaced), so parts written by different modules concatenate and sort."""
+    import datetime as dt
+
+    before = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    store.put_result("t", "a", pl.DataFrame({"x": [1, 2]}))
+    store.put_result("t", "b", pl.DataFrame({"x": [3], "created_at": ["2020-01-01T00:00:00+00:00"]}))
+    df = store.read_result("t").sort("created_at")
+    assert df["x"].to_list() == [1, 2, 3] and df["created_at"].dtype == pl.Datetime("us")
+    assert df["created_at"].min() >= before.replace(microsecond=0)
+    assert pl.from_arrow(store.sql("SELECT count(*) AS n FROM t WHERE created_at IS NOT NULL"))["n"][0] == 3
