@@ -195,20 +195,25 @@ def decision_table(pts: pl.DataFrame) -> pl.DataFrame:
     """Pairwise decision accuracy of every smaller scale against the largest, for one domain.
 
     `pts`: mixture, model, n_params, tokens, seed, loss. The largest scale is the largest model (by
-    n_params, then name) at its largest budget. Rows: per (model, tokens) scale, seed 'mean' (orders by the
+    n_params, then name) at its largest budget, among the scales that hold the most mixtures. Rows: per (model, tokens) scale, seed 'mean' (orders by the
     seed-mean loss; n_flip = pairs whose order is not the same under every seed) and one row per seed
     (that seed's order against the target's seed-mean order; n_flip = pairs it orders unlike the seed mean
     at the same scale). A tie (equal losses) counts as not agreeing."""
     mean = pts.group_by("mixture", "model", "tokens").agg(pl.col("loss").mean(), pl.col("n_params").first())
     sizes = mean.group_by("model").agg(pl.col("n_params").max()).sort(["n_params", "model"], nulls_last=False)
-    target_model = sizes["model"][-1]
-    target_tokens = int(mean.filter(pl.col("model") == target_model)["tokens"].max())
+    n_params = dict(sizes.iter_rows())
+    # the target: among the scales that hold the most mixtures (a scale a partial sweep reached with fewer
+    # mixtures cannot rank them), the largest model at its largest budget
+    per_scale = mean.group_by("model", "tokens").agg(pl.col("mixture").n_unique().alias("n"))
+    full = per_scale.filter(pl.col("n") == pl.col("n").max())
+    target_model, target_tokens = max(full.select("model", "tokens").iter_rows(),
+                                      key=lambda r: (n_params.get(r[0]) or 0, r[0], r[1]))
+    target_tokens = int(target_tokens)
     m = {(r["mixture"], r["model"], r["tokens"]): r["loss"] for r in mean.iter_rows(named=True)}
     per_seed = {(r["mixture"], r["model"], r["tokens"], r["seed"]): r["loss"]
                 for r in pts.group_by("mixture", "model", "tokens", "seed").agg(pl.col("loss").mean())
                 .iter_rows(named=True)}
     seeds = sorted(pts["seed"].unique().to_list())
-    n_params = dict(sizes.iter_rows())
     target_mix = sorted({k[0] for k in m if k[1:] == (target_model, target_tokens)})
     rows = []
     scales = sorted({(k[1], k[2]) for k in m}, key=lambda s: (n_params.get(s[0]) or 0, s[0], s[1]))

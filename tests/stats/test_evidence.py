@@ -118,3 +118,12 @@ def test_unigram_baseline_against_a_direct_computation():
     assert unigram_cross_entropy(np.full(V, 7), val[:, 1:], alpha) == pytest.approx(math.log(V))
     with pytest.raises(ValueError, match="alpha"):
         unigram_cross_entropy(counts, val, 0.0)
+
+
+def test_the_target_is_the_largest_scale_that_holds_every_mixture():
+    """A bigger model a partial sweep reached with one mixture only cannot be the target."""
+    losses = {(m, "small", t, 0): loss for t in (10, 20) for m, loss in (("A", 1.0), ("B", 2.0))}
+    losses[("A", "big", 20, 0)] = 0.5
+    df = decision_table(_sweep(losses))
+    assert set(df["target_model"]) == {"small"} and set(df["target_tokens"]) == {20}
+    assert df.filter(pl.col("seed") == "mean")["accuracy"].to_list() == [1.0]
