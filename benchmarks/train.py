@@ -154,13 +154,17 @@ def bench_cpu(args) -> list[dict]:
     return [bench_preset(preset, args) for preset in args.presets]
 
 
-def bench_gpu(args) -> dict:
-    """MFU of a ~100M+ preset, bf16 autocast, torch.compile, on the first CUDA device."""
+def bench_gpu(args) -> dict | list[dict]:
+    """MFU of ~100M+ presets (`--gpu-preset a,b`), bf16 autocast, torch.compile, on the first CUDA device."""
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA device here (this project's machines rarely lend a GPU)"}
+    return [bench_gpu_preset(preset, args) for preset in args.gpu_preset.split(",")]
+
+
+def bench_gpu_preset(preset: str, args) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = True
     device = torch.device("cuda")
-    cfg = build_model_config(args.gpu_preset, args.gpu_vocab, max_seq_len=args.gpu_seq_len)
+    cfg = build_model_config(preset, args.gpu_vocab, max_seq_len=args.gpu_seq_len)
     torch.manual_seed(0)
     model = Transformer(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
@@ -176,7 +180,9 @@ def bench_gpu(args) -> dict:
     peak = next((v for k, v in GPU_PEAK_BF16.items() if k in name), None)
     fpt = model.flops_per_token(args.gpu_seq_len)
     med = statistics.median(tok_s)
-    return {"device": name, "preset": args.gpu_preset, "seq_len": args.gpu_seq_len,
+    del model, opt
+    torch.cuda.empty_cache()
+    return {"device": name, "preset": preset, "seq_len": args.gpu_seq_len,
             "batch_size": args.gpu_batch_size, "tokens_per_s": med, "flops_per_token": fpt,
             "achieved_flops_per_s": med * fpt, "peak_flops_per_s": peak,
             "mfu": med * fpt / peak if peak else None}
@@ -196,7 +202,7 @@ def main(argv=None) -> int:
     p.add_argument("--variants", type=lambda v: v.split(","), default=VARIANTS,
                    help=f"comma-separated, from {','.join(VARIANTS)}")
     p.add_argument("--no-hf-compile", action="store_true", help="skip HF under torch.compile")
-    p.add_argument("--gpu-preset", default="llama-100m", choices=list(PRESETS))
+    p.add_argument("--gpu-preset", default="llama-100m", help="comma-separated presets for the GPU section")
     p.add_argument("--gpu-vocab", type=int, default=32768)
     p.add_argument("--gpu-seq-len", type=int, default=2048)
     p.add_argument("--gpu-batch-size", type=int, default=16)
@@ -225,10 +231,9 @@ def main(argv=None) -> int:
         for key, r in c["speedup"].items():
             print(f"  {key:30s} {r['of_medians']:.2f}x (ratio of medians)  {r['median_of_ratios']:.2f}x "
                   f"(median of per-repeat ratios)  {r['cpu_time']:.2f}x (tokens per CPU-second)")
-    g = result["gpu"]
-    if "skipped" in g:
-        print(f"GPU: skipped: {g['skipped']}")
-    else:
+    if "skipped" in result["gpu"]:
+        print(f"GPU: skipped: {result['gpu']['skipped']}")
+    for g in result["gpu"] if isinstance(result["gpu"], list) else []:
         print(f"GPU {g['device']}: {g['preset']} bf16+compile {g['tokens_per_s']:.0f} tokens/s, "
               f"{g['achieved_flops_per_s'] / 1e12:.1f} TFLOP/s, MFU {g['mfu'] or float('nan'):.1%}")
     return 0

@@ -292,6 +292,8 @@ class Transformer(nn.Module):
 PRESETS: dict[str, ModelConfig] = {
     # For tests and smoke runs only (torchtitan's "debugmodel"): ~0.1M non-embedding parameters.
     "debugmodel": ModelConfig(d_model=64, n_layers=2, n_heads=2, n_kv_heads=1, ffn_hidden=192, max_seq_len=512),
+    # The demo's second size: cpu-1m's width at two layers and a narrower MLP, 3x debugmodel.
+    "cpu-300k": ModelConfig(d_model=128, n_layers=2, n_heads=2, n_kv_heads=1, ffn_hidden=256, max_seq_len=1024),
     "cpu-1m": ModelConfig(d_model=128, n_layers=5, n_heads=2, n_kv_heads=1, ffn_hidden=384, max_seq_len=1024),
     "cpu-4m": ModelConfig(d_model=256, n_layers=5, n_heads=4, n_kv_heads=2, ffn_hidden=768, max_seq_len=1024),
     "cpu-16m": ModelConfig(d_model=384, n_layers=10, n_heads=6, n_kv_heads=2, ffn_hidden=1024, max_seq_len=1024),

@@ -65,8 +65,8 @@ DEFAULT_VAL_TOKENS = 200_000
 _TOP_KEYS = {"name", "val_tokens", "val_corpora", "grid", "run", "mixtures", "schedule"}
 BRANCHES = "wsd-branches"
 _GRID_KEYS = {"mixtures", "models", "tokens", "lr", "seed"}
-_GRID_OWNED = {"run_id", "mixture", "model", "tokens", "seed", "lr_peak", "sweep",  # RunConfig fields
-               "branch_from", "branch_tokens"}
+_GRID_OWNED = {"run_id", "mixture", "model", "tokens", "seed", "lr_peak", "sweep"}  # RunConfig fields
+_BRANCH_OWNED = {"branch_from", "branch_tokens"}  # set by schedule = "wsd-branches", not in [run]
 _MIXTURE_KEYS = {f.name for f in dataclasses.fields(MixtureConfig)} - {"name"}
 
 
@@ -273,6 +273,9 @@ def parse_sweep(doc: dict, where: str = "<grid>") -> Sweep:
         except MixtureError as e:
             raise SweepError(f"{where}: [mixtures.{mname}]: {e}") from None
     options = dict(doc.get("run") or {})
+    if set(options) & _BRANCH_OWNED:
+        raise SweepError(f"{where}: [run] cannot set {', '.join(sorted(set(options) & _BRANCH_OWNED))}; "
+                         'use schedule = "wsd-branches" and the sweep sets them')
     schedules = {doc.get("schedule"), options.get("schedule")} - {None}
     branches = BRANCHES in schedules
     if branches:

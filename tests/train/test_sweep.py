@@ -110,7 +110,7 @@ def test_sweep_trains_each_run_once_then_skips_done_runs(sweep_store, tmp_path, 
     assert sweep_store.read_result("mixtures", "m")["n_tokens"].to_list() == [3_000, 1_000]  # 4000 // 32 * 32
 
     files = sorted(p for p in (sweep_store.root / "results" / "runs").glob("*.parquet"))
-    files += sorted((sweep_store.root / "artifacts" / "runs").rglob("*.pt"))
+    files += sorted((sweep_store.root / "artifacts" / "runs").rglob("*.safetensors"))
     mtimes = [p.stat().st_mtime_ns for p in files]
     assert main(argv) == 0  # the same sweep again: nothing to do
     again = json.loads(capsys.readouterr().out)
