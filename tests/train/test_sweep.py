@@ -192,10 +192,10 @@ def test_wsd_branches_share_one_trunk_resume_and_keep_run_rows(sweep_store, tmp_
     assert {c["warmup_steps"] for c in configs} == {1}             # 5% of the trunk's 16 steps
     # Each branch row's curve: the trunk's stable phase, then its own cooldown to its budget.
     trunk_loss = sweep_store.read_result("run_metrics", trunk_id).filter(split="train").sort("step")["loss"]
-    for run_id, start in zip(rows["run_id"][:2], (3, 6)):
+    for run_id, start in zip(rows["run_id"][:2], (3, 6)):   # the loss logged at step k+1 is the first to
         loss = sweep_store.read_result("run_metrics", run_id).filter(split="train").sort("step")["loss"]
-        assert loss[:start].to_list() == trunk_loss[:start].to_list() and loss[start:].to_list() != \
-            trunk_loss[start:len(loss)].to_list()
+        assert loss[:start + 1].to_list() == trunk_loss[:start + 1].to_list()   # see step k's lr
+    assert loss[start + 1] != trunk_loss[start + 1]
     trunk_dir = sweep_store.artifact_dir("runs", trunk_id)
     assert not list(trunk_dir.glob("stable-*.pt")) and (trunk_dir / "model.safetensors").exists()
     assert not list(trunk_dir.glob("checkpoint.pt"))                # lean: no optimizer state left
