@@ -1,0 +1,64 @@
+"""synthmix: one entry point for every synthmix command (the console script pyproject installs).
+
+    synthmix corpora ingest cc data/*.jsonl.gz        = python -m corpora ingest cc data/*.jsonl.gz
+    synthmix synth generate --type hq --source cc     = python -m synth generate ...
+    synthmix stats unigram --train cc --test wiki     = python -m stats.unigram ...
+    synthmix stats dedup --corpus hq --against cc     = python -m stats.dedup ...
+    synthmix stats scaling --runs cpu_sweep           = python -m stats.scaling ...
+    synthmix train mix cc_hq --parts cc=0.67,hq=0.33 --tokens 20M
+    synthmix train export cc_hq --format megatron --out megatron_data
+    synthmix reports study
+
+Each tool is the module's own `main(argv)`: the same flags, help and exit codes as its `python -m` form.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command words -> (module whose main(argv) runs them, one line of help)
+TOOLS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("corpora",): ("corpora.__main__", "store corpora: ingest, list, show, sql, export, rm, demo, dedup"),
+    ("synth",): ("synth.__main__", "generate synthetic corpora (hq, qa, txbk), list models, serve a model"),
+    ("stats", "unigram"): ("stats.unigram", "unigram coverage, KL and shrinkage between corpora"),
+    ("stats", "dedup"): ("stats.dedup", "near-duplicates (MinHash LSH) in a corpus or against another"),
+    ("stats", "scaling"): ("stats.scaling", "scaling-law fits, speed-ups and optimal ratios"),
+    ("train",): ("train.__main__", "mixtures, tokenizers, presets, training runs, sweeps, mixture export"),
+    ("reports",): ("reports.__main__", "the study driver and the HTML report"),
+}
+
+
+def usage(prefix: tuple[str, ...] = ()) -> str:
+    rows = [(" ".join(words), text) for words, (_, text) in TOOLS.items() if words[:len(prefix)] == prefix]
+    width = max(len(w) for w, _ in rows)
+    lines = [f"usage: synthmix {' '.join(prefix) + ' ' if prefix else ''}COMMAND [ARGS...]", "",
+             "commands (each takes --help):"]
+    lines += [f"  {w.ljust(width)}  {t}" for w, t in rows]
+    lines += ["", "examples:", "  synthmix corpora demo", "  synthmix stats unigram --train cc --test wiki",
+              "  synthmix train export cc_hq --format flat --out data/"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for n in (2, 1):
+        words = tuple(argv[:n])
+        if words in TOOLS:
+            module = importlib.import_module(TOOLS[words][0])
+            return module.main(argv[n:]) or 0
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if any(w[0] == argv[0] and len(w) > 1 for w in TOOLS):  # a group: `synthmix stats`
+        if len(argv) == 1 or argv[1] in ("-h", "--help"):
+            print(usage((argv[0],)))
+            return 0
+        print(f"synthmix: error: unknown command {' '.join(argv[:2])!r}\n\n{usage((argv[0],))}", file=sys.stderr)
+        return 2
+    print(f"synthmix: error: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
