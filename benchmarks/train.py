@@ -4,7 +4,10 @@ For each preset, both models get the same shapes, batch, thread count, optimizer
 and are timed in one process, interleaved repeat by repeat so that load from other processes hits all
 alike. Variants: `hf` (eager; the baseline of every ratio), `ours` (eager), `ours_compiled` (the trainer's
 `--compile`: the whole model, fused loss included, under torch.compile) and `hf_compiled` (HF under
-torch.compile, so the compiled comparison is like for like; `--no-hf-compile` skips it). We report medians
+torch.compile, so the compiled comparison is like for like; `--no-hf-compile` skips it), and `ours_bf16` /
+`ours_compiled_bf16`: the same under bf16 CPU autocast, which the trainer picks by default on CPUs with AMX
+or AVX512-BF16 (`train.model.cpu_has_bf16`; the report says whether this CPU has it: without it bf16 is
+emulated and slower, with it 1.5-2x faster than fp32 on cpu-4m/cpu-16m). We report medians
 of repeats, ratios of medians, the median of per-repeat ratios, tokens per CPU-second, model FLOPs per
 token (6N + attention, `Transformer.flops_per_token`) and achieved FLOP/s. When CUDA is present, a GPU
 section measures MFU of a ~100M preset in bf16 with torch.compile (a GPU is rarely lent on this project's
@@ -14,6 +17,7 @@ Defaults are the demo study's training setup: a 4096-token BPE, 16 sequences of 
 
     python benchmarks/train.py                                    # debugmodel, cpu-1m, cpu-4m
     python benchmarks/train.py --presets cpu-4m --vocab 8192 --seq-len 256 --batch-size 4 --json
+    python benchmarks/train.py --variants ours,ours_bf16 --presets debugmodel,cpu-1m   # fp32 vs bf16 only
 """
 
 from __future__ import annotations
@@ -30,8 +34,9 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train.model import PRESETS, Transformer, build_model_config  # noqa: E402
+from train.model import PRESETS, Transformer, build_model_config, cpu_has_bf16  # noqa: E402
 
+VARIANTS = ["hf", "ours", "ours_compiled", "hf_compiled", "ours_bf16", "ours_compiled_bf16"]
 # Dense bf16 peak FLOP/s (no sparsity) for the MFU denominator.
 GPU_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
@@ -82,6 +87,7 @@ def time_steps(step, n_steps, sync=lambda: None) -> tuple[float, float]:
 
 def build_variant(name: str, cfg):
     torch.manual_seed(0)   # same initial weights for both of ours; HF draws its own
+    name = name.removesuffix("_bf16")
     if name.startswith("hf"):
         model = build_hf(cfg)
         return model, (torch.compile(model) if name == "hf_compiled" else model)
@@ -96,12 +102,13 @@ def bench_preset(preset: str, args) -> dict:
     gen = torch.Generator().manual_seed(0)
     batch = torch.randint(0, cfg.vocab_size, (args.batch_size, args.seq_len + 1), generator=gen)
     tokens_per_step = args.batch_size * args.seq_len
-    names = ["hf", "ours", "ours_compiled"] + ([] if args.no_hf_compile else ["hf_compiled"])
+    names = [n for n in args.variants if not (args.no_hf_compile and n == "hf_compiled")]
     steps, warmup_s, models = {}, {}, {}
     for name in names:
         params, models[name] = build_variant(name, cfg)
         opt = torch.optim.AdamW(params.parameters(), lr=1e-4, weight_decay=0.1, fused=True)
-        steps[name] = make_step(name, models[name], batch, opt)
+        steps[name] = make_step(name, models[name], batch, opt,
+                                autocast_dtype=torch.bfloat16 if name.endswith("_bf16") else None)
         t0 = time.perf_counter()
         for _ in range(args.warmup):
             steps[name]()
@@ -115,7 +122,7 @@ def bench_preset(preset: str, args) -> dict:
             tok_s[name].append(args.steps * tokens_per_step / wall_s)
             tok_cpu_s[name].append(args.steps * tokens_per_step / cpu_s)
 
-    ours = models["ours"]
+    ours = next(m for n, m in models.items() if n.startswith("ours"))
     flops_per_token = ours.flops_per_token(args.seq_len)
     med = {name: statistics.median(v) for name, v in tok_s.items()}
     med_cpu = {name: statistics.median(v) for name, v in tok_cpu_s.items()}
@@ -133,12 +140,12 @@ def bench_preset(preset: str, args) -> dict:
         # counted, so this is the steadier measure of work (with 1 thread it has no spin-wait either).
         "tokens_per_cpu_s_median": med_cpu,
         "achieved_flops_per_s": {name: med[name] * flops_per_token for name in med},
-        "speedup": {"ours_vs_hf": ratio("ours", "hf"), "ours_compiled_vs_hf": ratio("ours_compiled", "hf"),
-                    "ours_compiled_vs_ours": ratio("ours_compiled", "ours")},
+        "speedup": {f"{a}_vs_{b}": ratio(a, b) for a, b in (
+            ("ours", "hf"), ("ours_compiled", "hf"), ("ours_compiled", "ours"), ("ours_compiled", "hf_compiled"),
+            ("ours_bf16", "ours"), ("ours_compiled_bf16", "ours_compiled"), ("ours_compiled_bf16", "ours"))
+            if a in names and b in names},
         "warmup_s": warmup_s,
     }
-    if "hf_compiled" in names:
-        out["speedup"]["ours_compiled_vs_hf_compiled"] = ratio("ours_compiled", "hf_compiled")
     return out
 
 
@@ -147,13 +154,17 @@ def bench_cpu(args) -> list[dict]:
     return [bench_preset(preset, args) for preset in args.presets]
 
 
-def bench_gpu(args) -> dict:
-    """MFU of a ~100M+ preset, bf16 autocast, torch.compile, on the first CUDA device."""
+def bench_gpu(args) -> dict | list[dict]:
+    """MFU of ~100M+ presets (`--gpu-preset a,b`), bf16 autocast, torch.compile, on the first CUDA device."""
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA device here (this project's machines rarely lend a GPU)"}
+    return [bench_gpu_preset(preset, args) for preset in args.gpu_preset.split(",")]
+
+
+def bench_gpu_preset(preset: str, args) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = True
     device = torch.device("cuda")
-    cfg = build_model_config(args.gpu_preset, args.gpu_vocab, max_seq_len=args.gpu_seq_len)
+    cfg = build_model_config(preset, args.gpu_vocab, max_seq_len=args.gpu_seq_len)
     torch.manual_seed(0)
     model = Transformer(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
@@ -169,7 +180,9 @@ def bench_gpu(args) -> dict:
     peak = next((v for k, v in GPU_PEAK_BF16.items() if k in name), None)
     fpt = model.flops_per_token(args.gpu_seq_len)
     med = statistics.median(tok_s)
-    return {"device": name, "preset": args.gpu_preset, "seq_len": args.gpu_seq_len,
+    del model, opt
+    torch.cuda.empty_cache()
+    return {"device": name, "preset": preset, "seq_len": args.gpu_seq_len,
             "batch_size": args.gpu_batch_size, "tokens_per_s": med, "flops_per_token": fpt,
             "achieved_flops_per_s": med * fpt, "peak_flops_per_s": peak,
             "mfu": med * fpt / peak if peak else None}
@@ -186,8 +199,10 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--steps", type=int, default=2, help="training steps per timed repeat")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--variants", type=lambda v: v.split(","), default=VARIANTS,
+                   help=f"comma-separated, from {','.join(VARIANTS)}")
     p.add_argument("--no-hf-compile", action="store_true", help="skip HF under torch.compile")
-    p.add_argument("--gpu-preset", default="llama-100m", choices=list(PRESETS))
+    p.add_argument("--gpu-preset", default="llama-100m", help="comma-separated presets for the GPU section")
     p.add_argument("--gpu-vocab", type=int, default=32768)
     p.add_argument("--gpu-seq-len", type=int, default=2048)
     p.add_argument("--gpu-batch-size", type=int, default=16)
@@ -197,10 +212,15 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"unknown preset(s) {', '.join(unknown)}; choose from {', '.join(PRESETS)}")
 
-    result = {"cpu": bench_cpu(args), "gpu": bench_gpu(args)}
+    bad = [v for v in args.variants if v not in VARIANTS]
+    if bad:
+        p.error(f"unknown variant(s) {', '.join(bad)}; choose from {', '.join(VARIANTS)}")
+    result = {"cpu_has_bf16": cpu_has_bf16(), "cpu": bench_cpu(args), "gpu": bench_gpu(args)}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
+    print(f"this CPU {'has' if result['cpu_has_bf16'] else 'lacks'} bf16 hardware (AMX / AVX512-BF16): the "
+          f"trainer's default dtype here is {'bf16' if result['cpu_has_bf16'] else 'fp32'}")
     for c in result["cpu"]:
         print(f"{c['preset']}: {c['n_params_non_embedding']:,} non-embedding params, vocab {c['vocab_size']}, "
               f"batch {c['batch_size']} x {c['seq_len']}, {c['threads']} threads, {c['repeats']} repeats; "
@@ -211,10 +231,9 @@ def main(argv=None) -> int:
         for key, r in c["speedup"].items():
             print(f"  {key:30s} {r['of_medians']:.2f}x (ratio of medians)  {r['median_of_ratios']:.2f}x "
                   f"(median of per-repeat ratios)  {r['cpu_time']:.2f}x (tokens per CPU-second)")
-    g = result["gpu"]
-    if "skipped" in g:
-        print(f"GPU: skipped: {g['skipped']}")
-    else:
+    if "skipped" in result["gpu"]:
+        print(f"GPU: skipped: {result['gpu']['skipped']}")
+    for g in result["gpu"] if isinstance(result["gpu"], list) else []:
         print(f"GPU {g['device']}: {g['preset']} bf16+compile {g['tokens_per_s']:.0f} tokens/s, "
               f"{g['achieved_flops_per_s'] / 1e12:.1f} TFLOP/s, MFU {g['mfu'] or float('nan'):.1%}")
     return 0

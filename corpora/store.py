@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import fcntl
 import hashlib
 import json
@@ -122,6 +123,10 @@ def _check_name(name: str, what: str) -> str:
             f"invalid {what} name {name!r}: use lowercase letters, digits and '_', starting with a letter"
         )
     return name
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
 
 
 def _sql_str(value: str) -> str:
@@ -497,11 +502,19 @@ class Store:
         return self.root / "results" / table / f"{part}.parquet"
 
     def put_result(self, table: str, part: str, data: pa.Table | pl.DataFrame) -> None:
-        """Atomically write (or replace) one part of result table `table`; the view `table` unions all parts."""
+        """Atomically write (or replace) one part of result table `table`; the view `table` unions all parts.
+
+        Every row is stamped `created_at` (UTC, naive timestamp, the time of this write), replacing any
+        value the writer gave, so every result table has one and readers can order by it."""
         if table in ("documents", "corpora", "shards", "ingest_runs", "ingest_files", "rejects", "store_info"):
             raise StoreError(f"{table!r} is a catalog table name; pick another result table name")
         if isinstance(data, pl.DataFrame):
             data = data.to_arrow()
+        stamp = pa.array([_utcnow()] * data.num_rows, type=pa.timestamp("us"))
+        if "created_at" in data.column_names:
+            data = data.set_column(data.column_names.index("created_at"), "created_at", stamp)
+        else:
+            data = data.append_column("created_at", stamp)
         path = self._result_path(table, part)
         with self.lock(wait_s=60, purpose=f"result {table}"):
             write_parquet_atomic(data, path)

@@ -21,8 +21,10 @@ from pathlib import Path
 import jinja2
 import polars as pl
 
+from corpora.results import COLUMNS, CREATED_AT
 from corpora.store import Store, atomic_path
 from reports import figures
+from stats import evidence
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +159,7 @@ def section_unigram(store: Store) -> Section:
     if comp is None:
         s.empty = "No unigram comparisons yet: `python -m stats.unigram --train cc --test wiki`."
         return s
-    comp = comp.sort("computed_at" if "computed_at" in comp.columns else "train").unique(
-        ["train", "test", "tokenizer"], keep="last")
+    comp = comp.sort(CREATED_AT).unique(["train", "test", "tokenizer"], keep="last")  # latest of each pair
     for tokenizer, sub in comp.group_by("tokenizer"):
         tok = tokenizer[0] if isinstance(tokenizer, tuple) else tokenizer
         n_test = sub["n_tokens_test"].max()
@@ -219,12 +220,14 @@ def section_dedup(store: Store) -> Section:
                                       columns=("corpus", "against", "n_docs_hashed", "n_against_docs", "n_with_match",
                                                "share_with_match", "n_pairs"), sort=("corpus", "against")))
     src = _table(store, "dup_source")
-    if src is not None and "jaccard" in src.columns:
+    jaccard = COLUMNS["dup_source"][-1]  # jaccard_est: what stats.dedup writes
+    if src is not None and jaccard in src.columns and src[jaccard].drop_nulls().len():
         import matplotlib.pyplot as plt
         import seaborn as sns
 
         fig, ax = plt.subplots(figsize=(6.4, 3.4))
-        sns.histplot(data=src.to_pandas(), x="jaccard", hue="corpus", bins=20, ax=ax, element="step")
+        sns.histplot(data=src.drop_nulls(jaccard).to_pandas(), x=jaccard, hue="corpus", bins=20, binrange=(0, 1),
+                     ax=ax, element="step")
         ax.set_xlabel("estimated Jaccard(synthetic doc, its source doc)")
         s.figures.append(Figure(figures.to_data_uri(fig),
                                 f"How far generation moved the text: Jaccard of {src.height:,} synthetic documents "
@@ -249,7 +252,9 @@ def _final_val(store: Store) -> pl.DataFrame | None:
         return None
     final = (metrics.filter(pl.col("split") == "val").sort("step")
              .group_by("run_id", "domain").agg(pl.col("loss").last(), pl.col("tokens_seen").last()))
-    return final.join(runs.select("run_id", "sweep", "mixture", "model", "tokens", "status"), on="run_id")
+    if "seed" not in runs.columns:
+        runs = runs.with_columns(pl.lit(0).alias("seed"))
+    return final.join(runs.select("run_id", "sweep", "mixture", "model", "tokens", "seed", "status"), on="run_id")
 
 
 def section_training(store: Store) -> Section:
@@ -271,17 +276,25 @@ def section_training(store: Store) -> Section:
                 figures.curves(sub, "tokens_seen", "loss", "mixture", f"model {model}, budget {top:,} tokens",
                                col="domain", xlabel="tokens seen", ylabel="validation loss"),
                 f"Validation loss against tokens seen for model {model} at the largest budget ({top:,} tokens), "
-                f"one line per mixture, one panel per validation domain ({sub['run_id'].n_unique()} runs)."))
+                f"one line per mixture (the mean over seeds, with a band where there are several), one panel per "
+                f"validation domain ({sub['run_id'].n_unique()} runs)."))
     final = _final_val(store)
     s.tables.append(Table.from_df(runs, "Runs: budget, tokens seen, final training loss, wall time and throughput.",
-                                  columns=("run_id", "sweep", "mixture", "model", "n_params", "tokens", "tokens_seen",
+                                  columns=("run_id", "sweep", "mixture", "model", "n_params", "tokens", "seed",
+                                           "tokens_seen",
                                            "final_train_loss", "elapsed_s", "tokens_per_s", "status"),
                                   sort=("mixture", "model", "tokens")))
     if final is not None and final.height:
         done = final.filter(pl.col("status") == "done")
-        pivot = done.pivot(on="domain", index=["mixture", "model", "tokens"], values="loss",
-                           aggregate_function="last").sort("model", "tokens", "mixture")
-        s.tables.append(Table.from_df(pivot, "Final validation loss per domain (nats/token)."))
+        grouped = (done.group_by("mixture", "model", "tokens", "domain")
+                   .agg(pl.col("loss").mean().alias("mean"), pl.col("loss").std().alias("sd"),
+                        pl.len().alias("seeds"))
+                   .with_columns(pl.format("{} ± {} ({} seeds)", pl.col("mean").round(4),
+                                           pl.col("sd").fill_null(0).round(4), pl.col("seeds")).alias("cell")))
+        pivot = grouped.pivot(on="domain", index=["mixture", "model", "tokens"], values="cell",
+                              aggregate_function="first").sort("model", "tokens", "mixture")
+        s.tables.append(Table.from_df(pivot, "Final validation loss per domain (nats/token): mean ± standard "
+                                             "deviation over the runs of one configuration that differ only in seed."))
     return s
 
 
@@ -376,14 +389,116 @@ def section_ratios(store: Store) -> Section:
     return s
 
 
+def section_decisions(store: Store) -> Section:
+    s = Section("decisions", "Decision reliability",
+                "For every pair of mixtures: is their order by final validation loss at a smaller scale (model, "
+                "budget) the same as at the largest scale of the sweep? Pairwise decision accuracy per smaller "
+                "scale (DataDecide, Magnusson et al. 2025, report ~80% from 150M to 1B parameters); 50% is a coin "
+                "flip. Per seed: that seed's accuracy alone, and the share of pair decisions it orders unlike the "
+                "seed mean at the same scale (flips).")
+    dec = _table(store, "decisions")
+    if dec is None:
+        s.empty = ("No decision table yet: it comes with the study (`python -m reports study`) or "
+                   "`stats.evidence.decisions(store, SWEEP)` after a sweep.")
+        return s
+    dom = _figure_domain(dec)
+    mean = dec.filter((pl.col("seed") == "mean") & (pl.col("domain") == dom))
+    if mean.height:
+        s.figures.append(Figure(
+            figures.heatmap(mean.with_columns(pl.col("tokens").cast(pl.Utf8)), "model", "tokens", "accuracy",
+                            f"Decision accuracy against {mean['target_model'][0]} @ {mean['target_tokens'][0]:,} "
+                            f"({dom})", fmt=".2f", cmap="crest", vmin=0, vmax=1),
+            f"Share of mixture pairs ordered as at the largest scale, per smaller (model, budget), domain {dom}; "
+            f"{mean['n_pairs'][0]} pairs, orders by the seed-mean loss."))
+    per_seed = dec.filter((pl.col("seed") != "mean") & (pl.col("domain") == dom))
+    if per_seed.height:
+        s.figures.append(Figure(
+            figures.bars(per_seed.with_columns(pl.format("{} @ {}", "model", "tokens").alias("scale")), "scale",
+                         "flip_share", f"Decisions a seed flips against the seed mean ({dom})", hue="seed"),
+            "Per scale and seed: share of mixture-pair decisions that seed orders unlike the mean over seeds."))
+    s.tables.append(Table.from_df(dec, "Pairwise decision accuracy (seed 'mean': orders by the seed-mean loss; "
+                                       "n_flip there = pairs not ordered alike by every seed).",
+                                  columns=COLUMNS["decisions"] + ("n_seeds",),
+                                  sort=("domain", "seed", "model", "tokens")))
+    return s
+
+
+def section_learning(store: Store) -> Section:
+    s = Section("learning", "Learning check",
+                "Each run's final validation loss beside two baselines on the same validation tokens: the best "
+                "unigram model of its training mixture (cross-entropy under the mixture's token frequencies, "
+                "same tokenizer, additive smoothing alpha) and the uniform model (ln V). A run not below its "
+                "unigram baseline has learned nothing beyond token frequencies: its ranking is no evidence "
+                "about mixtures.")
+    lc = _table(store, "learning_check")
+    if lc is None:
+        s.empty = ("No learning check yet: it comes with the study or `stats.evidence.learning_check(store, "
+                   "SWEEP)` after a sweep.")
+        return s
+    n_bad = int((~lc["below_unigram"]).sum())
+    runs_bad = lc.filter(~pl.col("below_unigram"))["run_id"].n_unique()
+    s.intro += (f" Here {n_bad} of {lc.height} (run, domain) results ({runs_bad} of {lc['run_id'].n_unique()} "
+                f"runs) are NOT below their unigram baseline." if n_bad else
+                f" Here every one of {lc.height} (run, domain) results is below its unigram baseline.")
+    s.figures.append(Figure(figures.learning_check(lc), "Final validation loss of each run (dots, per model) "
+                     "against its budget, with the unigram baseline of each mixture (grey ticks) and ln V (dashed); "
+                     "runs at or above their unigram baseline are red."))
+    s.tables.append(Table.from_df(lc.filter(~pl.col("below_unigram")) if n_bad else lc.head(0),
+                                  "Flagged: runs not below the unigram baseline.",
+                                  columns=("run_id", "domain", "loss", "unigram_loss", "uniform_loss",
+                                           "gap_to_unigram"), sort=("domain", "run_id")))
+    per_mix = (lc.group_by("mixture", "domain").agg(
+        pl.col("unigram_loss").first(), pl.col("uniform_loss").first(), pl.col("loss").min().alias("best_run_loss"),
+        pl.col("below_unigram").sum().alias("runs_below_unigram"), pl.len().alias("runs"), pl.col("alpha").first()))
+    s.tables.append(Table.from_df(per_mix, "Baselines per mixture and domain, and how many runs beat the unigram "
+                                           "baseline.", sort=("domain", "mixture")))
+    return s
+
+
+def section_collapse(store: Store) -> Section:
+    s = Section("collapse", "Generation rounds (collapse)",
+                "Rephrasing synthetic text again (`python -m synth generate --source hq --out hq2`) makes round 2, "
+                "and so on; round 0 is the root natural corpus. Per type and round: distinct unigram types and "
+                "entropy at an equal token budget (the chain's smallest corpus), KL(test || round) to each test set, "
+                "and the share of documents that are near-duplicates of their root natural document: the "
+                "low-level signature of model collapse (types and entropy shrink, KL grows).")
+    cr = _table(store, "collapse_rounds")
+    if cr is None:
+        s.empty = ("No generation rounds analysed yet: generate a round 2 (`python -m synth generate --type hq "
+                   "--source hq --out hq2`), then `python -m reports study` (or `stats.evidence.collapse_rounds`).")
+        return s
+    s.figures.append(Figure(figures.collapse(cr), "Per synthetic type (colour) and round: types and entropy at the "
+                     "chain's equal budget, KL to the test sets (mean over them) and near-duplicate share against "
+                     "the root documents."))
+    s.tables.append(Table.from_df(cr, "Rounds: unigram types and entropy at an equal budget, KL to each test set, "
+                                      "Jaccard to the root natural document.",
+                                  columns=("synthetic_type", "round", "corpus", "root_corpus", "n_docs", "budget_tokens",
+                                           "types_at_budget", "entropy_at_budget_nats", "test", "kl_nats",
+                                           "root_jaccard_mean", "root_near_dup_share", "n_root_matched"),
+                                  sort=("synthetic_type", "round", "test")))
+    return s
+
+
 # ---------------------------------------------------------------------------------------------- findings
-def _loss_of(final: pl.DataFrame, mixture_pred: Callable[[dict], bool], comp: dict) -> dict:
-    """{(model, tokens): mean final val loss over domains} for the mixture that matches."""
+def _composition(store: Store) -> dict[str, dict]:
+    mixtures = _table(store, "mixtures")
+    comp: dict[str, dict] = {}
+    if mixtures is not None:
+        for m, g in mixtures.group_by("mixture"):
+            syn = g.filter(pl.col("kind") == "synthetic")
+            comp[m[0]] = {"share": float(syn["share"].sum()) if syn.height else 0.0,
+                          "type": "+".join(sorted(set(syn["synthetic_type"].drop_nulls().to_list()))) or None}
+    return comp
+
+
+def _loss_by_key(final: pl.DataFrame, pred: Callable[[dict], bool], comp: dict) -> dict:
+    """{(model, tokens, seed): mean final val loss over domains} of the runs whose mixture matches."""
     out = {}
-    for row in final.group_by("mixture", "model", "tokens").agg(pl.col("loss").mean()).iter_rows(named=True):
+    per_run = final.group_by("run_id", "mixture", "model", "tokens", "seed").agg(pl.col("loss").mean())
+    for row in per_run.iter_rows(named=True):
         c = comp.get(row["mixture"])
-        if c is not None and mixture_pred(c):
-            out[(row["model"], row["tokens"])] = row["loss"]
+        if c is not None and pred(c):
+            out[(row["model"], row["tokens"], row["seed"])] = row["loss"]
     return out
 
 
@@ -395,122 +510,166 @@ def _main_domain(df: pl.DataFrame) -> pl.DataFrame:
     return df if len(domains) <= 1 else df.head(0)
 
 
-def findings(store: Store) -> list[dict]:
-    """The study's headline claims beside what this run measured: agrees / disagrees / not enough data."""
+def _row(claim: str, v: dict | str, measured: str) -> dict:
+    verdict = v if isinstance(v, str) else v["verdict"]
+    counts = "" if isinstance(v, str) else evidence.counts_text(v)
+    return {"claim": claim, "verdict": verdict, "counts": counts, "measured": measured,
+            "css": verdict.split(" ")[0].replace(" ", "-") if verdict != evidence.NO_DATA else "not-enough-data"}
+
+
+def _all_or_none(n_ok: int, n: int, unit: str) -> dict:
+    """A claim checked on exact numbers (no sampling noise): agrees when every item does, disagrees when none."""
+    verdict = evidence.AGREES if n_ok == n else (evidence.DISAGREES if n_ok == 0 else evidence.MIXED)
+    return {"verdict": verdict, "n_points": n, "n_agree": n_ok, "n_disagree": n - n_ok, "n_noise": 0, "unit": unit}
+
+
+def findings(store: Store, n_boot: int = 2000, seed: int = 0) -> list[dict]:
+    """The study's headline claims beside what this run measured, each with a noise-aware verdict
+    (rule: stats.evidence) and the counts it rests on."""
     rows: list[dict] = []
-
-    def add(claim: str, verdict: str, measured: str) -> None:
-        rows.append({"claim": claim, "verdict": verdict, "measured": measured})
-
+    add = lambda claim, v, measured: rows.append(_row(claim, v, measured))  # noqa: E731
     final = _final_val(store)
-    mixtures = _table(store, "mixtures")
-    comp: dict[str, dict] = {}
-    if mixtures is not None:
-        for m, g in mixtures.group_by("mixture"):
-            syn = g.filter(pl.col("kind") == "synthetic")
-            comp[m[0]] = {"share": float(syn["share"].sum()) if syn.height else 0.0,
-                          "type": "+".join(sorted(set(syn["synthetic_type"].drop_nulls().to_list()))) or None}
+    if final is not None:
+        final = final.filter(pl.col("status") == "done")
+    comp = _composition(store)
 
-    def compare(claim, pred_a, pred_b, expect_a_higher: bool, what: str):
-        if final is None or not comp:
-            add(claim, "not enough data", "no finished runs with mixtures")
+    def compare(claim, pred_a, pred_b, what: str):
+        """Claim: mixture a's loss is higher than b's; paired by (model, budget, seed)."""
+        if final is None or not final.height or not comp:
+            add(claim, evidence.NO_DATA, "no finished runs with mixtures")
             return
-        a, b = _loss_of(final, pred_a, comp), _loss_of(final, pred_b, comp)
-        keys = sorted(set(a) & set(b))
+        a, b = _loss_by_key(final, pred_a, comp), _loss_by_key(final, pred_b, comp)
+        keys = sorted(set(a) & set(b), key=str)
         if not keys:
-            add(claim, "not enough data", f"no model/budget with both {what}")
+            add(claim, evidence.NO_DATA, f"no (model, budget, seed) with both {what}")
             return
-        ok = [(a[k] > b[k]) == expect_a_higher for k in keys]
-        verdict = "agrees" if all(ok) else "disagrees"  # a partial agreement is not hidden as agreement
-        detail = "; ".join(f"{m} @ {t:,}: {a[(m, t)]:.3f} vs {b[(m, t)]:.3f}" for m, t in keys[:6])
-        add(claim, verdict, f"{sum(ok)}/{len(ok)} (model, budget) pairs as claimed ({what}): {detail}")
+        v = evidence.paired_verdict([a[k] - b[k] for k in keys], groups=[k[0] for k in keys], n_boot=n_boot,
+                                    seed=seed)
+        detail = "; ".join(f"{m} @ {t:,} s{sd}: {a[(m, t, sd)]:.3f} vs {b[(m, t, sd)]:.3f}" for m, t, sd in keys[:6])
+        add(claim, v, f"{what}, difference = first - second (claimed > 0): {detail}"
+            + (f" ... ({len(keys)} pairs)" if len(keys) > 6 else ""))
 
     is_cc = lambda c: c["share"] == 0  # noqa: E731
     for stype, label in (("hq", "HQ"), ("qa", "QA")):
-        compare(f"{label} alone (100%) is not better than CC (its loss is not lower)",
-                lambda c, t=stype: c["type"] == t and c["share"] >= 0.99, is_cc, True, f"{label} 100% vs CC loss")
+        compare(f"{label} alone (100%) is not better than CC (its loss is higher)",
+                lambda c, t=stype: c["type"] == t and c["share"] >= 0.99, is_cc, f"{label} 100% vs CC loss")
     compare("TXBK alone (100%) gives higher loss than CC",
-            lambda c: c["type"] == "txbk" and c["share"] >= 0.99, is_cc, True, "TXBK 100% vs CC loss")
+            lambda c: c["type"] == "txbk" and c["share"] >= 0.99, is_cc, "TXBK 100% vs CC loss")
     compare("33% TXBK beats 67% TXBK",
             lambda c: c["type"] == "txbk" and 0.6 < c["share"] < 0.75,
-            lambda c: c["type"] == "txbk" and 0.25 < c["share"] < 0.4, True, "TXBK 67% vs 33% loss")
+            lambda c: c["type"] == "txbk" and 0.25 < c["share"] < 0.4, "TXBK 67% vs 33% loss")
 
     sp = _table(store, "speedups")
-    if sp is not None and "speedup" in sp.columns:
-        sp = _main_domain(sp)
-        for stype, label in (("hq", "HQ"), ("qa", "QA")):
-            sub = sp.filter((pl.col("synthetic_type") == stype) & (pl.col("synthetic_share").is_between(0.25, 0.4))
-                            & (pl.col("status") == "ok"))
-            if sub.height:
-                vals = sub["speedup"].to_list()
-                verdict = "agrees" if all(v >= 5 for v in vals) else "disagrees"
-                add(f"~1/3 {label} + 2/3 CC reaches CC's loss 5-10x sooner", verdict,
-                    f"speed-ups over CC at {sub.height} (model, budget) points: "
-                    + ", ".join(f"{v:.2f}x" + (" (extrapolated)" if e else "")
-                                for v, e in zip(vals, sub["extrapolated"].to_list())))
-            else:
-                add(f"~1/3 {label} + 2/3 CC reaches CC's loss 5-10x sooner", "not enough data",
-                    f"no speed-up of a ~33% {label} mixture over CC")
-    else:
-        add("~1/3 rephrased + 2/3 CC reaches CC's loss 5-10x sooner", "not enough data", "no speed-ups table")
+    for stype, label in (("hq", "HQ"), ("qa", "QA")):
+        claim = f"~1/3 {label} + 2/3 CC reaches CC's loss 5-10x sooner"
+        if sp is None or "speedup" not in sp.columns:
+            add(claim, evidence.NO_DATA, "no speed-ups table")
+            continue
+        sub = _main_domain(sp).filter((pl.col("synthetic_type") == stype)
+                                      & (pl.col("synthetic_share").is_between(0.25, 0.4)) & (pl.col("status") == "ok"))
+        if not sub.height:
+            add(claim, evidence.NO_DATA, f"no speed-up of a ~33% {label} mixture over CC")
+            continue
+        pts = [(r["speedup"], r.get("speedup_lo"), r.get("speedup_hi")) for r in sub.iter_rows(named=True)]
+        v = evidence.interval_verdict(pts, low=5.0)
+        add(claim, v, "a point agrees when its bootstrap interval (over runs and seeds) lies at or above 5x, "
+            "disagrees when below: " + ", ".join(
+                f"{r['model']} @ {int(r['tokens']):,}: {_fmt(r['speedup'], 3)}x [{_fmt(r.get('speedup_lo'), 3)}, "
+                f"{_fmt(r.get('speedup_hi'), 3)}]" + (" (extrapolated)" if r.get("extrapolated") else "")
+                for r in sub.iter_rows(named=True)))
 
     ratios = _table(store, "optimal_ratios")
+    claim = "Good ratios for rephrased data (HQ/QA) converge to ~30%"
     if ratios is not None and "ratio_opt" in ratios.columns:
         sub = _main_domain(ratios).filter((pl.col("status") == "ok") & pl.col("synthetic_type").is_in(["hq", "qa"]))
         if sub.height:
-            vals = sub["ratio_opt"].to_list()
-            inside = [0.15 <= v <= 0.5 for v in vals]
-            verdict = "agrees" if all(inside) else "disagrees"
-            add("Good ratios for rephrased data (HQ/QA) converge to ~30%", verdict,
-                "optimal shares: " + ", ".join(f"{t} {m} @ {int(d):,}: {v:.2f}" for t, m, d, v in
-                                               sub.select("synthetic_type", "model", "tokens", "ratio_opt").iter_rows()))
+            pts = [(r["ratio_opt"], r.get("ratio_lo"), r.get("ratio_hi")) for r in sub.iter_rows(named=True)]
+            add(claim, evidence.interval_verdict(pts, low=0.15, high=0.5),
+                "a point agrees when its bootstrap interval lies within 15-50%, disagrees when outside: "
+                + ", ".join(f"{r['synthetic_type']} {r['model']} @ {int(r['tokens']):,}: {r['ratio_opt']:.2f} "
+                            f"[{_fmt(r.get('ratio_lo'), 2)}, {_fmt(r.get('ratio_hi'), 2)}]"
+                            for r in sub.iter_rows(named=True)))
         else:
-            add("Good ratios for rephrased data (HQ/QA) converge to ~30%", "not enough data", "no successful ratio fit")
+            add(claim, evidence.NO_DATA, "no successful ratio fit")
     else:
-        add("Good ratios for rephrased data (HQ/QA) converge to ~30%", "not enough data", "no optimal_ratios table")
+        add(claim, evidence.NO_DATA, "no optimal_ratios table")
+
+    dec = _table(store, "decisions")
+    claim = "Mixture rankings at small scale predict the largest scale (DataDecide: ~80% pairwise accuracy)"
+    if dec is not None:
+        mean = _main_domain(dec).filter(pl.col("seed") == "mean")
+        seeds = _main_domain(dec).filter((pl.col("seed") != "mean") & (pl.col("model") == pl.col("target_model"))
+                                         & (pl.col("tokens") == pl.col("target_tokens")))
+        if mean.height:
+            n_agree, n_pairs = int(mean["n_agree"].sum()), int(mean["n_pairs"].sum())
+            acc = n_agree / n_pairs
+            v = {"verdict": evidence.AGREES if acc >= 0.8 else (evidence.DISAGREES if acc <= 0.6 else evidence.MIXED),
+                 "n_points": n_pairs, "n_agree": n_agree, "n_disagree": n_pairs - n_agree, "n_noise": 0,
+                 "unit": "pair decisions (as at the largest scale)"}
+            flips = (f"; at the largest scale single seeds flip {seeds['n_flip'].sum()}/{seeds['n_pairs'].sum()} "
+                     "pair decisions against the seed mean" if seeds.height else "; one seed: no flip rate")
+            add(claim, v, f"pairwise decision accuracy {acc:.0%} over {mean.height} smaller scales against "
+                f"{mean['target_model'][0]} @ {mean['target_tokens'][0]:,} (per scale "
+                f"{mean['accuracy'].min():.0%}-{mean['accuracy'].max():.0%}){flips}. Agrees at >= 80%, "
+                "disagrees at <= 60% (a coin flip is 50%), mixed between.")
+        else:
+            add(claim, evidence.NO_DATA, "fewer than two scales with two mixtures")
+    else:
+        add(claim, evidence.NO_DATA, "no decisions table")
+
+    lc = _table(store, "learning_check")
+    claim = "The models learned more than token frequencies (final loss below the mixture's unigram loss)"
+    if lc is not None:
+        n_ok = int(lc["below_unigram"].sum())
+        v = _all_or_none(n_ok, lc.height, "(run, domain) results")
+        add(claim, v, f"a precondition of every claim above, not a claim of the paper: {lc.height - n_ok} (run, domain) "
+            f"results are not below their unigram baseline (median unigram loss {lc['unigram_loss'].median():.3f}, "
+            f"ln V = {lc['uniform_loss'][0]:.3f}, median final loss {lc['loss'].median():.3f}); their rankings say "
+            "nothing beyond token frequencies")
+    else:
+        add(claim, evidence.NO_DATA, "no learning_check table")
 
     shrink = _table(store, "unigram_shrinkage")
+    claim = "Synthetic data shrinks the unigram distribution against its CC source"
     if shrink is not None and "types_ratio" in shrink.columns:
-        vals = shrink.select("synthetic", "types_ratio").iter_rows()
-        vals = list(vals)
-        ok = [r < 1 for _, r in vals]
-        add("Synthetic data shrinks the unigram distribution against its CC source",
-            "agrees" if all(ok) else "disagrees",
-            "distinct types at equal budget, synthetic/source: " + ", ".join(f"{n} {r:.3f}" for n, r in vals))
+        vals = list(shrink.select("synthetic", "types_ratio").iter_rows())
+        n_ok = sum(r < 1 for _, r in vals)
+        v = _all_or_none(n_ok, len(vals), "synthetic corpora")
+        add(claim, v, "distinct types at equal budget (exact rarefaction expectation, no sampling noise), "
+            "synthetic/source: " + ", ".join(f"{n} {r:.3f}" for n, r in vals))
     else:
-        add("Synthetic data shrinks the unigram distribution against its CC source", "not enough data",
-            "no unigram_shrinkage table")
+        add(claim, evidence.NO_DATA, "no unigram_shrinkage table")
 
     comp_u = _table(store, "unigram_comparisons")
+    claim = "CC has the widest coverage and lowest KL against the test sets"
     if comp_u is not None:
         single = comp_u.filter(~pl.col("train").str.contains(":"))
-        rows_ok, details = [], []
+        oks, details = [], []
         for test, g in single.group_by("test"):
             best_cov = g.sort("type_coverage", descending=True)["train"][0]
             best_kl = g.sort("kl_nats")["train"][0]
-            rows_ok.append(best_cov == "cc" and best_kl == "cc")
+            oks.append(best_cov == "cc" and best_kl == "cc")
             details.append(f"{test[0]}: widest coverage {best_cov}, lowest KL {best_kl}")
-        if rows_ok and single["train"].n_unique() > 1:
-            add("CC has the widest coverage and lowest KL against the test sets",
-                "agrees" if all(rows_ok) else "disagrees", "; ".join(details))
+        if oks and single["train"].n_unique() > 1:
+            n_ok = sum(oks)
+            v = _all_or_none(n_ok, len(oks), "test sets")
+            add(claim, v, "; ".join(details))
         else:
-            add("CC has the widest coverage and lowest KL against the test sets", "not enough data",
-                "fewer than two single training sets compared")
+            add(claim, evidence.NO_DATA, "fewer than two single training sets compared")
     else:
-        add("CC has the widest coverage and lowest KL against the test sets", "not enough data",
-            "no unigram comparisons")
+        add(claim, evidence.NO_DATA, "no unigram comparisons")
 
     synth = _table(store, "synth_runs")
     gens = sorted(set(synth["generator"].to_list())) if synth is not None else []
-    add("An ~8B generator is as good as a 70B one", "not enough data",
+    add("An ~8B generator is as good as a 70B one", evidence.NO_DATA,
         f"this run used {len(gens)} generator(s): {', '.join(Path(g).name for g in gens) or 'none'}; "
         "comparing generators needs runs from each")
     return rows
 
 
 # ---------------------------------------------------------------------------------------------- build
-SECTIONS = (section_inventory, section_unigram, section_dedup, section_training, section_scaling,
-            section_speedups, section_ratios)
+SECTIONS = (section_inventory, section_unigram, section_dedup, section_training, section_learning, section_scaling,
+            section_speedups, section_ratios, section_decisions, section_collapse)
 
 
 def build_sections(store: Store) -> list[Section]:
@@ -534,10 +693,11 @@ def build_report(store: Store, out: str | Path, title: str = "synthmix study rep
         claims = findings(store)
     except Exception as e:
         log.exception("findings failed")
-        claims = [{"claim": "(findings could not be computed)", "verdict": "not enough data", "measured": str(e)}]
+        claims = [_row("(findings could not be computed)", evidence.NO_DATA, str(e))]
     page = _TEMPLATES.get_template("report.html.j2").render(
         title=title, generated_at=dt.datetime.now().isoformat(timespec="seconds"), store=str(store.root),
-        sections=sections, findings=claims, study_json=json.dumps(study, indent=2) if study else None,
+        sections=sections, findings=claims, verdict_rule=evidence.VERDICT_RULE,
+        study_json=json.dumps(study, indent=2) if study else None,
         escape=html.escape)
     with atomic_path(out) as tmp:
         tmp.write_text(page, encoding="utf-8")

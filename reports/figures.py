@@ -24,11 +24,11 @@ def to_data_uri(fig) -> str:
 
 
 def heatmap(df: pl.DataFrame, rows: str, cols: str, value: str, title: str, fmt: str = ".3f",
-            cmap: str = "viridis") -> str:
+            cmap: str = "viridis", vmin: float | None = None, vmax: float | None = None) -> str:
     """A (rows x cols) heatmap of `value`."""
     pivot = df.select(rows, cols, value).to_pandas().pivot_table(index=rows, columns=cols, values=value)
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * pivot.shape[1], 1.0 + 0.45 * pivot.shape[0]))
-    sns.heatmap(pivot, annot=True, fmt=fmt, cmap=cmap, ax=ax, cbar_kws={"label": value})
+    sns.heatmap(pivot, annot=True, fmt=fmt, cmap=cmap, ax=ax, cbar_kws={"label": value}, vmin=vmin, vmax=vmax)
     ax.set_title(title)
     ax.set_xlabel(cols)
     ax.set_ylabel(rows)
@@ -106,4 +106,58 @@ def ratio_curve(df: pl.DataFrame, x: str, y: str, hue: str, title: str, lo: str 
     ax.set_ylabel(y)
     ax.set_title(title)
     ax.legend(fontsize=8)
+    return to_data_uri(fig)
+
+
+def learning_check(lc: pl.DataFrame) -> str:
+    """Final loss per run against its budget (one panel per domain), with each mixture's unigram baseline
+    (grey ticks) and the uniform baseline ln V (dashed); runs not below their unigram baseline in red."""
+    domains = sorted(lc["domain"].unique().to_list())
+    fig, axes = plt.subplots(1, len(domains), figsize=(5.2 * len(domains) + 1, 3.8), squeeze=False, sharey=True)
+    models = sorted(lc["model"].unique().to_list())
+    markers = dict(zip(models, "osD^vP*X"))
+    for ax, dom in zip(axes[0], domains):
+        sub = lc.filter(pl.col("domain") == dom)
+        for model in models:
+            m = sub.filter(pl.col("model") == model)
+            ok, bad = m.filter(pl.col("below_unigram")), m.filter(~pl.col("below_unigram"))
+            ax.scatter(ok["tokens"], ok["loss"], marker=markers[model], s=22, color="tab:blue", alpha=0.7,
+                       label=f"{model}" if len(ok) else None)
+            ax.scatter(bad["tokens"], bad["loss"], marker=markers[model], s=26, color="tab:red", alpha=0.9,
+                       label=f"{model}, not below unigram" if len(bad) else None)
+        lo, hi = sub["tokens"].min(), sub["tokens"].max()
+        for u in sub["unigram_loss"].unique().to_list():
+            ax.hlines(u, lo * 0.8, hi * 1.25, color="0.55", lw=0.8)
+        ax.axhline(sub["uniform_loss"][0], color="k", ls="--", lw=1, label=f"uniform ln V = {sub['uniform_loss'][0]:.2f}")
+        ax.plot([], [], color="0.55", lw=0.8, label="unigram baseline (per mixture)")
+        ax.set_xscale("log")
+        ax.set_title(f"domain = {dom}")
+        ax.set_xlabel("training tokens")
+        ax.set_ylabel("final validation loss (nats/token)")
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return to_data_uri(fig)
+
+
+def collapse(cr: pl.DataFrame) -> str:
+    """Four panels against generation round, one line per (synthetic type, root): types and entropy at an equal
+    budget, mean KL to the test sets, near-duplicate share against the root documents."""
+    per = (cr.group_by("synthetic_type", "root_corpus", "round", "corpus")
+           .agg(pl.col("types_at_budget").first(), pl.col("entropy_at_budget_nats").first(),
+                pl.col("kl_nats").mean(), pl.col("root_near_dup_share").first(), pl.col("budget_tokens").first())
+           .sort("round"))
+    panels = (("types_at_budget", "types at equal budget"), ("entropy_at_budget_nats", "entropy at equal budget (nats)"),
+              ("kl_nats", "KL(test || round), mean over tests"), ("root_near_dup_share", "near-dup share vs root"))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
+    for i, ((stype, root), g) in enumerate(per.group_by("synthetic_type", "root_corpus", maintain_order=True)):
+        color = sns.color_palette("tab10")[i % 10]
+        for ax, (col, _) in zip(axes, panels):
+            sub = g.drop_nulls(col)
+            ax.plot(sub["round"], sub[col], marker="o", color=color,
+                    label=f"{stype} (from {root}, budget {g['budget_tokens'][0]:,})")
+    for ax, (_, label) in zip(axes, panels):
+        ax.set_xlabel("generation round (0 = natural root)")
+        ax.set_title(label, fontsize=10)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.tight_layout()
     return to_data_uri(fig)

@@ -43,10 +43,12 @@ class StudyConfig:
     mixtures: dict = dataclasses.field(default_factory=lambda: {"ratios": [0.0, 0.33, 0.67, 1.0]})
     sweep: dict = dataclasses.field(default_factory=dict)  # [grid] models/tokens, [run] options
     scaling: dict = dataclasses.field(default_factory=dict)  # stats.scaling.ScalingConfig fields
+    evidence: dict = dataclasses.field(default_factory=dict)  # stats.evidence.EvidenceConfig fields (all optional)
 
 
 def load_study(path: str | Path | None) -> StudyConfig:
-    """Read a study TOML (default: the demo study); unknown keys are a clear error."""
+    """Read a study TOML (default: the demo study); unknown keys are a clear error. Sections added later
+    ([evidence]) are optional: their fields default."""
     path = Path(path) if path else DEMO_STUDY
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such study file")
@@ -98,6 +100,38 @@ def step_generate(store: Store, study: StudyConfig, progress: bool) -> dict:
         summary = generate(store, cfg)
         out[stype] = {k: summary.get(k) for k in ("n_docs_written", "n_requests_run", "n_completion_tokens",
                                                   "status", "elapsed_s")}
+    return out
+
+
+def _evidence_config(study: StudyConfig):
+    from stats.evidence import EvidenceConfig
+
+    try:
+        return EvidenceConfig(**study.evidence)
+    except TypeError as e:
+        raise ValueError(f"study {study.name}: bad [evidence] section: {e}") from None
+
+
+def round_corpus(stype: str, rnd: int) -> str:
+    """hq for round 1, hq2 for round 2 (rephrasing hq again), ..."""
+    return stype if rnd == 1 else f"{stype}{rnd}"
+
+
+def step_rounds(store: Store, study: StudyConfig, progress: bool) -> dict:
+    """Further generation rounds (collapse): round k + 1 of a type rephrases its round k with the same settings."""
+    from synth.generate import GenerateConfig, generate
+
+    ev = _evidence_config(study)
+    out = {}
+    for stype in ev.collapse_types:
+        if stype not in study.types:
+            continue
+        for rnd in range(2, ev.collapse_rounds + 1):
+            name = round_corpus(stype, rnd)
+            cfg = GenerateConfig(type=stype, source=round_corpus(stype, rnd - 1), out=name, progress=progress,
+                                 **study.generate)
+            summary = generate(store, cfg)
+            out[name] = {k: summary.get(k) for k in ("n_docs_written", "status", "elapsed_s")}
     return out
 
 
@@ -182,6 +216,20 @@ def step_scaling(store: Store, study: StudyConfig, progress: bool) -> dict:
     return {"fits": fits.fits.height, "speedups": fits.speedups.height, "optimal_ratios": fits.optimal_ratios.height}
 
 
+def step_evidence(store: Store, study: StudyConfig, progress: bool) -> dict:
+    """Decision reliability and the learning check over the sweep; unigram/near-duplicate signature per round."""
+    from stats.evidence import collapse_rounds, decisions, learning_check
+
+    ev = _evidence_config(study)
+    dec = decisions(store, study.name)
+    lc = learning_check(store, study.name, alpha=ev.alpha)
+    unigram = {k: v for k, v in study.unigram.items() if k in ("tokenizer", "alpha")}
+    cr = collapse_rounds(store, study.tests, dedup=dict(study.dedup), **unigram)
+    return {"decisions": dec.height, "learning_check": lc.height,
+            "runs_not_below_unigram": int((~lc["below_unigram"]).sum()) if lc.height else 0,
+            "collapse_rounds": cr.height}
+
+
 def step_report(store: Store, study: StudyConfig, progress: bool) -> dict:
     from reports.build import build_report
 
@@ -189,9 +237,10 @@ def step_report(store: Store, study: StudyConfig, progress: bool) -> dict:
     return {"report": str(Path(path).resolve())}
 
 
-STEPS = (("demo store", step_demo), ("generate", step_generate), ("unigram", step_unigram),
-         ("near-duplicates", step_dedup), ("tokenizer", step_tokenizer), ("mixtures + sweep", step_sweep),
-         ("scaling fits", step_scaling), ("report", step_report))
+STEPS = (("demo store", step_demo), ("generate", step_generate), ("generation rounds", step_rounds),
+         ("unigram", step_unigram), ("near-duplicates", step_dedup), ("tokenizer", step_tokenizer),
+         ("mixtures + sweep", step_sweep), ("scaling fits", step_scaling), ("evidence", step_evidence),
+         ("report", step_report))
 
 
 def run_study(study: StudyConfig, progress: bool = True) -> dict:

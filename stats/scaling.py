@@ -8,7 +8,9 @@ replication by Besiroglu et al. 2024, "Chinchilla Scaling: A replication attempt
 i.e. L_hat = E + A / N^alpha + B / D^beta, by minimising the Huber loss (delta = 1e-3) of the residuals
 log L_hat - log L with L-BFGS-B, started from a grid of initialisations; the best optimum is kept. The
 data-only law L(D) = E + B / D^beta drops the N term. Confidence intervals come from a bootstrap over
-runs (percentile intervals of refits on resampled runs).
+runs (percentile intervals of refits on resampled runs). Runs of one configuration that differ only in
+seed are one point, their seed mean; the bootstrap then resamples configurations and, within each, its
+seeds, so the intervals (and the speed-ups read off the replicates) carry the seed-to-seed spread.
 
 Derived numbers, all read off the fitted curves:
 
@@ -303,14 +305,60 @@ def fit_joint(N, D, L, cfg: ScalingConfig | None = None) -> FitResult:
     return _fit("joint", D, L, N, cfg or ScalingConfig())
 
 
-def bootstrap_fit(D, L, cfg: ScalingConfig | None = None, N=None, groups=None) -> FitResult:
+def bootstrap_fit(D, L, cfg: ScalingConfig | None = None, N=None, groups=None, seeds: bool = False) -> FitResult:
     """Fit (joint when N is given, else data scaling) and bootstrap over runs for percentile intervals.
 
     `groups` (one label per point, e.g. run_id) resamples whole runs when a run gives several points.
+    `seeds=True`: points at the same (N, D) are runs of one configuration differing only in seed; the fit
+    is made to the seed means, and each replicate resamples configurations and, within each, its seeds
+    (a two-level bootstrap), so the seed spread is carried into the intervals.
     Replicates that are under-determined or do not converge are dropped (`n_boot_ok` counts the rest)."""
     cfg = cfg or ScalingConfig()
     with threadpool_limits(limits=1, user_api="blas"):  # see _fit
+        if seeds:
+            return _bootstrap_seeds(D, L, N, cfg)
         return _bootstrap(D, L, N, groups, cfg)
+
+
+def _bootstrap_seeds(D, L, N, cfg: ScalingConfig) -> FitResult:
+    kind = "data" if N is None else "joint"
+    D, L = np.asarray(D, float).ravel(), np.asarray(L, float).ravel()
+    N = None if N is None else np.asarray(N, float).ravel()
+    keys = np.stack([D] if N is None else [N, D], axis=1)
+    uniq, label = np.unique(keys, axis=0, return_inverse=True)
+    label = label.ravel()
+    members = [np.flatnonzero(label == g) for g in range(len(uniq))]
+    means = np.array([L[m].mean() for m in members])
+    cD = uniq[:, -1]
+    cN = None if N is None else uniq[:, 0]
+    fit = _fit_one(kind, cD, means, cN, cfg, None, None)
+    fit.n_points = len(L)
+    rng = np.random.default_rng(cfg.seed)
+    reps = []
+    for _ in range(cfg.n_boot):
+        pick = rng.integers(0, len(members), len(members))
+        Lr = np.array([L[rng.choice(members[g], len(members[g]))].mean() for g in pick])
+        try:
+            rep = _fit_one(kind, cD[pick], Lr, None if cN is None else cN[pick], cfg,
+                           extra_starts=fit.theta[None, :], n_starts=cfg.n_starts_boot)
+        except FitError:
+            continue
+        reps.append([rep.params[p] for p in PARAMS[kind]])
+    _set_intervals(fit, reps, kind, cfg)
+    return fit
+
+
+def _set_intervals(fit: FitResult, reps: list, kind: str, cfg: ScalingConfig) -> None:
+    fit.n_boot = cfg.n_boot
+    if reps:
+        fit.boot = np.array(reps)
+        q = [(1 - cfg.ci) / 2 * 100, (1 + cfg.ci) / 2 * 100]
+        for j, name in enumerate(PARAMS[kind]):
+            lo, hi = np.percentile(fit.boot[:, j], q)
+            fit.intervals[name] = (float(lo), float(hi))
+    if cfg.n_boot and len(reps) < 0.5 * cfg.n_boot:
+        log.warning("only %d of %d bootstrap replicates could be fitted; intervals are unreliable",
+                    len(reps), cfg.n_boot)
 
 
 def _resamples(n: int, groups, cfg: ScalingConfig):
@@ -336,16 +384,7 @@ def _bootstrap(D, L, N, groups, cfg: ScalingConfig) -> FitResult:
         except FitError:
             continue
         reps.append([rep.params[p] for p in PARAMS[kind]])
-    fit.n_boot = cfg.n_boot
-    if reps:
-        fit.boot = np.array(reps)
-        q = [(1 - cfg.ci) / 2 * 100, (1 + cfg.ci) / 2 * 100]
-        for j, name in enumerate(PARAMS[kind]):
-            lo, hi = np.percentile(fit.boot[:, j], q)
-            fit.intervals[name] = (float(lo), float(hi))
-    if cfg.n_boot and len(reps) < 0.5 * cfg.n_boot:
-        log.warning("only %d of %d bootstrap replicates could be fitted; intervals are unreliable",
-                    len(reps), cfg.n_boot)
+    _set_intervals(fit, reps, kind, cfg)
     return fit
 
 
@@ -531,7 +570,9 @@ def read_sweep_points(store, sweep: str, cfg: ScalingConfig) -> pl.DataFrame:
     comp = read_mixture_composition(store)
     pts = (
         final.join(runs.select("run_id", "mixture", "model", pl.col(n_col).cast(pl.Float64).alias("N"),
-                               pl.col("tokens").cast(pl.Float64).alias("D")), on="run_id")
+                               pl.col("tokens").cast(pl.Float64).alias("D"),
+                               (pl.col("seed") if "seed" in runs.columns else pl.lit(0)).cast(pl.Int64).alias("seed")),
+                   on="run_id")
         .join(comp, on="mixture", how="left")
         .with_columns(pl.col("loss").cast(pl.Float64))
         .sort("domain", "mixture", "model", "D", "run_id")
@@ -571,10 +612,12 @@ def fit_points(pts: pl.DataFrame, cfg: ScalingConfig, n_col: str | None, d_col: 
         key = tuple(key)
         label = ",".join(f"{c}={v}" for c, v in zip(group_cols, key)) or "all"
         run_ids = g["run_id"].to_numpy() if "run_id" in g.columns else None
+        n_seeds = g["seed"].n_unique() if "seed" in g.columns else 1
         row, fit = _fit_row(
-            {"group": label, **dict(zip(group_cols, key))},
+            {"group": label, **dict(zip(group_cols, key)), "n_seeds": n_seeds},
             lambda: bootstrap_fit(g[d_col].to_numpy(), g[loss_col].to_numpy(), cfg,
-                                  N=None if n_col is None else g[n_col].to_numpy(), groups=run_ids),
+                                  N=None if n_col is None else g[n_col].to_numpy(), groups=run_ids,
+                                  seeds=n_seeds > 1),
         )
         rows.append(row)
         if fit is not None:

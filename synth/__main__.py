@@ -28,7 +28,8 @@ def _add_generate(sub) -> None:
                                    "the same command skips finished work. Example: python -m synth generate "
                                    "--type hq --source cc --out hq --limit 100")
     p.add_argument("--type", default=d.type, help="synthetic type: hq, qa, txbk, or a new name with --prompt")
-    p.add_argument("--source", default=d.source, help="natural corpus to draw from (default: %(default)s)")
+    p.add_argument("--source", default=d.source, help="corpus to draw from: natural text, or a synthetic corpus for another generation round "
+                        "(round = its round + 1; the root natural document is kept) (default: %(default)s)")
     p.add_argument("--out", default=d.out, help="output corpus name (default: the type)")
     p.add_argument("--generator", default=d.generator,
                    help="model: HF directory, .gguf file or served model id (default: SmolLM2-135M-Instruct GGUF)")

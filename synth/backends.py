@@ -206,7 +206,7 @@ class TransformersBackend(Backend):
     """A local causal LM (HF directory or .gguf file) with batched, left-padded `generate`."""
 
     def __init__(self, model: str, batch_size: int = 16, device: str = "cpu",
-                 cache_dir: str | Path | None = None, num_threads: int = 0):
+                 cache_dir: str | Path | None = None, num_threads: int = 0, dtype: str = "auto"):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -233,8 +233,12 @@ class TransformersBackend(Backend):
             kwargs = {}
         self.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         self.tokenizer.padding_side = "left"
-        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs).to(self.device).eval()
+        from train.model import resolve_dtype
+
+        # bf16 weights and activations on GPUs and on CPUs with bf16 hardware (AMX / AVX512-BF16); fp32
+        # elsewhere, where bf16 is emulated and slower. `dtype` 'bf16' / 'fp32' overrides.
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype, **kwargs).to(self.device).eval()
         gen_eos = self.model.generation_config.eos_token_id
         eos = {self.tokenizer.eos_token_id} | set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
         self.eos_ids = sorted(i for i in eos if i is not None)
@@ -415,11 +419,12 @@ def load_driver_tokenizer(backend: str, generator: str | None, cache_dir: str | 
 def build_backend(backend: str, generator: str | None, *, batch_size: int = 16, device: str = "cpu",
                   cache_dir: str | Path | None = None, num_threads: int = 0, base_url: str | None = None,
                   api_key: str | None = None, concurrency: int = 8, timeout_s: float = 120.0,
-                  max_retries: int = 3, tensor_parallel_size: int = 1, seed: int = 0) -> Backend:
+                  max_retries: int = 3, tensor_parallel_size: int = 1, seed: int = 0,
+                  dtype: str = "auto") -> Backend:
     """One backend by name, with the defaults of `python -m synth generate`."""
     if backend == "transformers":
         return TransformersBackend(generator or default_generator(), batch_size=batch_size, device=device,
-                                   cache_dir=cache_dir, num_threads=num_threads)
+                                   cache_dir=cache_dir, num_threads=num_threads, dtype=dtype)
     if backend == "openai":
         if not generator:
             raise ValueError("the openai backend needs --generator MODEL (the model name the server serves)")

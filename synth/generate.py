@@ -162,7 +162,7 @@ def read_source(store: Store, cfg: GenerateConfig) -> list[tuple[str, str]]:
     """(doc_id, text) of the first `limit` source documents, in store order."""
     info = store.corpus(cfg.source)  # raises UnknownCorpus listing the corpora
     if info.kind != "natural":
-        log.warning("source corpus %r is %s text", cfg.source, info.kind)
+        log.info("source corpus %r is %s text: a further generation round", cfg.source, info.kind)
     docs: dict[str, str] = {}  # by doc_id: a document stored twice is generated from once
     for batch in store.iter_batches(cfg.source, ["doc_id", "text"], batch_size=4096):
         for doc_id, text in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
@@ -170,6 +170,34 @@ def read_source(store: Store, cfg: GenerateConfig) -> list[tuple[str, str]]:
             if cfg.limit is not None and len(docs) >= cfg.limit:
                 return list(docs.items())
     return list(docs.items())
+
+
+@dataclasses.dataclass
+class Lineage:
+    """Where a generation round sits: natural text is round 0; rephrasing a round-k corpus gives round
+    k + 1. `roots` maps a source doc_id to its root natural document (absent: the doc is itself the root)."""
+
+    round: int  # round of the corpus being generated
+    root_corpus: str
+    roots: dict[str, str]
+
+    def root_of(self, source_doc_id: str) -> str:
+        return self.roots.get(source_doc_id, source_doc_id)
+
+
+def source_lineage(store: Store, source: str) -> Lineage:
+    """Round and root documents of the corpus generated from `source` (read from the source's provenance;
+    a synthetic corpus made before rounds were recorded counts as round 1 of its `source`)."""
+    info = store.corpus(source)
+    if info.kind == "natural":
+        return Lineage(1, source, {})
+    src_round = int(info.meta.get("round") or 1)
+    root_corpus = info.meta.get("root_corpus") or info.meta.get("source") or source
+    roots: dict[str, str] = {}
+    for batch in store.iter_batches(source, ["doc_id", "source_doc_id", "meta"], batch_size=4096):
+        for d, sd, m in zip(*(batch.column(i).to_pylist() for i in range(3))):
+            roots[d] = json.loads(m or "{}").get("root_doc_id") or sd or d
+    return Lineage(src_round + 1, root_corpus, roots)
 
 
 # ---------------------------------------------------------------------------------------- staging
@@ -189,7 +217,8 @@ def write_staged(store: Store, out: str, name: str, rows: list[dict]) -> None:
 
 
 def assemble_document(requests: list[ChunkRequest], staged: dict[str, dict], source: str,
-                      template: PromptTemplate, generator: str, cfg: GenerateConfig, run_id: str) -> dict:
+                      template: PromptTemplate, generator: str, cfg: GenerateConfig, run_id: str,
+                      lineage: Lineage | None = None) -> dict:
     """One output document row from a source document's staged chunks (text empty if all were empty)."""
     rows = [staged[r.key] for r in requests]
     chunks_meta = [{"index": r["chunk_index"], "n_source_chars": q.n_source_chars,
@@ -204,6 +233,9 @@ def assemble_document(requests: list[ChunkRequest], staged: dict[str, dict], sou
             "n_prompt_tokens": sum(r["n_prompt_tokens"] for r in rows),
             "n_completion_tokens": sum(r["n_completion_tokens"] for r in rows),
             "chunks": chunks_meta, "written_by_run": run_id, **requests[0].extra}
+    if lineage is not None:
+        meta.update(round=lineage.round, root_corpus=lineage.root_corpus,
+                    root_doc_id=lineage.root_of(requests[0].source_doc_id))
     text = "\n\n".join(r["text"] for r in rows if not r["empty"])
     return {"doc_id": output_doc_id(requests), "text": text, "source": f"{source}/{requests[0].source_doc_id}",
             "source_doc_id": requests[0].source_doc_id, "generator": generator,
@@ -299,6 +331,8 @@ def generate(store: Store, cfg: GenerateConfig, backend: Backend | None = None) 
     corpus_meta = {"source": cfg.source, "generator": generator, "prompt_id": template.prompt_id,
                    "prompt_path": template.path, "backend": cfg.backend, "sampling": params.as_dict(),
                    "seed": cfg.seed, "max_chunk_tokens": cfg.max_chunk_tokens}
+    lineage = source_lineage(store, cfg.source)
+    corpus_meta.update(round=lineage.round, root_corpus=lineage.root_corpus)
     _check_corpus(store, out, corpus_meta, template)
 
     topics = None
@@ -351,7 +385,7 @@ def generate(store: Store, cfg: GenerateConfig, backend: Backend | None = None) 
             rs = open_docs.get(d)
             if rs is None or not all(r.key in staged for r in rs):
                 continue
-            row = assemble_document(rs, staged, cfg.source, template, generator, cfg, run_id)
+            row = assemble_document(rs, staged, cfg.source, template, generator, cfg, run_id, lineage)
             del open_docs[d]
             if row["text"]:
                 ready.append(row)

@@ -123,6 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
 _RUN_OWNED = {"run_id", "mixture", "model", "tokens", "seed", "lr_peak", "sweep", "progress", "seq_len"}
 
 
+_RUN_HELP = {
+    "dtype": "auto: bf16 on GPUs and on CPUs with AMX / AVX512-BF16, else fp32; or bf16, fp32",
+    "keep_optimizer": "a finished run keeps checkpoint.pt (optimizer state) next to model.safetensors",
+    "weights_dtype": "dtype of the finished run's model.safetensors: fp32 or bf16",
+    "branch_from": "wsd: start from this run's stable-phase checkpoint at this run's decay start",
+    "branch_tokens": "wsd: smaller budgets (e.g. 64k,128k) that will branch off this run",
+}
+
+
 def _add_run_options(group) -> None:
     """One flag per remaining RunConfig field (--batch-size, --schedule, --compile, ...); only flags
     given on the command line reach the config, the rest keep RunConfig's defaults."""
@@ -132,7 +141,7 @@ def _add_run_options(group) -> None:
         if f.name in _RUN_OWNED:
             continue
         flag, kind = "--" + f.name.replace("_", "-"), str(f.type)
-        help = f"default: {f.default}"
+        help = f"{_RUN_HELP[f.name]} (default: {f.default})" if f.name in _RUN_HELP else f"default: {f.default}"
         if kind == "bool":
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help)
         else:

@@ -6,10 +6,17 @@
               data.train, data.val_sets, data.tokenizer, data.vocab_size)
 
 AdamW with warmup + cosine (or warmup-stable-decay), gradient accumulation and clipping, bf16 autocast on
-GPU, optional torch.compile, DDP (gloo on CPU, nccl on GPU) or FSDP2 under torchrun, applied from outside
-the model by `parallelize`. Checkpoints hold model, optimizer, step, RNG states and the config; the data
-order is a pure function of (seed, sequence position), so a resumed run repeats the uninterrupted loss
-curve bit for bit on CPU. Results go to the store's `runs` and `run_metrics` tables (rank 0 writes).
+GPU and on CPUs with bf16 hardware (AMX / AVX512-BF16; `train.model.cpu_has_bf16`), optional torch.compile,
+DDP (gloo on CPU, nccl on GPU) or FSDP2 under torchrun, applied from outside the model by `parallelize`.
+Checkpoints hold model, optimizer, step, RNG states and the config; the data order is a pure function of
+(seed, sequence position), so a resumed run repeats the uninterrupted loss curve bit for bit on CPU.
+A finished run keeps only its final weights (`model.safetensors`) unless `keep_optimizer`.
+
+WSD budget branches (Hagele et al. 2024): a wsd run given `branch_tokens` keeps a stable-phase checkpoint
+at the decay start of each smaller budget; a run with `branch_from` starts from its trunk's checkpoint at
+its own decay start and trains only the cooldown. With the same explicit `warmup_steps` the branch computes
+exactly what a from-scratch wsd run of its budget would (same lr up to the decay start, same data order).
+Results go to the store's `runs` and `run_metrics` tables (rank 0 writes).
 
 Under torchrun every worker runs `main`:
 
@@ -37,7 +44,7 @@ import torch.distributed as dist
 from torch import nn
 
 from corpora.store import Store, StoreError, atomic_path
-from train.model import Transformer, build_model_config
+from train.model import Transformer, build_model_config, resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -68,17 +75,28 @@ class RunConfig:
     stop_after_steps: int | None = None     # checkpoint and stop early (status stays 'running'; resumable)
     compile: bool = False                   # torch.compile the model
     device: str = "auto"                    # 'auto': cuda:LOCAL_RANK when CUDA is present, else cpu
-    dtype: str = "auto"                     # autocast dtype: 'auto' (bf16 on GPU, fp32 on CPU), 'bf16', 'fp32'
+    dtype: str = "auto"                     # autocast dtype: 'auto' (bf16 on GPU and on CPUs with AMX or
+                                            # AVX512-BF16, else fp32), 'bf16', 'fp32'
     fsdp: bool = False                      # FSDP2 fully_shard instead of DDP (GPU, world > 1)
     num_threads: int = 0                    # torch CPU threads; 0 leaves torch's default
     progress: bool = True
     sweep: str | None = None
+    keep_optimizer: bool = False            # a finished run keeps checkpoint.pt (optimizer state) too
+    weights_dtype: str = "fp32"             # dtype of the finished run's model.safetensors: 'fp32' or 'bf16'
+    branch_from: str | None = None          # wsd: start from this run's stable-phase checkpoint at our decay start
+    branch_tokens: str = ""                 # wsd: smaller budgets ("64k,128k") branching off this run: keep a
+                                            # stable-phase checkpoint at each one's decay start
 
     def __post_init__(self):
         if self.schedule not in ("cosine", "wsd"):
             raise ValueError(f"unknown schedule {self.schedule!r}; use 'cosine' or 'wsd'")
         if self.dtype not in ("auto", "bf16", "fp32"):
             raise ValueError(f"unknown dtype {self.dtype!r}; use 'auto', 'bf16' or 'fp32'")
+        if self.weights_dtype not in ("bf16", "fp32"):
+            raise ValueError(f"unknown weights_dtype {self.weights_dtype!r}; use 'bf16' or 'fp32'")
+        if (self.branch_from or self.branch_tokens) and (self.schedule != "wsd" or self.warmup_steps is None):
+            raise ValueError("budget branches (branch_from / branch_tokens) need schedule='wsd' and an explicit "
+                             "warmup_steps, the same for the trunk and its branches")
         if min(self.tokens, self.batch_size, self.grad_accum) < 1:
             raise ValueError("tokens, batch_size and grad_accum must be positive")
         if not self.run_id:
@@ -86,25 +104,39 @@ class RunConfig:
 
 
 # Fields that change how a run executes but not what it computes: a resume may change them.
+# keep_optimizer / weights_dtype change only what a finished run leaves on disk; branch_from / branch_tokens
+# change how the first steps are obtained or what is kept, not the result (see the module docstring).
 _RESUMABLE_CHANGES = {"stop_after_steps", "compile", "device", "num_threads", "progress", "log_every_steps",
-                      "checkpoint_every_tokens", "sweep"}
+                      "checkpoint_every_tokens", "sweep", "keep_optimizer", "weights_dtype", "branch_from",
+                      "branch_tokens"}
+# Fields in which a branch differs from its trunk (all others must match for the branch to be exact).
+_BRANCH_CHANGES = _RESUMABLE_CHANGES | {"run_id", "tokens"}
 
 
 def get_lr(step: int, cfg: RunConfig, n_steps: int) -> float:
     """Learning rate at optimizer step `step` (0-based) of `n_steps`: linear warmup, then cosine to lr_min,
     or (wsd) constant then a linear decay over the last `decay_frac` of the steps (Hu et al. 2024, MiniCPM)."""
     lr_min = cfg.lr_peak / 10 if cfg.lr_min is None else cfg.lr_min
-    warmup = max(1, round(0.05 * n_steps)) if cfg.warmup_steps is None else cfg.warmup_steps
+    warmup = warmup_steps(cfg, n_steps)
     if step < warmup:
         return cfg.lr_peak * (step + 1) / warmup
     if cfg.schedule == "cosine":
         progress = min(1.0, (step - warmup) / max(1, n_steps - warmup))
         return lr_min + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr_peak - lr_min)
-    decay_start = max(warmup, n_steps - round(cfg.decay_frac * n_steps))
+    decay_start = wsd_decay_start(cfg, n_steps)
     if step < decay_start:
         return cfg.lr_peak
     progress = min(1.0, (step - decay_start + 1) / max(1, n_steps - decay_start))
     return cfg.lr_peak + progress * (lr_min - cfg.lr_peak)
+
+
+def warmup_steps(cfg: RunConfig, n_steps: int) -> int:
+    return max(1, round(0.05 * n_steps)) if cfg.warmup_steps is None else cfg.warmup_steps
+
+
+def wsd_decay_start(cfg: RunConfig, n_steps: int) -> int:
+    """First step of the wsd decay phase; a budget branch starts from its trunk's state at this step."""
+    return max(warmup_steps(cfg, n_steps), n_steps - round(cfg.decay_frac * n_steps))
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -221,6 +253,15 @@ def checkpoint_path(store: Store, run_id: str):
     return store.artifact_dir("runs", run_id) / "checkpoint.pt"
 
 
+def stable_checkpoint_path(store: Store, run_id: str, step: int):
+    """A wsd trunk's full checkpoint after `step` steps, the start of the branch whose decay begins there."""
+    return store.artifact_dir("runs", run_id) / f"stable-{step:07d}.pt"
+
+
+def final_weights_path(store: Store, run_id: str):
+    return store.artifact_dir("runs", run_id) / "model.safetensors"
+
+
 def _model_state(model: nn.Module, cfg: RunConfig) -> dict:
     if cfg.fsdp and dist_info()[1] > 1:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -248,16 +289,63 @@ def save_checkpoint(path, model, optimizer, cfg: RunConfig, state: dict) -> None
         torch.save(ckpt, tmp)
 
 
-def load_checkpoint(path, model, optimizer, cfg: RunConfig) -> dict:
-    """Restore model, optimizer and RNG states; returns the checkpoint's progress fields."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    saved = {k: v for k, v in ckpt["config"].items() if k not in _RESUMABLE_CHANGES}
-    now = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RESUMABLE_CHANGES}
+def save_final_weights(path, model, cfg: RunConfig) -> None:
+    """The finished model as safetensors (fp32, or bf16 with weights_dtype='bf16'), rank 0 writes; the model
+    config rides along in the metadata so `load_final_weights` can rebuild it."""
+    from safetensors.torch import save_file
+
+    state = _model_state(model, cfg)
+    if dist_info()[0] != 0:
+        return
+    dtype = torch.bfloat16 if cfg.weights_dtype == "bf16" else torch.float32
+    seen: set[int] = set()
+    tensors = {}
+    for k, v in state.items():   # tied embeddings share storage, which safetensors refuses: copy the second
+        v = v.to(dtype).contiguous()
+        tensors[k] = v.clone() if v.data_ptr() in seen else v
+        seen.add(v.data_ptr())
+    meta = {"model_config": json.dumps(model.cfg.to_dict()), "run_config": json.dumps(dataclasses.asdict(cfg))}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def load_final_weights(store: Store, run_id: str) -> Transformer:
+    """A finished run's model (eval mode, fp32) from its model.safetensors."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from train.model import ModelConfig
+
+    path = final_weights_path(store, run_id)
+    if not path.exists():
+        raise StoreError(f"run {run_id!r} has no final weights at {path}; is it finished?")
+    with safe_open(str(path), "pt") as f:
+        model_cfg = ModelConfig(**json.loads(f.metadata()["model_config"]))
+    model = Transformer(model_cfg)
+    model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+    return model.eval()
+
+
+def check_config(saved: dict, cfg: RunConfig, path, branch: bool = False) -> None:
+    """Refuse to resume (or branch from) a checkpoint made with a config that computes something else."""
+    free = _BRANCH_CHANGES if branch else _RESUMABLE_CHANGES
+    saved = {k: v for k, v in saved.items() if k not in free}
+    now = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in free}
     changed = sorted(k for k in now if saved.get(k) != now[k])
     if changed:
         diff = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
+        if branch:
+            raise StoreError(f"run {cfg.run_id!r} cannot branch from {path}: the trunk ran with another config "
+                             f"({diff}); give the branch the trunk's options")
         raise StoreError(f"run {cfg.run_id!r} has a checkpoint at {path} made with another config ({diff}); "
                          "use a new run_id, or delete that directory to start over")
+
+
+def load_checkpoint(path, model, optimizer, cfg: RunConfig, branch: bool = False) -> dict:
+    """Restore model, optimizer and RNG states; returns the checkpoint's progress fields. `branch`: the
+    checkpoint is a wsd trunk's stable-phase state, whose config may differ only in budget and run id."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    check_config(ckpt["config"], cfg, path, branch)
     if cfg.fsdp and dist_info()[1] > 1:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
@@ -318,7 +406,7 @@ def train_run(store: Store, cfg: RunConfig, train_tokens: np.ndarray, val_sets: 
         device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(cfg.device)
-    use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda")
+    use_bf16 = resolve_dtype(cfg.dtype, device) == torch.bfloat16
 
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
@@ -339,16 +427,46 @@ def train_run(store: Store, cfg: RunConfig, train_tokens: np.ndarray, val_sets: 
     train_model = parallelize(model, cfg, device)
     optimizer = build_optimizer(model, cfg, device)
     path = checkpoint_path(store, cfg.run_id)
-    prior = store.read_result("runs", cfg.run_id) if rank == 0 else None
+    weights_path = final_weights_path(store, cfg.run_id)
+    prior = store.read_result("runs", cfg.run_id)
+    if weights_path.exists() and not path.exists() and prior is not None and prior["status"][-1] == "done":
+        from safetensors import safe_open
+
+        with safe_open(str(weights_path), "pt") as f:   # finished with a lean checkpoint: nothing to train
+            check_config(json.loads(f.metadata()["run_config"]), cfg, weights_path)
+        return prior.to_dicts()[-1]
+    prior = prior if rank == 0 else None
     started_at = prior["started_at"][0] if prior is not None and "started_at" in prior.columns else _now()
     progress = {"step": 0, "sequences_seen": 0, "elapsed_s": 0.0, "train_s": 0.0, "tokens_trained": 0}
     metrics: list[dict] = []
+    # wsd trunk: the steps after which a branch's starting state is kept
+    from train.data import parse_count
+
+    branch_points = set()
+    for budget in filter(None, cfg.branch_tokens.split(",")):
+        n_branch = parse_count(budget) // tokens_per_step
+        if 1 <= n_branch < n_steps:
+            branch_points.add(wsd_decay_start(cfg, n_branch))
     if path.exists():
         progress = load_checkpoint(path, model, optimizer, cfg)
         old = store.read_result("run_metrics", cfg.run_id)
         if old is not None:   # rows past the checkpoint were logged by the interrupted process: redo them
             metrics = old.filter(pl.col("step") <= progress["step"]).to_dicts()
         log.info("run %s: resuming at step %d of %d", cfg.run_id, progress["step"], n_steps)
+    elif cfg.branch_from:
+        start = wsd_decay_start(cfg, n_steps)
+        source = stable_checkpoint_path(store, cfg.branch_from, start)
+        if not source.exists():
+            raise StoreError(f"run {cfg.run_id!r} branches from run {cfg.branch_from!r} at step {start}, but "
+                             f"{source} does not exist; train that run first with branch_tokens including "
+                             f"{cfg.tokens}, or drop branch_from to train this run from scratch")
+        progress = load_checkpoint(source, model, optimizer, cfg, branch=True)
+        # the branch's own cost is its cooldown: the shared stable phase was paid by the trunk
+        progress.update(elapsed_s=0.0, train_s=0.0, tokens_trained=0)
+        trunk = store.read_result("run_metrics", cfg.branch_from)
+        if trunk is not None:   # the shared part of the curve, under this run's id
+            metrics = trunk.filter(pl.col("step") <= start).with_columns(run_id=pl.lit(cfg.run_id)).to_dicts()
+        log.info("run %s: branching from %s at step %d of %d", cfg.run_id, cfg.branch_from, start, n_steps)
 
     base = {
         "run_id": cfg.run_id, "sweep": cfg.sweep, "mixture": cfg.mixture, "model": cfg.model,
@@ -443,12 +561,24 @@ def train_run(store: Store, cfg: RunConfig, train_tokens: np.ndarray, val_sets: 
                     metrics.append({"run_id": cfg.run_id, "step": step, "tokens_seen": tokens_seen, "split": "val",
                                     "domain": name, "loss": evaluate(model, val, cfg, device, autocast), "lr": lr,
                                     "elapsed_s": time.perf_counter() - t_session, "tokens_per_s": None})
-            if tokens_seen // ckpt_every > prev // ckpt_every or step == n_steps or stopping:
+            if step in branch_points and not stable_checkpoint_path(store, cfg.run_id, step).exists():
+                save_checkpoint(stable_checkpoint_path(store, cfg.run_id, step), model, optimizer, cfg, progress)
+            if step == n_steps:   # lean: final weights; the optimizer state only with keep_optimizer
+                progress["elapsed_s"] = time.perf_counter() - t_session
+                save_final_weights(weights_path, model, cfg)
+                if cfg.keep_optimizer:
+                    save_checkpoint(path, model, optimizer, cfg, progress)
+                if rank == 0:
+                    _write_metrics(store, cfg.run_id, metrics)
+                    _write_run(store, run_row("done"))
+                    if not cfg.keep_optimizer:   # after the 'done' row: a crash before this resumes as done
+                        path.unlink(missing_ok=True)
+            elif tokens_seen // ckpt_every > prev // ckpt_every or stopping:
                 progress["elapsed_s"] = time.perf_counter() - t_session
                 save_checkpoint(path, model, optimizer, cfg, progress)
                 if rank == 0:
                     _write_metrics(store, cfg.run_id, metrics)
-                    _write_run(store, run_row("done" if step == n_steps else "running"))
+                    _write_run(store, run_row("running"))
             if stopping and step < n_steps:
                 log.info("run %s: stopped after step %d of %d (resumable)", cfg.run_id, step, n_steps)
                 break
@@ -478,6 +608,9 @@ def build_parser() -> argparse.ArgumentParser:
     for f in dataclasses.fields(RunConfig):
         flag = "--" + f.name.replace("_", "-")
         kind = str(f.type)
+        if f.name == "branch_tokens":   # a list of counts, kept as text
+            p.add_argument(flag, default=f.default, help=f"RunConfig.{f.name} (comma-separated budgets)")
+            continue
         help_text = f"RunConfig.{f.name} (default: {f.default})"
         if f.type in (bool, "bool"):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)

@@ -20,7 +20,8 @@ Grid TOML format (see examples/sweep_cpu.toml)::
     seed = [0]                       # optional: seeds (default [0])
 
     [run]                            # optional: fixed trainer options for every run (RunConfig fields,
-    batch_size = 8                   # e.g. batch_size, warmup_frac, eval_every_tokens, compile)
+    batch_size = 8                   # e.g. batch_size, warmup_steps, eval_every_tokens, compile)
+    schedule = "wsd-branches"        # optional: see below (also accepted as a top-level key)
 
     [mixtures.cc_hq]                 # optional: how to build a mixture the store lacks (the fields of
     parts = { cc = 0.67, hq = 0.33 } # `python -m train mix`: parts, tokens, seed, tokenizer, seq_len,
@@ -30,6 +31,17 @@ Grid TOML format (see examples/sweep_cpu.toml)::
 
 Runs execute in grid order (mixtures, then models, then tokens, lr, seed), smallest budgets of a
 mixture/model first, so early results come early.
+
+`schedule = "wsd-branches"` (Hagele et al. 2024, "Scaling Laws and Compute-Optimal Training Beyond Fixed
+Training Durations"): the budgets of one (mixture, model, lr, seed) share a warmup-stable-decay trunk. The
+largest budget trains first and keeps a stable-phase checkpoint at each smaller budget's decay start; each
+smaller budget then trains only its cooldown (`decay_frac` of its steps) from there. Every budget is still
+its own `runs` row with the same columns, and its id is that of a from-scratch wsd run of its budget, which
+it equals exactly (same warmup_steps, default 5% of the largest budget's steps). The sweep costs about the
+largest budget plus the cooldowns instead of the sum of the budgets. Interrupted trunks and branches
+resume; a branch whose stable checkpoint is gone (e.g. a budget added after the trunk finished) trains
+from scratch, which computes the same run. Stable checkpoints are deleted once every branch is done,
+unless keep_optimizer.
 """
 
 from __future__ import annotations
@@ -50,9 +62,11 @@ from train.data import (MixtureConfig, MixtureError, build_mixture, check_mixtur
 log = logging.getLogger(__name__)
 
 DEFAULT_VAL_TOKENS = 200_000
-_TOP_KEYS = {"name", "val_tokens", "val_corpora", "grid", "run", "mixtures"}
+_TOP_KEYS = {"name", "val_tokens", "val_corpora", "grid", "run", "mixtures", "schedule"}
+BRANCHES = "wsd-branches"
 _GRID_KEYS = {"mixtures", "models", "tokens", "lr", "seed"}
 _GRID_OWNED = {"run_id", "mixture", "model", "tokens", "seed", "lr_peak", "sweep"}  # RunConfig fields
+_BRANCH_OWNED = {"branch_from", "branch_tokens"}  # set by schedule = "wsd-branches", not in [run]
 _MIXTURE_KEYS = {f.name for f in dataclasses.fields(MixtureConfig)} - {"name"}
 
 
@@ -80,6 +94,7 @@ class Sweep:
     runs: list[RunSpec]
     mixtures: dict[str, MixtureConfig]  # mixtures to build when missing
     path: str | None = None
+    branches: bool = False              # schedule = "wsd-branches"
 
 
 # ---------------------------------------------------------------------------------------- run config
@@ -181,6 +196,20 @@ def execute_run(store: Store, spec: RunSpec, progress: bool = True) -> dict:
     action = "resumed" if _has_checkpoint(store, run_id) else "started"
     data = open_mixture(store, spec.mixture, spec.val_corpora, spec.val_tokens, progress=progress)
     cfg = run_config(store, spec, progress)
+    if cfg.branch_from and action == "started":
+        from train.loop import stable_checkpoint_path, wsd_decay_start
+
+        tokens_per_step = cfg.batch_size * cfg.grad_accum * (data.train.shape[1] - 1)
+        start = wsd_decay_start(cfg, cfg.tokens // tokens_per_step)
+        if stable_checkpoint_path(store, cfg.branch_from, start).exists():
+            action = "branched"
+        elif run_status(store, cfg.branch_from) == "done":   # the trunk is gone: the same run from scratch
+            log.info("run %s: trunk %s has no checkpoint at step %d; training from scratch",
+                     run_id, cfg.branch_from, start)
+            cfg = dataclasses.replace(cfg, branch_from=None)
+        else:
+            raise SweepError(f"run {run_id} branches from run {cfg.branch_from}, which is not finished; "
+                             "rerun the sweep to resume it first")
     log.info("run %s: %s", run_id, action)
     result = train_run(store, cfg, data.train, data.val_sets, data.tokenizer, data.vocab_size)
     return {**(result or {}), "run_id": run_id, "action": action}
@@ -244,6 +273,17 @@ def parse_sweep(doc: dict, where: str = "<grid>") -> Sweep:
         except MixtureError as e:
             raise SweepError(f"{where}: [mixtures.{mname}]: {e}") from None
     options = dict(doc.get("run") or {})
+    if set(options) & _BRANCH_OWNED:
+        raise SweepError(f"{where}: [run] cannot set {', '.join(sorted(set(options) & _BRANCH_OWNED))}; "
+                         'use schedule = "wsd-branches" and the sweep sets them')
+    schedules = {doc.get("schedule"), options.get("schedule")} - {None}
+    branches = BRANCHES in schedules
+    if branches:
+        if len(schedules) > 1:
+            raise SweepError(f"{where}: schedule is set twice ({', '.join(sorted(schedules))}); keep one")
+        options["schedule"] = "wsd"
+    elif "schedule" in doc:
+        raise SweepError(f"{where}: top-level schedule must be {BRANCHES!r}; set other schedules in [run]")
     val_corpora = doc.get("val_corpora")
     runs = [
         RunSpec(mixture=m, model=p, tokens=t, lr=lr, seed=int(s), options=options, val_tokens=val_tokens,
@@ -253,7 +293,48 @@ def parse_sweep(doc: dict, where: str = "<grid>") -> Sweep:
             tokens, _as_list(grid.get("lr", [None]), f"{where}: grid.lr"),
             _as_list(grid.get("seed", [0]), f"{where}: grid.seed"))
     ]
-    return Sweep(name=name, runs=runs, mixtures=mixtures, path=where)
+    return Sweep(name=name, runs=runs, mixtures=mixtures, path=where, branches=branches)
+
+
+# ------------------------------------------------------------------------------------ budget branches
+def _group_key(spec: RunSpec) -> tuple:
+    return spec.mixture, spec.model, spec.lr, spec.seed
+
+
+def plan_branches(store: Store, specs: list[RunSpec]) -> list[RunSpec]:
+    """wsd-branches: per (mixture, model, lr, seed), the largest budget first as the trunk (keeping
+    stable-phase checkpoints for the others), then the smaller budgets as branches from it, all with the
+    trunk's warmup_steps. The mixtures must be built (the step count needs their seq_len)."""
+    fields = _run_fields()
+    groups: dict[tuple, list[RunSpec]] = {}
+    for spec in specs:
+        groups.setdefault(_group_key(spec), []).append(spec)
+    out = []
+    for group in groups.values():
+        budgets = sorted({s.tokens for s in group})
+        trunk_spec = next(s for s in group if s.tokens == budgets[-1])
+        options = dict(trunk_spec.options)
+        if options.get("warmup_steps") is None:
+            seq_len = mixture_config(store, trunk_spec.mixture).seq_len
+            batch = options.get("batch_size", fields["batch_size"].default)
+            accum = options.get("grad_accum", fields["grad_accum"].default)
+            options["warmup_steps"] = max(1, round(0.05 * (budgets[-1] // (batch * accum * seq_len))))
+        trunk = dataclasses.replace(trunk_spec, options={
+            **options, "branch_tokens": ",".join(str(b) for b in budgets[:-1])})
+        trunk_id = make_run_id(store, trunk)
+        out.append(trunk)
+        out += [dataclasses.replace(s, options={**options, "branch_from": trunk_id})
+                for s in sorted(group, key=lambda s: s.tokens) if s.tokens != budgets[-1]]
+    return out
+
+
+def _drop_stable_checkpoints(store: Store, trunk: RunSpec, branches: list[RunSpec]) -> None:
+    """Once every branch of a trunk is done, its stable-phase checkpoints have served (keep_optimizer keeps them)."""
+    if trunk.options.get("keep_optimizer") or any(run_status(store, make_run_id(store, b)) != "done"
+                                                  for b in branches):
+        return
+    for path in store.artifact_dir("runs", make_run_id(store, trunk)).glob("stable-*.pt"):
+        path.unlink()
 
 
 def run_sweep(store: Store, sweep: Sweep, dry_run: bool = False, progress: bool = True) -> list[dict]:
@@ -277,12 +358,15 @@ def run_sweep(store: Store, sweep: Sweep, dry_run: bool = False, progress: bool 
             build_mixture(store, cfg, progress=progress)  # a no-op when built with this config
         for spec in sweep.runs:
             check_run_spec(store, spec)
+    specs = sweep.runs
+    if sweep.branches and all(read_mixture_meta(store, s.mixture) is not None for s in specs):
+        specs = plan_branches(store, specs)
     results = []
-    for i, spec in enumerate(sweep.runs):
+    for i, spec in enumerate(specs):
         built = read_mixture_meta(store, spec.mixture) is not None
         run_id = make_run_id(store, spec) if built else f"{spec.mixture}.{spec.model}.{format_count(spec.tokens)}"
         status = run_status(store, run_id) if built else None
-        log.info("sweep %s: run %d/%d %s (%s)", sweep.name, i + 1, len(sweep.runs), run_id, status or "new")
+        log.info("sweep %s: run %d/%d %s (%s)", sweep.name, i + 1, len(specs), run_id, status or "new")
         if dry_run:
             results.append({"run_id": run_id, "status": status, "action": "skip" if status == "done" else
                             ("resume" if built and _has_checkpoint(store, run_id) else "start")})
@@ -294,4 +378,8 @@ def run_sweep(store: Store, sweep: Sweep, dry_run: bool = False, progress: bool 
         except Exception as e:  # record it and go on with the grid: one bad run must not stop a sweep
             log.error("run %s failed: %s\n%s", run_id, e, traceback.format_exc())
             results.append({"run_id": run_id, "action": "failed", "status": "failed", "error": str(e)})
+    if sweep.branches and not dry_run and specs is not sweep.runs:
+        for trunk in (s for s in specs if s.options.get("branch_tokens")):
+            _drop_stable_checkpoints(store, trunk, [s for s in specs if _group_key(s) == _group_key(trunk)
+                                                    and s is not trunk])
     return results

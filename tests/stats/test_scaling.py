@@ -338,3 +338,24 @@ def test_cli_runs_unknown_sweep_and_table(sweep_store, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "== fits (16 rows)" in out and "== speedups" in out and "hq40" in out
+
+
+def test_seeds_fit_the_seed_mean_and_widen_the_intervals():
+    """Runs differing only in seed: the fit goes through their mean, and seed noise widens the interval."""
+    from stats.scaling import ScalingConfig, bootstrap_fit
+
+    D = np.array([1e4, 2e4, 4e4, 8e4, 1.6e5, 3.2e5])
+    true = 2.0 + 40.0 / D ** 0.45
+    cfg = ScalingConfig(n_boot=60, seed=0)
+    rng = np.random.default_rng(0)
+    quiet = np.concatenate([true * (1 + s) for s in (-0.002, 0.0, 0.002)])
+    noisy = np.concatenate([true * (1 + rng.normal(0, 0.03, len(D))) for _ in range(3)])
+    DD = np.tile(D, 3)
+    fq = bootstrap_fit(DD, quiet, cfg, seeds=True)
+    fn = bootstrap_fit(DD, noisy, cfg, seeds=True)
+    # the point estimate is the fit to the seed means
+    mean_fit = bootstrap_fit(D, noisy.reshape(3, -1).mean(axis=0), ScalingConfig(n_boot=0))
+    assert fn.params["E"] == pytest.approx(mean_fit.params["E"], rel=1e-6)
+    assert fn.n_points == 18 and fq.boot is not None and fn.boot is not None
+    width = lambda f: f.intervals["E"][1] - f.intervals["E"][0]  # noqa: E731
+    assert width(fn) > 3 * width(fq)

@@ -3,6 +3,7 @@ packed into a mixture by train.data. The model is the `debugmodel` preset so eve
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -13,11 +14,13 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from tests.conftest import REPO, add_corpus
 from corpora.store import Store, StoreError
 from train.data import MixtureConfig, build_mixture, open_mixture
-from train.loop import RunConfig, get_lr, sequence_indices, train_run
+from train.loop import (RunConfig, checkpoint_path, evaluate, final_weights_path, get_lr, load_final_weights,
+                        sequence_indices, stable_checkpoint_path, train_run, wsd_decay_start)
 from train.model import UnknownPreset
 from train.tokenizer import train_tokenizer
 
@@ -50,6 +53,10 @@ def tiny_cfg(**kw) -> RunConfig:
 
 def run(store, data, cfg):
     return train_run(store, cfg, data.train, data.val_sets, data.tokenizer, data.vocab_size)
+
+
+def final_state(store, run_id) -> dict:
+    return load_file(str(final_weights_path(store, run_id)))
 
 
 def train_losses(store, run_id) -> list[float]:
@@ -104,8 +111,14 @@ def test_tiny_run_loss_falls(lee_store, lee_data):
                          "WHERE run_id = 'falls'").to_pylist()
     assert runs[0]["status"] == "done" and runs[0]["model"] == "debugmodel" and runs[0]["tokenizer"] == "lee512"
     assert runs[0]["tokens_per_s"] > 0 and runs[0]["n_params"] > 50_000
-    ckpt = torch.load(lee_store.artifact_dir("runs", "falls") / "checkpoint.pt", weights_only=True)
-    assert ckpt["config"]["model"] == "debugmodel" and ckpt["step"] == steps
+    # Lean: the final weights (with the model config) stay, the optimizer state goes.
+    run_dir = lee_store.artifact_dir("runs", "falls")
+    assert not (run_dir / "checkpoint.pt").exists() and (run_dir / "model.safetensors").exists()
+    model = load_final_weights(lee_store, "falls")
+    assert model.cfg.vocab_size == lee_data.vocab_size and model.num_params(non_embedding=True) == runs[0]["n_params"]
+    cfg = tiny_cfg(run_id="falls", eval_tokens=1024)
+    assert evaluate(model, lee_data.val_sets["val"], cfg, torch.device("cpu"), contextlib.nullcontext) == \
+        pytest.approx(m["loss"][-1], rel=1e-6)                        # the weights of the last validation
 
 
 def test_resume_reproduces_the_uninterrupted_curve(lee_store, lee_data, tmp_path):
@@ -120,9 +133,8 @@ def test_resume_reproduces_the_uninterrupted_curve(lee_store, lee_data, tmp_path
     resumed = run(other, lee_data, cfg)
     assert resumed["status"] == "done"
     assert train_losses(other, "resume") == full                      # bit for bit, all 16 steps
-    a = torch.load(lee_store.artifact_dir("runs", "resume") / "checkpoint.pt", weights_only=True)
-    b = torch.load(other.artifact_dir("runs", "resume") / "checkpoint.pt", weights_only=True)
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    a, b = final_state(lee_store, "resume"), final_state(other, "resume")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     val = lambda s: s.read_result("run_metrics", "resume").filter(pl.col("split") == "val")["loss"].to_list()
     assert val(other) == val(lee_store)
 
@@ -130,6 +142,60 @@ def test_resume_reproduces_the_uninterrupted_curve(lee_store, lee_data, tmp_path
     assert run(other, lee_data, cfg)["status"] == "done"
     with pytest.raises(StoreError, match="lr_peak"):
         run(other, lee_data, dataclasses.replace(cfg, lr_peak=5e-3))
+
+
+def test_keep_optimizer_and_bf16_weights(lee_store, lee_data):
+    cfg = tiny_cfg(run_id="keep", tokens=4 * 8 * SEQ_LEN, keep_optimizer=True, weights_dtype="bf16")
+    run(lee_store, lee_data, cfg)
+    ckpt = torch.load(checkpoint_path(lee_store, "keep"), weights_only=True)
+    assert ckpt["step"] == 4 and ckpt["optimizer"]["state"]              # Adam moments kept on request
+    weights = final_state(lee_store, "keep")
+    assert {v.dtype for v in weights.values()} == {torch.bfloat16}
+    assert torch.equal(weights["output.weight"], ckpt["model"]["output.weight"].bfloat16())
+
+
+def test_bf16_autocast_follows_fp32_and_resumes_exactly(lee_store, lee_data, tmp_path):
+    """bf16 autocast (the default on CPUs with AMX / AVX512-BF16; forced here, emulated on other CPUs) trains
+    the same model as fp32 within a stated tolerance, and a stopped bf16 run resumes bit for bit."""
+    cfg = tiny_cfg(tokens=20 * 8 * SEQ_LEN, eval_every_tokens=10 * 8 * SEQ_LEN)
+    run(lee_store, lee_data, dataclasses.replace(cfg, run_id="fp32", dtype="fp32"))
+    run(lee_store, lee_data, dataclasses.replace(cfg, run_id="bf16", dtype="bf16"))
+    fp32, bf16 = np.array(train_losses(lee_store, "fp32")), np.array(train_losses(lee_store, "bf16"))
+    assert np.abs(bf16 - fp32).max() < 0.05, np.abs(bf16 - fp32)       # stated tolerance: 0.05 nats per step
+    assert bf16[-1] < bf16[0] - 0.5
+    other = Store(tmp_path / "other", create=True)
+    run(other, lee_data, dataclasses.replace(cfg, run_id="bf16", dtype="bf16", stop_after_steps=7))
+    run(other, lee_data, dataclasses.replace(cfg, run_id="bf16", dtype="bf16"))
+    assert train_losses(other, "bf16") == train_losses(lee_store, "bf16")
+
+
+def test_wsd_branch_is_the_from_scratch_wsd_run(lee_store, lee_data, tmp_path):
+    """A budget branch (cooldown from the trunk's stable-phase checkpoint) computes exactly what a wsd run
+    of its budget trained from scratch computes, resumes when interrupted, and pays only its cooldown."""
+    step_tokens = 8 * SEQ_LEN
+    wsd = tiny_cfg(schedule="wsd", decay_frac=0.25, warmup_steps=2, eval_every_tokens=4 * step_tokens)
+    trunk = dataclasses.replace(wsd, run_id="trunk", tokens=24 * step_tokens, branch_tokens=f"{12 * step_tokens}")
+    branch = dataclasses.replace(wsd, run_id="branch", tokens=12 * step_tokens, branch_from="trunk")
+    start = wsd_decay_start(branch, 12)
+    assert start == 9
+    with pytest.raises(StoreError, match="train that run first"):
+        run(lee_store, lee_data, branch)                                # no trunk yet
+    run(lee_store, lee_data, trunk)
+    assert stable_checkpoint_path(lee_store, "trunk", start).exists()
+    row = run(lee_store, lee_data, dataclasses.replace(branch, stop_after_steps=start + 1))
+    assert row["status"] == "running" and row["step"] == start + 1     # interrupted in its cooldown ...
+    row = run(lee_store, lee_data, branch)                              # ... and resumed
+    scratch = run(lee_store, lee_data, dataclasses.replace(wsd, run_id="scratch", tokens=12 * step_tokens))
+    assert row["status"] == "done" and row["n_steps"] == scratch["n_steps"] == 12
+    assert row["tokens"] == row["tokens_seen"] == 12 * step_tokens
+    assert train_losses(lee_store, "branch") == train_losses(lee_store, "scratch")   # bit for bit
+    assert train_losses(lee_store, "branch")[:start] == train_losses(lee_store, "trunk")[:start]
+    a, b = final_state(lee_store, "branch"), final_state(lee_store, "scratch")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert row["final_val_loss"] == scratch["final_val_loss"]
+    assert row["elapsed_s"] < 0.6 * scratch["elapsed_s"]               # 3 cooldown steps of 12
+    with pytest.raises(StoreError, match="lr_peak"):                   # a branch must match its trunk
+        run(lee_store, lee_data, dataclasses.replace(branch, run_id="bad_branch", lr_peak=5e-3))
 
 
 def test_compiled_run_follows_the_eager_curve(lee_store, lee_data):
@@ -142,8 +208,7 @@ def test_compiled_run_follows_the_eager_curve(lee_store, lee_data):
     assert len(compiled) == 6 and np.allclose(compiled, eager, atol=2e-3), (compiled, eager)
     val = lambda r: lee_store.read_result("run_metrics", r).filter(pl.col("split") == "val")["loss"].to_list()
     assert np.allclose(val("compiled"), val("eager"), atol=2e-3)
-    load = lambda r: torch.load(lee_store.artifact_dir("runs", r) / "checkpoint.pt", weights_only=True)["model"]
-    assert load("compiled").keys() == load("eager").keys()
+    assert final_state(lee_store, "compiled").keys() == final_state(lee_store, "eager").keys()
 
 
 def test_seed_determines_the_run(lee_store, lee_data):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,22 @@ def test_init_is_seeded_and_scaled():
     tied = Transformer(build_model_config("debugmodel", 500, tie_embeddings=True))
     assert tied.output.weight is tied.tok_embeddings.weight
     assert tied.num_params(False) == a.num_params(False) - 500 * 64
+
+
+def test_auto_dtype_is_bf16_only_where_the_hardware_has_it(monkeypatch):
+    from train.model import cpu_has_bf16, resolve_dtype
+
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    cpu_has_bf16.cache_clear()
+    monkeypatch.delenv("SYNTHMIX_CPU_BF16", raising=False)
+    if flags:   # torch's detection agrees with the kernel's CPU flags
+        assert cpu_has_bf16() == ("amx_bf16" in flags.split() or "avx512_bf16" in flags.split())
+    for forced, want in (("1", torch.bfloat16), ("0", torch.float32)):
+        monkeypatch.setenv("SYNTHMIX_CPU_BF16", forced)
+        cpu_has_bf16.cache_clear()
+        assert resolve_dtype("auto", "cpu") == want
+        assert resolve_dtype("fp32", "cpu") == torch.float32 and resolve_dtype("bf16", "cpu") == torch.bfloat16
+        assert resolve_dtype("auto", "cuda") == torch.bfloat16
+    cpu_has_bf16.cache_clear()
+    with pytest.raises(ValueError, match="fp16"):
+        resolve_dtype("fp16", "cpu")

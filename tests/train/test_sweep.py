@@ -110,7 +110,7 @@ def test_sweep_trains_each_run_once_then_skips_done_runs(sweep_store, tmp_path, 
     assert sweep_store.read_result("mixtures", "m")["n_tokens"].to_list() == [3_000, 1_000]  # 4000 // 32 * 32
 
     files = sorted(p for p in (sweep_store.root / "results" / "runs").glob("*.parquet"))
-    files += sorted((sweep_store.root / "artifacts" / "runs").rglob("*.pt"))
+    files += sorted((sweep_store.root / "artifacts" / "runs").rglob("*.safetensors"))
     mtimes = [p.stat().st_mtime_ns for p in files]
     assert main(argv) == 0  # the same sweep again: nothing to do
     again = json.loads(capsys.readouterr().out)
@@ -160,3 +160,48 @@ def test_sweep_checks_every_mixture_and_run_before_building_anything(sweep_store
     with pytest.raises(SweepError, match="unknown trainer option.* warmup;"):
         run_sweep(sweep_store, load_sweep(grid))
     assert not (sweep_store.root / "artifacts" / "mixtures" / "m_ok").exists()  # m_ok was not built
+
+
+def test_wsd_branches_share_one_trunk_resume_and_keep_run_rows(sweep_store, tmp_path):
+    """schedule = "wsd-branches": the largest budget trains first (here interrupted, then resumed), the
+    smaller ones only their cooldowns; each budget is its own runs row with the columns of any run, under
+    the id of the equivalent from-scratch wsd run; stable checkpoints go once every branch is done."""
+    grid = tmp_path / "grid.toml"
+    text = (RUN_GRID.replace('name = "tiny"', 'name = "wsd"').replace("lr = [1e-3, 3e-3]", "lr = [3e-3]")
+            .replace("tokens = [248]", "tokens = [248, 496, 992]")   # 4, 8, 16 steps of 62 tokens
+            .replace("batch_size = 2", 'batch_size = 2\nschedule = "wsd-branches"\ndecay_frac = 0.25'))
+    grid.write_text(text.replace("num_threads = 1", "num_threads = 1\nstop_after_steps = 5"))
+    first = run_sweep(sweep_store, load_sweep(grid), progress=False)
+    # The trunk stopped after step 5, past the 4-step budget's decay start (3), before the 8-step one's (6).
+    assert [(r["action"], r["status"]) for r in first] == [("started", "running"), ("branched", "done"),
+                                                           ("failed", "failed")]
+    assert "is not finished" in first[2]["error"]                  # a branch waits for its trunk
+    grid.write_text(text)
+    sweep = load_sweep(grid)
+    assert sweep.branches and all(r.options["schedule"] == "wsd" for r in sweep.runs)
+    results = run_sweep(sweep_store, sweep, progress=False)
+    assert [r["action"] for r in results] == ["resumed", "skipped", "branched"]
+    assert [r["tokens_seen"] for r in results] == [992, 248, 496] and {r["status"] for r in results} == {"done"}
+    rows = sweep_store.read_result("runs").filter(sweep="wsd").sort("tokens")
+    assert rows["n_steps"].to_list() == [4, 8, 16] and (rows["tokens"] == rows["tokens_seen"]).all()
+    plain = sweep_store.read_result("runs").filter(sweep="tiny")
+    assert rows.columns == plain.columns                            # the same columns as any run
+    trunk_id = results[0]["run_id"]
+    configs = [json.loads(c) for c in rows["config"]]
+    assert [c["branch_from"] for c in configs] == [trunk_id, trunk_id, None]
+    assert {c["warmup_steps"] for c in configs} == {1}             # 5% of the trunk's 16 steps
+    # Each branch row's curve: the trunk's stable phase, then its own cooldown to its budget.
+    trunk_loss = sweep_store.read_result("run_metrics", trunk_id).filter(split="train").sort("step")["loss"]
+    for run_id, start in zip(rows["run_id"][:2], (3, 6)):   # the loss logged at step k+1 is the first to
+        loss = sweep_store.read_result("run_metrics", run_id).filter(split="train").sort("step")["loss"]
+        assert loss[:start + 1].to_list() == trunk_loss[:start + 1].to_list()   # see step k's lr
+    assert loss[start + 1] != trunk_loss[start + 1]
+    trunk_dir = sweep_store.artifact_dir("runs", trunk_id)
+    assert not list(trunk_dir.glob("stable-*.pt")) and (trunk_dir / "model.safetensors").exists()
+    assert not list(trunk_dir.glob("checkpoint.pt"))                # lean: no optimizer state left
+    # A budget added later: the trunk is done and its stable checkpoints are gone, so it trains from scratch
+    # (the same run); the others are skipped.
+    grid.write_text(text.replace("tokens = [248, 496, 992]", "tokens = [248, 372, 496, 992]"))
+    again = run_sweep(sweep_store, load_sweep(grid), progress=False)
+    assert [(r["tokens_seen"], r["action"]) for r in again] == [(992, "skipped"), (248, "skipped"),
+                                                                (372, "started"), (496, "skipped")]
