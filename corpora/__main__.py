@@ -14,17 +14,23 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import base64
 import csv
+import datetime
+import decimal
 import json
 import logging
+import math
 import sys
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from corpora.readers import FORMATS, TEXT_MODES, InputError, ReaderConfig
-from corpora.store import ROLES, Store, StoreError, resolve_store_path
+from corpora.cli import run_command
+from corpora.readers import FORMATS, TEXT_MODES, ReaderConfig
+from corpora.store import ROLES, Store, resolve_store_path
 
 
 def _print_table(table: pa.Table, max_width: int = 60) -> None:
@@ -57,7 +63,8 @@ def cmd_ingest(args) -> int:
         reader=ReaderConfig(text_field=args.text_field, text_mode=args.text_mode,
                             html_extractor=args.html_extractor),
     )
-    report = ingest(_open(args, create=True), args.paths, cfg, progress=not args.json)
+    store = _open(args, create=True)
+    report = ingest(store, args.paths, cfg, progress=not args.json)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
@@ -67,9 +74,15 @@ def cmd_ingest(args) -> int:
         if report.rejects_by_reason:
             print("rejected: " + ", ".join(f"{k}={v}" for k, v in report.rejects_by_reason.items())
                   + f"  (SELECT * FROM rejects WHERE run_id = '{report.run_id}')")
-    if report.n_docs == 0 and report.n_files_skipped < report.n_files:
-        print(f"error: nothing was ingested into {report.corpus!r}", file=sys.stderr)
-        return 1
+    # the same answer on every run: do the inputs hold any document at all (now or in an earlier run)?
+    files = [str(Path(p).resolve()) for p in args.paths]
+    (n_held,) = store.catalog_rows(
+        "SELECT coalesce(sum(n_docs + n_duplicates), 0) FROM ingest_files WHERE corpus = ? AND list_contains(?, file)",
+        [report.corpus, files])[0]
+    if n_held == 0:
+        print(f"python -m corpora: error: no documents in {', '.join(args.paths)}: every record was rejected "
+              f"or the input is empty; see SELECT * FROM rejects WHERE corpus = '{report.corpus}'", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -108,10 +121,37 @@ def cmd_show(args) -> int:
     return 0
 
 
+def _json_value(v):
+    """A query value as JSON: numbers stay numbers (HUGEINT, DECIMAL), NaN/inf become null, bytes base64."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, decimal.Decimal):
+        if not v.is_finite():
+            return None
+        return int(v) if v == v.to_integral_value() else float(v)
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(v)).decode("ascii")
+    if isinstance(v, (datetime.date, datetime.time)):
+        return v.isoformat()
+    if isinstance(v, datetime.timedelta):
+        return v.total_seconds()
+    if isinstance(v, uuid.UUID):
+        return str(v)
+    if isinstance(v, dict):
+        return {str(k): _json_value(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        if all(isinstance(x, tuple) and len(x) == 2 for x in v) and v:  # a MAP comes back as (key, value) pairs
+            return {str(k): _json_value(x) for k, x in v}
+        return [_json_value(x) for x in v]
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    return str(v)
+
+
 def cmd_sql(args) -> int:
     table = _open(args).sql(args.query)
     if args.json:
-        print(json.dumps(table.to_pylist(), indent=2, default=str))
+        print(json.dumps([_json_value(r) for r in table.to_pylist()], indent=2, allow_nan=False))
     elif args.csv:
         w = csv.writer(sys.stdout)
         w.writerow(table.column_names)
@@ -248,14 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except (StoreError, InputError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
+    return run_command("python -m corpora", lambda: args.func(args), user_errors=(ValueError,))
 
 
 if __name__ == "__main__":

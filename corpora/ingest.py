@@ -77,6 +77,8 @@ def ingest(store: Store, paths: list[str | Path], cfg: IngestConfig, progress: b
     """Driver: ingest input files into corpus `cfg.corpus` (created if needed), resumably."""
     files = [Path(p).resolve() for p in paths]
     for f in files:  # fail before any work on a file that cannot be read at all
+        if f.is_dir():
+            raise InputError(f"{f}: is a directory; pass the files in it (e.g. {f}/*.jsonl.gz)")
         if not f.is_file():
             raise InputError(f"{f}: no such file; check the path")
         if not os.access(f, os.R_OK):
@@ -88,6 +90,7 @@ def ingest(store: Store, paths: list[str | Path], cfg: IngestConfig, progress: b
     started = time.monotonic()
     with store.lock(purpose=f"ingest {cfg.corpus}"):
         store.create_corpus(cfg.corpus, cfg.kind, cfg.role, cfg.synthetic_type, exist_ok=True)
+        store.recover()  # we hold the lock, so runs still marked running died: mark them, drop their files
         store.remove_orphans(cfg.corpus)
         done = store.ingested_files(cfg.corpus)
         todo = []
@@ -106,15 +109,16 @@ def ingest(store: Store, paths: list[str | Path], cfg: IngestConfig, progress: b
         resuming = bool(store.catalog_rows(
             "SELECT 1 FROM ingest_runs WHERE corpus = ? AND status <> 'done' AND run_id <> ?", [cfg.corpus, run_id]))
         reasons: collections.Counter = collections.Counter()
-        tmp_dir = store.artifact_dir("ingest_tmp", run_id)
+        tmp_dir = store.ingest_tmp_dir(run_id)
         status = "failed"
         try:
             bar = tqdm(total=sum(f.stat().st_size for f in todo), unit="B", unit_scale=True,
                        desc=f"ingest {cfg.corpus}", disable=not progress)
             for result in _map_files(todo, cfg, tmp_dir):
                 n_new, n_dup, n_present = _move_in(store, cfg.corpus, result, seen, resuming)
+                # the file's documents in the corpus: new ones and those an interrupted run moved in
                 store.record_ingest_file(cfg.corpus, run_id, result.path, fingerprint(Path(result.path)),
-                                         n_new, n_dup, result.rejects)
+                                         n_new + n_present, n_dup, result.rejects)
                 report.n_docs += n_new
                 report.n_duplicates += n_dup
                 report.n_already_present += n_present
@@ -123,6 +127,9 @@ def ingest(store: Store, paths: list[str | Path], cfg: IngestConfig, progress: b
                 bar.set_postfix(docs=report.n_docs, dups=report.n_duplicates, rejects=sum(reasons.values()))
             bar.close()
             status = "done"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
         finally:
             shutil.rmtree(tmp_dir, ignore_errors=True)
             report.rejects_by_reason = dict(reasons.most_common())

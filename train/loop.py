@@ -456,7 +456,8 @@ def train_run(store: Store, cfg: RunConfig, train_tokens: np.ndarray, val_sets: 
     except BaseException as e:
         if rank == 0:
             _write_metrics(store, cfg.run_id, metrics)
-            _write_run(store, run_row("failed", f"{type(e).__name__}: {e}"))
+            _write_run(store, run_row("interrupted", None) if isinstance(e, KeyboardInterrupt)
+                       else run_row("failed", f"{type(e).__name__}: {e}"))
         raise
     finally:
         if bar is not None:
