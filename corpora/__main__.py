@@ -80,7 +80,7 @@ def cmd_ingest(args) -> int:
         "SELECT coalesce(sum(n_docs + n_duplicates), 0) FROM ingest_files WHERE corpus = ? AND list_contains(?, file)",
         [report.corpus, files])[0]
     if n_held == 0:
-        print(f"python -m corpora: error: no documents in {', '.join(args.paths)}: every record was rejected "
+        print(f"error: no documents in {', '.join(args.paths)}: every record was rejected "
               f"or the input is empty; see SELECT * FROM rejects WHERE corpus = '{report.corpus}'", file=sys.stderr)
         return 2
     return 0
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    return run_command("python -m corpora", lambda: args.func(args), user_errors=(ValueError,))
+    return run_command("", lambda: args.func(args), user_errors=(ValueError,))
 
 
 if __name__ == "__main__":

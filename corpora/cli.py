@@ -31,24 +31,27 @@ def _os_error_line(e: OSError) -> str:
 
 
 def run_command(prog: str, command: Callable[[], int], user_errors: tuple[type[BaseException], ...] = ()) -> int:
-    """Run a CLI command and map what can go wrong to one stderr line and an exit status."""
+    """Run a CLI command and map what can go wrong to one stderr line and an exit status.
+
+    `prog` starts each line ("python -m train run: error: ..."); "" prints just "error: ..."."""
+    prog = f"{prog}: " if prog else ""
     try:
         return command()
     except (StoreError, InputError, *user_errors) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         # a second Ctrl-C while we print must not add a traceback
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        print(f"{prog}: interrupted; re-run the same command to resume", file=sys.stderr)
+        print(f"{prog}interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
     except OSError as e:  # permissions, disk full, a path that is not what it should be
-        print(f"{prog}: error: {_os_error_line(e)}", file=sys.stderr)
+        print(f"{prog}error: {_os_error_line(e)}", file=sys.stderr)
         return 2
     except Exception as e:
         import duckdb
 
         if isinstance(e, duckdb.Error):  # e.g. a shard file damaged outside synthmix
-            print(f"{prog}: error: DuckDB: {str(e).splitlines()[0]}", file=sys.stderr)
+            print(f"{prog}error: DuckDB: {str(e).splitlines()[0]}", file=sys.stderr)
             return 2
         raise

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     from corpora.cli import run_command
 
-    return run_command("python -m reports", lambda: args.func(args), user_errors=(ValueError,))
+    return run_command("", lambda: args.func(args), user_errors=(ValueError,))
 
 
 if __name__ == "__main__":

@@ -625,7 +625,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         store = Store(resolve_store_path(args.store))
-        report = run_unigram(store, cfg)
+        with store.writer("python -m stats.unigram"):
+            report = run_unigram(store, cfg)
     except StoreError as e:  # UnknownCorpus, UnknownTokenizer, UnigramError: the user can fix these
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -643,4 +644,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from corpora.cli import run_command
+
+    sys.exit(run_command("", main))

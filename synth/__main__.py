@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     from synth.prompts import PromptError
 
     commands = {"generate": _generate, "models": _models, "serve": _serve}
-    return run_command("python -m synth", lambda: commands[args.command](args), user_errors=(PromptError, ValueError))
+    return run_command("", lambda: commands[args.command](args), user_errors=(PromptError, ValueError))
 
 
 def _generate(args) -> int:

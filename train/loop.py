@@ -529,4 +529,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from corpora.cli import run_command
+
+    sys.exit(run_command("python -m train.loop", main))
