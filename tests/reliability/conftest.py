@@ -18,13 +18,13 @@ from tests.conftest import REPO, add_corpus
 def run_cli(module: str, *args: str, store: Path | None = None, timeout: float = 300,
             env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m module [--store STORE] args...` with this worktree's code; never raises on failure."""
-    argv = [sys.executable, "-m", module, *(["--store", str(store)] if store is not None else []), *args]
+    argv = [sys.executable, "-m", module, *args, *(["--store", str(store)] if store is not None else [])]
     return subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=timeout,
                           env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
 
 
 def popen_cli(module: str, *args: str, store: Path | None = None, **kw) -> subprocess.Popen:
-    argv = [sys.executable, "-m", module, *(["--store", str(store)] if store is not None else []), *args]
+    argv = [sys.executable, "-m", module, *args, *(["--store", str(store)] if store is not None else [])]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
                             env={**os.environ, "PYTHONPATH": str(REPO)}, **kw)
 
