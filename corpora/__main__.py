@@ -201,7 +201,8 @@ def cmd_demo(args) -> int:
     from corpora.demo import build_demo
 
     store = _open(args, create=True)
-    reports = build_demo(store, progress=not args.json)
+    with store.writer("python -m corpora demo"):
+        reports = build_demo(store, progress=not args.json)
     corpora = store.corpora()
     if args.json:
         print(json.dumps({"store": str(store.root), "ingest": [r.as_dict() for r in reports],
@@ -215,6 +216,14 @@ def cmd_demo(args) -> int:
         if r.rejects_by_reason:
             print(f"  {r.corpus}: skipped " + ", ".join(f"{k}={v}" for k, v in r.rejects_by_reason.items()))
     return 0
+
+
+def _curate_with_lock(run_curate_cli):
+    """`corpora dedup` writes a corpus: hold the writer lock for the whole command."""
+    def run(args) -> int:
+        with _open(args).writer(f"python -m corpora dedup {args.corpus} --out {args.out}"):
+            return run_curate_cli(args)
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -277,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:
         dedup = None
     if dedup is not None and hasattr(dedup, "add_curate_arguments"):
-        sp = add("dedup", lambda a: dedup.run_curate_cli(a),
+        sp = add("dedup", _curate_with_lock(dedup.run_curate_cli),
                  "write a near-deduplicated copy of a corpus (one document per cluster)")
         dedup.add_curate_arguments(sp)
     return p

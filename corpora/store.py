@@ -297,7 +297,7 @@ class Store:
         tables). A writer persists them in the catalog; a reader makes temporary ones with this store's
         paths (so a moved store still reads)."""
         if not write:
-            with self._snapshot() as con:
+            with self._snapshot(skip=("rejects",)) as con:  # library reads never need the rejects
                 self._refresh_views(con, temp=True, only=views)
                 yield con
             return
@@ -350,14 +350,16 @@ class Store:
                 time.sleep(min(0.01 * 2 ** min(waited, 6), 0.5))
 
     @contextlib.contextmanager
-    def _snapshot(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """An in-memory DuckDB holding a copy of the catalog tables; the file is closed before use."""
+    def _snapshot(self, skip: tuple[str, ...] = ()) -> Iterator[duckdb.DuckDBPyConnection]:
+        """An in-memory DuckDB holding a copy of the catalog tables (those in `skip` left empty); the
+        file is closed before use. The copy costs time in proportion to the catalog, not the corpora."""
         con = self._open_catalog(write=False)
         try:
             tables = [r[0] for r in con.execute(
                 "SELECT table_name FROM duckdb_tables() WHERE database_name = 'catalog_file'").fetchall()]
             for t in tables:
-                con.execute(f'CREATE TABLE memory.main."{t}" AS SELECT * FROM catalog_file.main."{t}"')
+                limit = " LIMIT 0" if t in skip else ""
+                con.execute(f'CREATE TABLE memory.main."{t}" AS SELECT * FROM catalog_file.main."{t}"{limit}')
             con.execute("DETACH catalog_file")
             if not tables:  # an empty catalog file (a store created by another version): empty tables
                 con.execute(_CATALOG_DDL)
@@ -476,7 +478,8 @@ class Store:
 
     def catalog_rows(self, query: str, params: list | None = None) -> list[tuple]:
         """Rows of a query on catalog tables and `documents` (for library code; no statement check)."""
-        with self._connect(views=("documents",)) as con:
+        with self._snapshot() as con:
+            self._refresh_views(con, temp=True, only=("documents",))
             return con.execute(query, params or []).fetchall()
 
     # ------------------------------------------------------------------ writing corpora
