@@ -1,0 +1,117 @@
+"""The local executor: same results in-process and in a pool, state built once per worker, errors and
+Ctrl-C reach the driver alone. (The Ray engine's equivalence tests live in tests/test_engines.py.)"""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from corpora.executor import EngineError, LocalExecutor, Stateful, get_executor
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def fail_on_three(x: int) -> int:
+    if x == 3:
+        raise ValueError("bad item 3")
+    return x
+
+
+class Offset:
+    """A stateful step: counts how many times it was built in this process."""
+    built = 0
+
+    def __init__(self, k: int):
+        Offset.built += 1
+        self.k = k
+
+    def __call__(self, x: int) -> tuple[int, int]:
+        return x + self.k, os.getpid()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_map_gives_every_index_once(workers):
+    with LocalExecutor(workers) as ex:
+        got = dict(ex.map(square, range(7), sizes=[1, 9, 3, 5, 2, 8, 4]))
+    assert got == {i: i * i for i in range(7)}
+
+
+def test_map_reduce_in_item_order_on_both_paths():
+    # concatenation is associative, not commutative: the reduce must follow item order
+    one = LocalExecutor(1).map_reduce(lambda x: [x], list(range(5)), reduce=lambda a, b: a + b)
+    two = LocalExecutor(2).map_reduce(square, list(range(5)), reduce=lambda a, b: a + b)
+    assert one == [0, 1, 2, 3, 4]
+    assert two == sum(i * i for i in range(5))
+
+
+def test_stateful_built_once_in_process():
+    Offset.built = 0
+    with LocalExecutor(1) as ex:
+        got = dict(ex.map(Stateful(Offset, 10), [1, 2, 3]))
+    assert [v[0] for _, v in sorted(got.items())] == [11, 12, 13]
+    assert Offset.built == 1
+
+
+def test_stateful_one_instance_per_worker_process():
+    with LocalExecutor(2) as ex:
+        got = dict(ex.map(Stateful(Offset, 1), list(range(8))))
+    assert sorted(v[0] for v in got.values()) == list(range(1, 9))
+    pids = {v[1] for v in got.values()}
+    assert os.getpid() not in pids and 1 <= len(pids) <= 2
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_error_in_step_reaches_driver(workers):
+    with pytest.raises(ValueError, match="bad item 3"):
+        dict(LocalExecutor(workers).map(fail_on_three, range(6)))
+
+
+def test_max_workers_one_runs_in_process():
+    with LocalExecutor(2) as ex:
+        got = dict(ex.map(Stateful(Offset, 0), [1, 2], max_workers=1))
+    assert {v[1] for v in got.values()} == {os.getpid()}
+
+
+def test_engine_selection(monkeypatch):
+    assert get_executor("local").name == "local"
+    monkeypatch.setenv("SYNTHMIX_ENGINE", "local")
+    assert get_executor().name == "local"
+    with pytest.raises(EngineError, match="unknown engine"):
+        get_executor("spark")
+
+
+def test_ctrl_c_stops_pool_without_worker_tracebacks(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent("""
+        import sys, time
+        from corpora.executor import LocalExecutor
+        from tests.corpora.test_executor import sleepy
+        if __name__ == "__main__":
+            print("started", flush=True)
+            try:
+                for _ in LocalExecutor(2).map(sleepy, range(8)):
+                    pass
+            except KeyboardInterrupt:
+                print("interrupted", flush=True)
+                sys.exit(130)
+    """))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": root})
+    assert proc.stdout.readline().strip() == "started"
+    time.sleep(2.5)  # workers spawned and sleeping
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted" in out
+    assert "Traceback" not in err, err
+
+
+def sleepy(x: int) -> int:
+    time.sleep(20)
+    return x
