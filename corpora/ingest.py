@@ -17,6 +17,7 @@ import logging
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -156,7 +157,8 @@ def _map_files(files: list[Path], cfg: IngestConfig, tmp_dir: Path) -> Iterator[
     # and with it the whole store stack, in every worker)
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["corpora.readers"])
-    with ctx.Pool(workers) as pool:
+    # workers ignore Ctrl-C: the driver alone stops (and terminates them), so it prints one line
+    with ctx.Pool(workers, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
         yield from pool.imap(read_to_parts_job, jobs)
 
 
