@@ -113,7 +113,7 @@ def mixture_store(tmp_path, lee_texts) -> Store:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
 def test_train_run(mixture_store, sig):
     store = mixture_store
-    argv = ("train", "run", "--mixture", "m", "--model", "debugmodel", "--tokens", "60k", "--batch-size", "4",
+    argv = ("train", "run", "--mixture", "m", "--model", "debugmodel", "--tokens", "16k", "--batch-size", "4",
             "--num-threads", "1", "--val-tokens", "2k", "--checkpoint-every-tokens", "2k", "-q")
     proc = popen_cli(*argv, store=store.root, start_new_session=True)
 
