@@ -112,6 +112,7 @@ def ingest(store: Store, paths: list[str | Path], cfg: IngestConfig, progress: b
         reasons: collections.Counter = collections.Counter()
         tmp_dir = store.ingest_tmp_dir(run_id)
         status = "failed"
+        bar = None
         try:
             bar = tqdm(total=sum(f.stat().st_size for f in todo), unit="B", unit_scale=True,
                        desc=f"ingest {cfg.corpus}", disable=not progress)
@@ -132,6 +133,8 @@ def ingest(store: Store, paths: list[str | Path], cfg: IngestConfig, progress: b
             status = "interrupted"
             raise
         finally:
+            if bar is not None:
+                bar.close()  # so that a message after it starts on its own line
             shutil.rmtree(tmp_dir, ignore_errors=True)
             report.rejects_by_reason = dict(reasons.most_common())
             report.elapsed_s = time.monotonic() - started
