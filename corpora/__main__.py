@@ -7,7 +7,9 @@ Examples:
     python -m corpora list --json
     python -m corpora show wiki
     python -m corpora sql "SELECT corpus, count(*) FROM documents GROUP BY corpus"
-    python -m corpora export cc --format jsonl --out cc.jsonl
+    python -m corpora export cc --format jsonl --out cc.jsonl.gz
+    python -m corpora export hq --format hf --out hq_hf        # load_dataset("hq_hf") reads it offline
+    python -m corpora ingest hq2 hq_hf                         # a Hugging Face datasets folder
     python -m corpora dedup cc --out cc_dedup
 """
 
@@ -26,11 +28,28 @@ import uuid
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from corpora.cli import run_command
-from corpora.readers import FORMATS, TEXT_MODES, ReaderConfig
+from corpora.executor import ENGINES
+from corpora.exits import run_command
+from corpora.export import FORMATS as EXPORT_FORMATS
+from corpora.readers import FORMATS, TEXT_MODES, InputError, ReaderConfig
 from corpora.store import ROLES, Store, resolve_store_path
+
+
+# Shown under each command's --help (tests/test_cli_help.py checks that every command has one).
+EXAMPLES = {
+    "ingest": ["python -m corpora ingest cc data/*.jsonl.gz --role train",
+               "python -m corpora ingest web crawl/*.warc.gz --workers 2",
+               "python -m corpora ingest hq2 hq_hf            # a Hugging Face datasets folder (card kept in meta)"],
+    "list": ["python -m corpora list --json"],
+    "show": ["python -m corpora show wiki --samples 5"],
+    "sql": ['python -m corpora sql "SELECT corpus, count(*) FROM documents GROUP BY corpus" --csv'],
+    "export": ["python -m corpora export hq --format hf --out hq_hf   # then datasets.load_dataset('hq_hf')",
+               "python -m corpora export cc --format jsonl --out cc.jsonl.gz"],
+    "rm": ["python -m corpora rm cc_old"],
+    "demo": ["python -m corpora --store /tmp/demo demo"],
+    "dedup": ["python -m corpora dedup cc --out cc_dedup"],
+}
 
 
 def _print_table(table: pa.Table, max_width: int = 60) -> None:
@@ -55,16 +74,23 @@ def _open(args, create: bool = False) -> Store:
 
 
 def cmd_ingest(args) -> int:
-    from corpora.ingest import IngestConfig, ingest
+    from corpora.ingest import IngestConfig, ingest, ingest_hf_folder
 
-    cfg = IngestConfig(
-        corpus=args.name, kind=args.kind, role=args.role, synthetic_type=args.synthetic_type,
-        format=args.format, workers=args.workers,
-        reader=ReaderConfig(text_field=args.text_field, text_mode=args.text_mode,
-                            html_extractor=args.html_extractor),
-    )
+    reader = ReaderConfig(text_field=args.text_field, text_mode=args.text_mode, html_extractor=args.html_extractor)
     store = _open(args, create=True)
-    report = ingest(store, args.paths, cfg, progress=not args.json)
+    folders = [p for p in args.paths if Path(p).is_dir()]
+    if folders:  # a Hugging Face datasets folder: kind, type and role default to what its card says
+        if len(args.paths) > 1:
+            raise InputError(f"{folders[0]} is a folder: ingest a Hugging Face datasets folder on its own")
+        report = ingest_hf_folder(store, folders[0], args.name, kind=args.kind, role=args.role,
+                                  synthetic_type=args.synthetic_type, split=args.split, reader=reader,
+                                  workers=args.workers, progress=not args.json)
+    else:
+        cfg = IngestConfig(
+            corpus=args.name, kind=args.kind or "natural", role=args.role or "train",
+            synthetic_type=args.synthetic_type, format=args.format, workers=args.workers, reader=reader,
+        )
+        report = ingest(store, args.paths, cfg, progress=not args.json)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
@@ -163,31 +189,19 @@ def cmd_sql(args) -> int:
 
 
 def cmd_export(args) -> int:
-    store = _open(args)
-    store.corpus(args.name)
-    out = Path(args.out or f"{args.name}.{args.format}")
-    from corpora.store import atomic_path
+    from corpora.export import ExportConfig, export_corpus
 
-    n = 0
-    with atomic_path(out) as tmp:
-        if args.format == "parquet":
-            writer = None
-            for batch in store.iter_batches(args.name):
-                writer = writer or pq.ParquetWriter(tmp, batch.schema, compression="zstd")
-                writer.write_batch(batch)
-                n += batch.num_rows
-            if writer:
-                writer.close()
-            else:
-                pq.write_table(pa.table({}), tmp)
-        else:
-            with open(tmp, "w", encoding="utf-8") as f:
-                for batch in store.iter_batches(args.name):
-                    for row in batch.to_pylist():
-                        f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                        n += 1
-    summary = {"corpus": args.name, "docs": n, "path": str(out), "format": args.format}
-    print(json.dumps(summary) if args.json else f"exported {n} documents of {args.name} to {out}")
+    cfg = ExportConfig(corpus=args.name, format=args.format, out=args.out,
+                       tokenizer=None if args.tokenizer == "none" else args.tokenizer, split=args.split,
+                       license=args.license, language=tuple(args.language or ()), overwrite=args.overwrite,
+                       workers=args.workers, engine=args.engine)
+    report = export_corpus(_open(args), cfg, progress=not args.json)
+    if args.json:
+        print(json.dumps(report.as_dict()))
+    else:
+        s = report.stats
+        tokens = f", {s.n_tokens:,} {report.tokenizer} tokens" if report.tokenizer else ""
+        print(f"exported {s.n_docs} documents of {args.name} ({s.n_bytes:,} bytes{tokens}) to {report.path}")
     return 0
 
 
@@ -234,17 +248,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name, func, help, **kw):
-        sp = sub.add_parser(name, help=help, description=help, **kw)
+        if name in EXAMPLES:
+            kw.setdefault("epilog", "examples:\n  " + "\n  ".join(EXAMPLES[name]))
+        sp = sub.add_parser(name, help=help, description=help,
+                            formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
         sp.add_argument("--store", default=argparse.SUPPRESS, help="store directory")
         sp.set_defaults(func=func)
         return sp
 
-    sp = add("ingest", cmd_ingest, "ingest files (JSONL, Parquet, text, WARC, MediaWiki XML) into a corpus")
+    sp = add("ingest", cmd_ingest, "ingest files (JSONL, Parquet, text, WARC, MediaWiki XML) or a Hugging Face "
+                                   "datasets folder into a corpus")
     sp.add_argument("name", help="corpus name, e.g. cc or wiki")
-    sp.add_argument("paths", nargs="+", help="input files (.jsonl[.gz|.zst|.bz2], .parquet, .txt, .warc.gz, .xml.bz2)")
-    sp.add_argument("--kind", choices=["natural", "synthetic"], default="natural")
+    sp.add_argument("paths", nargs="+", help="input files (.jsonl[.gz|.zst|.bz2], .parquet, .txt, .warc.gz, .xml.bz2), "
+                                             "or one Hugging Face datasets folder (save_to_disk, or Parquet + README.md)")
+    sp.add_argument("--kind", choices=["natural", "synthetic"],
+                    help="default: natural (for a datasets folder: what its card says, else natural)")
     sp.add_argument("--synthetic-type", help="hq, qa, txbk or your own (with --kind synthetic)")
-    sp.add_argument("--role", choices=ROLES, default="train")
+    sp.add_argument("--role", choices=ROLES, help="default: train (for a datasets folder: its card's, else train)")
+    sp.add_argument("--split", help="a datasets folder: ingest only this split (default: every split)")
     sp.add_argument("--format", choices=FORMATS, help="input format (default: from each file name)")
     sp.add_argument("--text-field", default="text", help="JSONL/Parquet field holding the text")
     sp.add_argument("--text-mode", choices=TEXT_MODES, default="line",
@@ -269,10 +290,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--csv", action="store_true", help="rows as CSV")
     sp.add_argument("--max-width", type=int, default=60, help="cut table cells to this width")
 
-    sp = add("export", cmd_export, "export a corpus as JSONL or Parquet")
+    sp = add("export", cmd_export, "export a corpus as a Hugging Face datasets folder with a dataset card, "
+                                   "JSONL(.gz) or one Parquet file")
     sp.add_argument("name")
-    sp.add_argument("--format", choices=["jsonl", "parquet"], default="jsonl")
-    sp.add_argument("--out", help="output file (default NAME.FORMAT)")
+    sp.add_argument("--format", choices=EXPORT_FORMATS, default="jsonl",
+                    help="hf: data/*.parquet + README.md dataset card (load_dataset(DIR) reads it); jsonl: one JSON "
+                         "object per line, gzip-compressed when --out ends in .gz; parquet: one file (default jsonl)")
+    sp.add_argument("--out", help="output folder or file (default NAME_hf, NAME.jsonl.gz, NAME.parquet)")
+    sp.add_argument("--tokenizer", default="cl100k_base",
+                    help="tokenizer that counts the card's tokens, or 'none' (default cl100k_base)")
+    sp.add_argument("--split", default="train", help="split name of an hf folder (default train)")
+    sp.add_argument("--license", help="hf: the card's license field (e.g. cc-by-4.0)")
+    sp.add_argument("--language", action="append", help="hf: a language code for the card (repeatable)")
+    sp.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    sp.add_argument("--workers", type=int, default=1, help="hf: shards exported in parallel (default 1)")
+    sp.add_argument("--engine", choices=ENGINES, help="hf: local processes or Ray (default $SYNTHMIX_ENGINE or local)")
     sp.add_argument("--json", action="store_true")
 
     sp = add("rm", cmd_rm, "remove a corpus and its shards")

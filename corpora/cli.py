@@ -1,57 +1,66 @@
-"""How every synthmix CLI ends: one line on stderr and an exit status, never a traceback for what the
-user can fix.
+"""synthmix: one entry point for every synthmix command (the console script pyproject installs).
 
-    exit 0    done
-    exit 1    the command ran but did not finish its work (e.g. generation left documents incomplete)
-    exit 2    bad input, a refused request or a store/file problem; the line says what to do
-    exit 130  interrupted (Ctrl-C); re-running the same command resumes
+    synthmix corpora ingest cc data/*.jsonl.gz        = python -m corpora ingest cc data/*.jsonl.gz
+    synthmix synth generate --type hq --source cc     = python -m synth generate ...
+    synthmix stats unigram --train cc --test wiki     = python -m stats.unigram ...
+    synthmix stats dedup --corpus hq --against cc     = python -m stats.dedup ...
+    synthmix stats scaling --runs cpu_sweep           = python -m stats.scaling ...
+    synthmix train mix cc_hq --parts cc=0.67,hq=0.33 --tokens 20M
+    synthmix train export cc_hq --format megatron --out megatron_data
+    synthmix reports study
 
-Every `__main__` calls its command through `run_command`; anything not listed here is a bug and keeps
-its traceback.
+Each tool is the module's own `main(argv)`: the same flags, help and exit codes as its `python -m` form.
 """
 
 from __future__ import annotations
 
-import errno
-import signal
+import importlib
 import sys
-from collections.abc import Callable
 
-from corpora.readers import InputError
-from corpora.store import StoreError
-
-
-def _os_error_line(e: OSError) -> str:
-    where = f"{e.filename}: " if e.filename else ""
-    if e.errno == errno.ENOSPC:
-        return f"{where}no space left on the device; free some space and re-run (finished work is kept)"
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"{where}{e.strerror or 'permission denied'}; check the permissions (or pick another --store/--out)"
-    return f"{where}{e.strerror or e}; check the path and re-run"
+# command words -> (module whose main(argv) runs them, one line of help)
+TOOLS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("corpora",): ("corpora.__main__", "store corpora: ingest, list, show, sql, export, rm, demo, dedup"),
+    ("synth",): ("synth.__main__", "generate synthetic corpora (hq, qa, txbk), list models, serve a model"),
+    ("stats", "unigram"): ("stats.unigram", "unigram coverage, KL and shrinkage between corpora"),
+    ("stats", "dedup"): ("stats.dedup", "near-duplicates (MinHash LSH) in a corpus or against another"),
+    ("stats", "scaling"): ("stats.scaling", "scaling-law fits, speed-ups and optimal ratios"),
+    ("train",): ("train.__main__", "mixtures, tokenizers, presets, training runs, sweeps, mixture export"),
+    ("reports",): ("reports.__main__", "the study driver and the HTML report"),
+}
 
 
-def run_command(prog: str, command: Callable[[], int], user_errors: tuple[type[BaseException], ...] = ()) -> int:
-    """Run a CLI command and map what can go wrong to one stderr line and an exit status.
+def usage(prefix: tuple[str, ...] = ()) -> str:
+    rows = [(" ".join(words), text) for words, (_, text) in TOOLS.items() if words[:len(prefix)] == prefix]
+    width = max(len(w) for w, _ in rows)
+    lines = [f"usage: synthmix {' '.join(prefix) + ' ' if prefix else ''}COMMAND [ARGS...]", "",
+             "commands (each takes --help):"]
+    lines += [f"  {w.ljust(width)}  {t}" for w, t in rows]
+    lines += ["", "examples:", "  synthmix corpora demo", "  synthmix stats unigram --train cc --test wiki",
+              "  synthmix train export cc_hq --format flat --out data/"]
+    return "\n".join(lines)
 
-    `prog` starts each line ("python -m train run: error: ..."); "" prints just "error: ..."."""
-    prog = f"{prog}: " if prog else ""
-    try:
-        return command()
-    except (StoreError, InputError, *user_errors) as e:
-        print(f"{prog}error: {e}", file=sys.stderr)
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for n in (2, 1):
+        words = tuple(argv[:n])
+        if words in TOOLS:
+            from corpora.exits import run_command
+
+            module = importlib.import_module(TOOLS[words][0])
+            return run_command("", lambda: module.main(argv[n:]) or 0)  # Ctrl-C: one line, exit 130
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if any(w[0] == argv[0] and len(w) > 1 for w in TOOLS):  # a group: `synthmix stats`
+        if len(argv) == 1 or argv[1] in ("-h", "--help"):
+            print(usage((argv[0],)))
+            return 0
+        print(f"synthmix: error: unknown command {' '.join(argv[:2])!r}\n\n{usage((argv[0],))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        # a second Ctrl-C while we print must not add a traceback
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        print(f"{prog}interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
-    except OSError as e:  # permissions, disk full, a path that is not what it should be
-        print(f"{prog}error: {_os_error_line(e)}", file=sys.stderr)
-        return 2
-    except Exception as e:
-        import duckdb
+    print(f"synthmix: error: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
+    return 2
 
-        if isinstance(e, duckdb.Error):  # e.g. a shard file damaged outside synthmix
-            print(f"{prog}error: DuckDB: {str(e).splitlines()[0]}", file=sys.stderr)
-            return 2
-        raise
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -27,7 +27,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from corpora.readers import FileResult, InputError, ReaderConfig, detect_format, read_to_parts, read_to_parts_job
+from corpora.readers import (FileResult, InputError, ReaderConfig, detect_format, read_hf_folder, read_to_parts,
+                             read_to_parts_job)
 from corpora.store import Store
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class IngestConfig:
     workers: int = 0  # 0: one per core
     part_bytes: int = 128 << 20  # text bytes per shard
     row_group_bytes: int = 8 << 20  # text bytes a worker holds before writing them out; bounds its memory
+    meta: dict | None = None  # the corpus's meta when this ingest creates it (e.g. a dataset card's header)
 
 
 @dataclasses.dataclass
@@ -90,7 +92,7 @@ def ingest(store: Store, paths: list[str | Path], cfg: IngestConfig, progress: b
     report = IngestReport(cfg.corpus, run_id)
     started = time.monotonic()
     with store.lock(purpose=f"ingest {cfg.corpus}"):
-        store.create_corpus(cfg.corpus, cfg.kind, cfg.role, cfg.synthetic_type, exist_ok=True)
+        store.create_corpus(cfg.corpus, cfg.kind, cfg.role, cfg.synthetic_type, cfg.meta, exist_ok=True)
         store.recover()  # we hold the lock, so runs still marked running died: mark them, drop their files
         store.remove_orphans(cfg.corpus)
         done = store.ingested_files(cfg.corpus)
@@ -215,3 +217,35 @@ def _count_docs_from(store: Store, corpus: str, path: str) -> int:
         [corpus, path + ":", path + "#"],
     )
     return int(rows[0][0])
+
+
+def ingest_hf_folder(store: Store, folder: str | Path, corpus: str, *, kind: str | None = None,
+                     role: str | None = None, synthetic_type: str | None = None, split: str | None = None,
+                     reader: ReaderConfig = ReaderConfig(), workers: int = 0,
+                     progress: bool = True) -> IngestReport:
+    """Ingest a Hugging Face datasets folder (`save_to_disk` Arrow files, or Parquet files named by its
+    dataset card / under data/) into `corpus`, every split unless `split` names one.
+
+    The card's YAML header (and a save_to_disk folder's dataset_info.json) is kept in the corpus's meta
+    under "hf". A folder written by `python -m corpora export --format hf` comes back as it left: the same
+    documents (same doc_ids), their provenance columns, and the original corpus's kind, type, role and meta;
+    arguments given here win over the card."""
+    hf = read_hf_folder(folder)
+    splits = hf.splits
+    if split is not None:
+        if split not in splits:
+            raise InputError(f"{hf.path}: no split {split!r}; it has {', '.join(splits)}")
+        splits = {split: splits[split]}
+    ours = hf.card.get("synthmix") if isinstance(hf.card.get("synthmix"), dict) else {}
+    meta = dict(ours.get("meta") or {})
+    card = {**hf.card, "synthmix": {k: v for k, v in ours.items() if k != "meta"}} if ours else hf.card
+    meta["hf"] = {"folder": str(hf.path.resolve()), "layout": hf.layout,  # the card's meta is merged above
+                  "splits": {s: len(files) for s, files in splits.items()},
+                  "card": card, "dataset_info": hf.info}
+    kind = kind or ours.get("kind") or "natural"
+    if ours:  # our own export: its doc_ids are ours too (a synthetic doc_id hashes its recipe, not its text)
+        reader = dataclasses.replace(reader, keep_doc_ids=True)
+    cfg = IngestConfig(corpus=corpus, kind=kind, role=role or ours.get("role") or "train",
+                       synthetic_type=synthetic_type or (ours.get("synthetic_type") if kind == "synthetic" else None),
+                       format="hf", reader=reader, workers=workers, meta=meta)
+    return ingest(store, [f for files in splits.values() for f in files], cfg, progress)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pyarrow is imported where it is used, so this module stays 
 
 REASONS = (
     "bad_json", "bad_utf8", "bad_unicode", "missing_text_field", "empty_text", "text_not_string",
-    "truncated_stream", "corrupt_parquet", "not_html", "bad_warc_record", "wiki_redirect",
+    "truncated_stream", "corrupt_parquet", "corrupt_arrow", "not_html", "bad_warc_record", "wiki_redirect",
     "wiki_not_article", "bad_xml", "read_error",
 )
 
@@ -36,6 +36,8 @@ class Doc:
     text: str
     source: str  # file:line, file#record, or URL
     meta: dict
+    # document columns a reader restores as they were exported (source_doc_id, generator, prompt_id)
+    columns: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -53,9 +55,12 @@ class ReaderConfig:
     text_mode: str = "line"
     min_chars: int = 1  # shorter documents are rejected as empty_text
     html_extractor: str = "resiliparse"  # or "trafilatura"
+    # hf: keep an exported `doc_id` column as the document's id (set for folders a synthmix export wrote:
+    # a synthetic document's id hashes how it was made, not its text, so it cannot be recomputed)
+    keep_doc_ids: bool = False
 
 
-FORMATS = ("jsonl", "parquet", "text", "warc", "mediawiki")
+FORMATS = ("jsonl", "parquet", "text", "warc", "mediawiki", "hf")
 _COMPRESSIONS = (".gz", ".bz2", ".zst", ".zstd")
 
 
@@ -69,6 +74,8 @@ def detect_format(path: Path) -> str:
         return "jsonl"
     if name.endswith(".parquet"):
         return "parquet"
+    if name.endswith(".arrow"):
+        return "hf"  # an Arrow file of a Hugging Face `save_to_disk` folder
     if name.endswith((".warc", ".arc")):
         return "warc"
     if name.endswith(".xml") or ".xml-" in name:  # dump names look like pages-articles1.xml-p10p30302
@@ -499,12 +506,208 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
+# ------------------------------------------------------------------ Hugging Face datasets folders
+# Exported document columns that come back as columns; doc_id and n_bytes are recomputed from the text.
+_HF_COLUMNS = ("source_doc_id", "generator", "prompt_id")
+
+
+def _hf_batches(path: Path) -> Iterator["pa.RecordBatch"]:
+    """Record batches of a .parquet file, or of a save_to_disk .arrow file (the Arrow IPC stream format)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if path.name.lower().endswith(".parquet"):
+        yield from pq.ParquetFile(path).iter_batches(batch_size=4096)
+        return
+    with pa.memory_map(str(path)) as source:
+        try:
+            reader = pa.ipc.open_stream(source)
+        except pa.ArrowInvalid as stream_error:  # datasets writes streams; an Arrow IPC *file* reads too
+            try:
+                file_reader = pa.ipc.open_file(source)
+            except pa.ArrowInvalid:
+                raise stream_error from None
+            yield from (file_reader.get_batch(i) for i in range(file_reader.num_record_batches))
+            return
+        yield from reader
+
+
+def _hf_doc(text: str, source: str, record: dict, keep_doc_id: bool) -> Doc:
+    """A document from one row; a row exported by synthmix comes back with its columns and meta."""
+    from corpora.documents import compute_doc_id
+
+    columns = {}
+    if keep_doc_id and isinstance(record.get("doc_id"), str):
+        columns["doc_id"] = record.pop("doc_id")
+    for key in _HF_COLUMNS:
+        value = record.pop(key, None)
+        if isinstance(value, str):
+            columns[key] = value
+    meta: dict = {}
+    raw = record.pop("meta", None)
+    if isinstance(raw, str):
+        try:
+            parsed = json.loads(raw)
+            meta = parsed if isinstance(parsed, dict) else {"meta": parsed}
+        except json.JSONDecodeError:
+            meta = {"meta": raw}
+    elif isinstance(raw, dict):
+        meta = raw
+    elif raw is not None:
+        meta = {"meta": raw}
+    record.pop("n_bytes", None)
+    if record.get("doc_id") == compute_doc_id(text):  # ours: the same text gets the same id again
+        record.pop("doc_id")
+    meta.update({k: v for k, v in record.items() if v is not None and _jsonable(v)})
+    return Doc(text, source, meta, columns)
+
+
+def read_hf_file(path: Path, cfg: ReaderConfig) -> Iterator[Doc | Reject]:
+    """Rows of one data file of a Hugging Face datasets folder (.parquet, or a save_to_disk .arrow file).
+
+    Columns other than the text go into meta (the exported `source` too); source_doc_id, generator and
+    prompt_id come back as document columns, an exported `meta` (JSON) as the document's meta, and with
+    cfg.keep_doc_ids an exported doc_id as the id (else ids are recomputed from the text)."""
+    import pyarrow as pa
+
+    reason = "corrupt_parquet" if path.name.lower().endswith(".parquet") else "corrupt_arrow"
+    row = 0
+    try:
+        for batch in _hf_batches(path):
+            if cfg.text_field not in batch.schema.names:
+                yield Reject(str(path), "missing_text_field",
+                             f"no column {cfg.text_field!r} (columns: {', '.join(batch.schema.names)}); "
+                             "pass --text-field")
+                return
+            for record in batch.to_pylist():
+                source = f"{path}#{row}"
+                row += 1
+                text = record.pop(cfg.text_field)
+                if (bad := _check_text(text, source, cfg)) is not None:
+                    yield bad
+                    continue
+                yield _hf_doc(text, source, record, cfg.keep_doc_ids)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (pa.ArrowException, OSError) as e:
+        yield Reject(f"{path}#{row}", reason, str(e)[:200])
+
+
+@dataclasses.dataclass
+class HFFolder:
+    """A Hugging Face datasets folder: its data files by split, and its metadata."""
+    path: Path
+    layout: str  # "save_to_disk" (Arrow files) or "parquet" (data files named by the card, or data/*.parquet)
+    splits: dict[str, list[Path]]
+    card: dict  # the YAML header of README.md ({} without one)
+    info: dict  # dataset_info.json of a save_to_disk folder ({} without one)
+
+    @property
+    def files(self) -> list[Path]:
+        return [f for files in self.splits.values() for f in files]
+
+
+def read_card_header(readme: Path) -> dict:
+    """The YAML header of a dataset card (README.md between `---` lines); {} when there is none."""
+    import yaml
+
+    text = readme.read_text(encoding="utf-8")
+    if not text.startswith("---"):
+        return {}
+    end = text.find("\n---", 3)
+    if end < 0:
+        raise InputError(f"{readme}: the YAML header opened by '---' is never closed; add a '---' line after it")
+    try:
+        header = yaml.safe_load(text[3:end]) or {}
+    except yaml.YAMLError as e:
+        raise InputError(f"{readme}: bad YAML header ({str(e).splitlines()[0]}); fix the dataset card") from None
+    if not isinstance(header, dict):
+        raise InputError(f"{readme}: the YAML header is not a mapping of keys to values")
+    return header
+
+
+def _card_data_files(folder: Path, card: dict) -> dict[str, list[Path]]:
+    """Split -> files named by the card's `configs` (the default config, else the first)."""
+    configs = card.get("configs") or []
+    if not isinstance(configs, list) or not configs:
+        return {}
+    config = next((c for c in configs if isinstance(c, dict) and (c.get("default") or
+                                                                    c.get("config_name") == "default")), configs[0])
+    spec = config.get("data_files") if isinstance(config, dict) else None
+    if isinstance(spec, (str, dict)):
+        spec = [spec]
+    patterns: dict[str, list[str]] = {}
+    for item in spec or []:
+        if isinstance(item, str):
+            patterns.setdefault("train", []).append(item)
+        elif isinstance(item, dict) and "path" in item:
+            paths = item["path"] if isinstance(item["path"], list) else [item["path"]]
+            patterns.setdefault(str(item.get("split", "train")), []).extend(map(str, paths))
+    splits = {}
+    for split, globs in patterns.items():
+        files = sorted({p for g in globs for p in folder.glob(g) if p.is_file()})
+        if not files:
+            raise InputError(f"{folder}: the card's data_files {globs} for split {split!r} match no file")
+        splits[split] = files
+    return splits
+
+
+def _saved_split(folder: Path) -> tuple[list[Path], dict]:
+    """The Arrow files of one `Dataset.save_to_disk` folder (state.json) and its dataset_info.json."""
+    try:
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        files = [folder / f["filename"] for f in state["_data_files"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{folder / 'state.json'}: not a datasets state file ({e}); re-save with save_to_disk") from None
+    info_path = folder / "dataset_info.json"
+    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
+    return files, info
+
+
+def read_hf_folder(folder: str | Path) -> HFFolder:
+    """Find the data files of a Hugging Face datasets folder; raises InputError for anything else."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a directory")
+    readme = folder / "README.md"
+    card = read_card_header(readme) if readme.exists() else {}
+    if (folder / "dataset_dict.json").exists():  # DatasetDict.save_to_disk: one folder per split
+        try:
+            names = json.loads((folder / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
+        except (OSError, ValueError, KeyError) as e:
+            raise InputError(f"{folder / 'dataset_dict.json'}: unreadable ({e})") from None
+        splits, info = {}, {}
+        for name in names:
+            splits[name], info = _saved_split(folder / name)
+        return _complete(HFFolder(folder, "save_to_disk", splits, card, info))
+    if (folder / "state.json").exists():  # Dataset.save_to_disk
+        files, info = _saved_split(folder)
+        return _complete(HFFolder(folder, "save_to_disk", {str(info.get("split") or "train"): files}, card, info))
+    splits = _card_data_files(folder, card)
+    if not splits:  # the Hub's convention without a card: data/{split}-00000-of-00001.parquet
+        for f in sorted((folder / "data").glob("*.parquet")):
+            m = re.match(r"^([A-Za-z0-9_]+?)(?:[-_]\d+(?:-of-\d+)?)?\.parquet$", f.name)
+            splits.setdefault(m.group(1) if m else "train", []).append(f)
+    if not splits:
+        raise InputError(f"{folder}: not a Hugging Face datasets folder (no dataset_dict.json, state.json, "
+                         "README.md with data_files, or data/*.parquet); pass data files instead")
+    return _complete(HFFolder(folder, "parquet", splits, card, {}))
+
+
+def _complete(hf: HFFolder) -> HFFolder:
+    missing = [f for f in hf.files if not f.is_file()]
+    if missing:
+        raise InputError(f"{missing[0]}: listed by {hf.path} but missing; the folder is incomplete")
+    return hf
+
+
 READERS = {
     "jsonl": read_jsonl,
     "parquet": read_parquet,
     "text": read_text,
     "warc": read_warc,
     "mediawiki": read_mediawiki,
+    "hf": read_hf_file,
 }
 
 
@@ -584,7 +787,8 @@ def read_to_parts(path: str, fmt: str | None, cfg: ReaderConfig, out_dir: str, p
             rejects.append(Reject(item.source, "bad_unicode", problem))
             continue
         rows.append({"text": item.text, "source": item.source,
-                     "meta": json.dumps(item.meta, ensure_ascii=False, default=str) if item.meta else None})
+                     "meta": json.dumps(item.meta, ensure_ascii=False, default=str) if item.meta else None,
+                     **item.columns})
         n_docs += 1
         group_size += len(item.text)
         if group_size >= row_group_bytes:

@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sp = sub.add_parser("build", help="render the self-contained HTML report from the store",
-                        description="Render the self-contained HTML report from what the store holds.")
+                        description="Render the self-contained HTML report from what the store holds.",
+                        epilog="example:\n  python -m reports build --store store --out report.html",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     sp.add_argument("--store", help="store directory (default: $SYNTHMIX_STORE, else ./store)")
     sp.add_argument("--out", default="report.html", help="output HTML file")
     sp.add_argument("--title", default="synthmix study report")
@@ -51,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_build)
     sp = sub.add_parser("study", help="run the whole study from a TOML file, ending in the report",
                         description="Run the whole study (generate, analyse, mix, train, fit, report) from a "
-                                    "study TOML file; steps already done are reused.")
+                                    "study TOML file; steps already done are reused.",
+                        epilog="examples:\n  python -m reports study\n"
+                               "  python -m reports study --config my_study.toml --out my_report.html",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     sp.add_argument("--config", help="study TOML (default: the demo study shipped in reports/studies/demo.toml)")
     sp.add_argument("--store", help="store directory (overrides the study file)")
     sp.add_argument("--out", help="report path (overrides the study file)")
@@ -64,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from corpora.cli import run_command
+    from corpora.exits import run_command
 
     return run_command("", lambda: args.func(args), user_errors=(ValueError,))
 

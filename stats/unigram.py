@@ -644,6 +644,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from corpora.cli import run_command
+    from corpora.exits import run_command
 
     sys.exit(run_command("", main))

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
 
-    from corpora.cli import run_command
+    from corpora.exits import run_command
     from synth.prompts import PromptError
 
     commands = {"generate": _generate, "models": _models, "serve": _serve}

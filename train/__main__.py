@@ -1,4 +1,4 @@
-"""python -m train {mix,tokenizer,presets,run,sweep}: build mixtures, train tokenizers and models.
+"""python -m train {mix,tokenizer,presets,run,sweep,export}: build mixtures, train tokenizers and models.
 
 The CLI only parses arguments, calls the library (train.data, train.tokenizer, train.loop, train.sweep)
 and prints a summary (or JSON with --json). Usage errors exit with status 2 and a one-line message.
@@ -18,6 +18,7 @@ EXAMPLES = {
     "presets": "python -m train presets --vocab 8192 --json",
     "run": "python -m train run --mixture cc_hq --model cpu-4m --tokens 5M --lr 3e-3",
     "sweep": "python -m train sweep examples/sweep_cpu.toml",
+    "export": "python -m train export cc_hq --format megatron --out megatron_data",
 }
 
 
@@ -103,6 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("grid", help="grid TOML file (format: train/sweep.py's docstring; example: "
                                 "examples/sweep_cpu.toml)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their status; train nothing")
+
+    p = add("export", "Export a mixture for another trainer: Megatron-LM/NeMo indexed dataset or a flat token file.")
+    p.add_argument("mixture", help="a mixture built with `python -m train mix`")
+    p.add_argument("--format", choices=("megatron", "flat"), default="megatron",
+                   help="megatron: NAME_text_document.bin + .idx (MMIDIDX; --data-path OUT/NAME_text_document); "
+                        "flat: NAME.bin, uint16/uint32 tokens with end-of-text between documents, as nanoGPT and "
+                        "OLMo-core memory-map it. Both with a JSON sidecar (default megatron)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace files of an earlier export")
     return parser
 
 
@@ -252,8 +262,21 @@ def cmd_sweep(args, store) -> int:
     return 1 if any(r.get("status") == "failed" for r in results) else 0
 
 
+def cmd_export(args, store) -> int:
+    from train.export import ExportConfig, export_mixture
+
+    sidecar = export_mixture(store, ExportConfig(args.mixture, args.format, args.out, args.overwrite),
+                             progress=not args.quiet)
+    if args.json:
+        _json(sidecar)
+    else:
+        print(f"mixture {args.mixture}: {sidecar['n_tokens']} tokens in {sidecar['n_documents']} documents "
+              f"({sidecar['dtype']}) -> {', '.join(sidecar['files'])} in {args.out} (+ sidecar JSON)")
+    return 0
+
+
 COMMANDS = {"mix": cmd_mix, "tokenizer": cmd_tokenizer, "presets": cmd_presets, "run": cmd_run,
-            "sweep": cmd_sweep}
+            "sweep": cmd_sweep, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    from corpora.cli import run_command
+    from corpora.exits import run_command
     from corpora.store import Store, resolve_store_path
     from train.model import UnknownPreset
 

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from corpora.ingest import IngestConfig, ingest
-from corpora.readers import ReaderConfig, read_to_parts
+from corpora.readers import InputError, ReaderConfig, read_to_parts
 from corpora.store import Store
 from tests.reliability.conftest import one_line_error, run_cli
 
@@ -166,6 +166,13 @@ def test_empty_or_all_bad_input_fails_the_same_way_every_time(tmp_path):
 
 
 def test_ingest_of_a_directory_says_so(tmp_path):
+    """A folder is read as a Hugging Face datasets folder on its own; among files it is named as a folder."""
     (tmp_path / "in").mkdir()
-    proc = run_cli("corpora", "ingest", "c", str(tmp_path / "in"), store=tmp_path / "store")
-    assert "is a directory" in one_line_error(proc, 2)
+    (tmp_path / "a.jsonl").write_text('{"text": "x"}\n')
+    proc = run_cli("corpora", "ingest", "c", str(tmp_path / "a.jsonl"), str(tmp_path / "in"), store=tmp_path / "s")
+    line = one_line_error(proc, 2)
+    assert str(tmp_path / "in") in line and "folder" in line
+    proc = run_cli("corpora", "ingest", "c", str(tmp_path / "in"), store=tmp_path / "s")
+    assert str(tmp_path / "in") in one_line_error(proc, 2)
+    with pytest.raises(InputError, match="is a directory"):
+        ingest(Store(tmp_path / "s2", create=True), [tmp_path / "in"], IngestConfig(corpus="c"), progress=False)

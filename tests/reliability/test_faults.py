@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from corpora.cli import run_command
+from corpora.exits import run_command
 from corpora.store import Store, StoreError
 from tests.conftest import add_corpus
 from tests.reliability.conftest import one_line_error, run_cli

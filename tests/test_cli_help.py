@@ -1,0 +1,100 @@
+"""Every command of every tool has --help with a description and an example (the sqlite-utils habit), reached
+through the `synthmix` entry point; the console script in pyproject.toml points at it."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import io
+import os
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+from corpora import cli
+from tests.conftest import REPO
+
+
+class _Captured(Exception):
+    def __init__(self, parser):
+        self.parser = parser
+
+
+def root_parser(module_name: str) -> argparse.ArgumentParser:
+    """The parser a tool's main() builds, taken at its parse_args call (every tool builds it in main)."""
+    module = importlib.import_module(module_name)
+
+    def capture(self, *args, **kwargs):
+        raise _Captured(self)
+
+    original = argparse.ArgumentParser.parse_args
+    argparse.ArgumentParser.parse_args = capture
+    try:
+        module.main([])
+    except _Captured as c:
+        return c.parser
+    finally:
+        argparse.ArgumentParser.parse_args = original
+    raise AssertionError(f"{module_name}.main never parsed its arguments")
+
+
+def _subcommands(parser: argparse.ArgumentParser, prefix: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Every command path below a parser, the parser's own first."""
+    paths = [prefix]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                paths += _subcommands(sub, prefix + (name,))
+    return paths
+
+
+def every_command() -> list[tuple[str, ...]]:
+    return [words + rest for words, (module, _) in cli.TOOLS.items()
+            for rest in _subcommands(root_parser(module), ())]
+
+
+COMMANDS = every_command()
+
+
+def test_the_walk_sees_every_tool_and_the_new_commands():
+    assert ("corpora", "export") in COMMANDS and ("corpora", "ingest") in COMMANDS
+    assert ("train", "export") in COMMANDS and ("stats", "unigram") in COMMANDS
+    assert ("synth", "generate") in COMMANDS and ("reports", "study") in COMMANDS
+    assert len(COMMANDS) >= 25
+
+
+@pytest.mark.parametrize("words", COMMANDS, ids=" ".join)
+def test_help_has_a_description_and_an_example(words):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_:
+        cli.main([*words, "--help"])
+    text = out.getvalue()
+    assert exit_.value.code == 0 and text.startswith("usage:"), f"synthmix {' '.join(words)} --help failed"
+    body = text.split("\n\n", 1)[1] if "\n\n" in text else ""
+    assert len(body.strip()) > 40, f"synthmix {' '.join(words)} --help has no description"
+    assert "example" in text.lower(), f"synthmix {' '.join(words)} --help shows no example"
+    # the example shows this very command (its tool and, for a subcommand, its name)
+    tool = words[0] if words[0] != "stats" else f"stats.{words[1]}"
+    assert f"python -m {tool}" in text
+    if len(words) > (2 if words[0] == "stats" else 1):
+        assert words[-1] in text.split("xample", 1)[1]
+
+
+def test_synthmix_usage_and_unknown_commands(capsys):
+    assert cli.main([]) == 0 and "stats unigram" in capsys.readouterr().out
+    assert cli.main(["stats"]) == 0 and "stats dedup" in capsys.readouterr().out
+    assert cli.main(["nope"]) == 2 and "unknown command 'nope'" in capsys.readouterr().err
+    assert cli.main(["stats", "nope"]) == 2 and "unknown command 'stats nope'" in capsys.readouterr().err
+
+
+def test_console_script_entry_point_runs_a_command(tmp_path):
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    module, func = scripts["synthmix"].split(":")
+    assert getattr(importlib.import_module(module), func) is cli.main
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", module, "corpora", "--store", str(tmp_path / "s"), "list"],
+                          capture_output=True, text=True, cwd=REPO, env=env)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: no store at")  # a one-line, fixable error
