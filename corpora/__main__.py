@@ -103,7 +103,8 @@ def cmd_ingest(args) -> int:
     # the same answer on every run: do the inputs hold any document at all (now or in an earlier run)?
     files = [str(Path(p).resolve()) for p in args.paths]
     (n_held,) = store.catalog_rows(
-        "SELECT coalesce(sum(n_docs + n_duplicates), 0) FROM ingest_files WHERE corpus = ? AND list_contains(?, file)",
+        "SELECT coalesce(sum(n_docs + n_duplicates), 0) FROM ingest_files WHERE corpus = ? AND EXISTS "
+        "(SELECT 1 FROM unnest(?) AS t(p) WHERE file = p OR starts_with(file, p || '/'))",  # a folder's files
         [report.corpus, files])[0]
     if n_held == 0:
         print(f"error: no documents in {', '.join(args.paths)}: every record was rejected "
