@@ -9,6 +9,11 @@
   (those other than cl100k_base need tiktoken's download cache, as there is no internet here);
 - a path: a `.tiktoken` file, a `tokenizer.json`, a GGUF model file, or a directory holding one of them.
 
+A plain byte-level BPE `tokenizer.json` (what `python -m train tokenizer` writes) is run by tiktoken,
+not by `tokenizers`: its ranks are the vocabulary's ids, its split is GPT-2's regex (the one HF's
+ByteLevel pre-tokenizer applies), so the ids are the same (checked when loading: merges must create
+tokens in id order; tested on real text) and encoding is 2-4x faster. Anything else stays with `tokenizers`.
+
 Every tokenizer encodes *without* special tokens (a literal "<|endoftext|>" in a document is text,
 not a separator), and has an `eot_id`, adding one when the vocabulary has none, so token streams can
 mark document boundaries. Ids fit `dtype` (uint16 when n_vocab <= 65536, else uint32).
@@ -42,6 +47,8 @@ CL100K_PAT_STR = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|"""
     r"""\s*[\r\n]|\s+(?!\S)|\s"""
 )
+# GPT-2's pre-tokenization regex: what HF's ByteLevel(use_regex=True) pre-tokenizer splits with.
+GPT2_PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 # Documents per thread task: large enough that the pool's per-task overhead (~20 us) is noise
 # next to encoding ~100 KB of text, small enough that both threads stay busy to the end of a batch.
 _DOCS_PER_TASK = 64
@@ -101,8 +108,11 @@ class Tokenizer:
 
 
 class TiktokenTokenizer(Tokenizer):
-    def __init__(self, encoding, name: str, source: str, fingerprint: str, num_threads: int = 0):
+    def __init__(self, encoding, name: str, source: str, fingerprint: str, num_threads: int = 0,
+                 loader: tuple | None = None):
         self.encoding = encoding
+        # how a worker process rebuilds it: (function, args), cached there, then with_threads
+        self.loader = loader or (_load_tiktoken, (source, name))
         self.name = name
         self.source = source
         self.fingerprint = fingerprint
@@ -115,7 +125,7 @@ class TiktokenTokenizer(Tokenizer):
         self.eot_id = int(eot)
 
     def __reduce__(self):  # workers rebuild from the source instead of pickling 100k ranks
-        return (_load_tiktoken, (self.source, self.name, self.num_threads))
+        return (_rebuild, (*self.loader, self.num_threads))
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return self.encoding.encode_ordinary_batch(list(texts), num_threads=self.num_threads)
@@ -239,6 +249,53 @@ def _load_tiktoken(source: str, name: str, num_threads: int = 0) -> TiktokenToke
     return TiktokenTokenizer(encoding, name, source, fingerprint, num_threads)
 
 
+def _rebuild(fn, args: tuple, num_threads: int) -> Tokenizer:
+    return fn(*args).with_threads(num_threads)
+
+
+def _unicode_to_byte() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, reversed: the printable character that stands for each byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+def bytelevel_bpe_as_tiktoken(spec: dict, name: str):
+    """A Hugging Face byte-level BPE (tokenizer.json as a dict) as a tiktoken Encoding with the same ids,
+    or None when it is not one that tiktoken encodes identically."""
+    import tiktoken
+
+    model, pre = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
+    if (model.get("type") != "BPE" or spec.get("normalizer") is not None or pre.get("type") != "ByteLevel"
+            or pre.get("add_prefix_space") or not pre.get("use_regex", True) or model.get("dropout")
+            or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix")
+            or model.get("byte_fallback") or model.get("ignore_merges")):
+        return None
+    added = {t["content"]: t["id"] for t in spec.get("added_tokens") or []}
+    if any(not t.get("special") for t in spec.get("added_tokens") or []) or set(added) - {EOT_TEXT}:
+        return None  # HF matches added tokens before the BPE; tiktoken's encode_ordinary would not
+    to_byte = _unicode_to_byte()
+    try:
+        ranks = {bytes(to_byte[c] for c in piece): i for piece, i in model["vocab"].items() if piece not in added}
+        merged = [bytes(to_byte[c] for c in (m.replace(" ", "", 1) if isinstance(m, str) else "".join(m)))
+                  for m in model.get("merges") or []]
+    except KeyError:  # a piece outside the byte alphabet
+        return None
+    # tiktoken merges the adjacent pair whose result has the lowest rank, HF the pair listed first; the two
+    # agree when every merge creates a new token and merges are listed in the order of their tokens' ids.
+    merged_ids = [ranks.get(b, -1) for b in merged]
+    if (len(ranks) != len(model["vocab"]) - len(added) or any(bytes([b]) not in ranks for b in range(256))
+            or min(merged_ids, default=0) < 0 or any(a >= b for a, b in zip(merged_ids, merged_ids[1:]))):
+        return None
+    return tiktoken.Encoding(name=name, pat_str=GPT2_PAT_STR, mergeable_ranks=ranks, special_tokens=added)
+
+
 def _load_hf_json_text(text: str, name: str, source: str, fingerprint: str, num_threads: int = 0):
     import tokenizers
 
@@ -249,11 +306,18 @@ def _load_hf_json_text(text: str, name: str, source: str, fingerprint: str, num_
 def _load_hf_json(path: str, name: str, mtime_ns: int, num_threads: int = 0) -> HFTokenizer:
     import tokenizers
 
+    import json
+
     try:
         backend = tokenizers.Tokenizer.from_file(path)
     except Exception as e:  # noqa: BLE001 -- the Rust side raises plain Exception on bad JSON
         raise UnknownTokenizer(f"cannot read Hugging Face tokenizer {path}: {str(e).splitlines()[0]}") from None
-    return HFTokenizer(backend, name, path, file_hash(Path(path), digest_size=8), num_threads)
+    fingerprint = file_hash(Path(path), digest_size=8)
+    encoding = bytelevel_bpe_as_tiktoken(json.loads(Path(path).read_text(encoding="utf-8")), name)
+    if encoding is not None:  # same ids, faster: see the module docstring
+        return TiktokenTokenizer(encoding, name, path, fingerprint, num_threads,
+                                 loader=(_load_hf_json, (path, name, mtime_ns)))
+    return HFTokenizer(backend, name, path, fingerprint, num_threads)
 
 
 @functools.lru_cache(maxsize=4)

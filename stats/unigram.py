@@ -19,10 +19,14 @@ of V ids; logs are natural, so every divergence and entropy is in nats; bits = n
                    sum_v 1 - C(N - c_v, n) / C(N, n); entropy is the mean over seeded subsamples of n
                    tokens drawn without replacement (multivariate hypergeometric).
 
-Counting is a pure map (`count_unigrams(shard_path, cfg) -> UnigramCounts`) and an associative reduce
-(`reduce_counts`); `build_unigram_counts` is the driver: it maps shards in worker processes, caches each
-shard's counts by content hash, and stores the corpus's counts in the result table `unigram_counts`
-keyed by (corpus content hash, tokenizer), so an unchanged corpus is never counted twice.
+Counting is a pure map (`count_cached_shard(CountJob, tokenizer) -> UnigramCounts`: np.bincount over the
+shard's tokens in the token cache that mixtures share, `corpora.tokens`, tokenizing first the documents
+not cached yet) and an associative reduce (`reduce_counts`); `build_unigram_counts` is the driver: it maps
+shards in worker processes, adopts the new token pieces, caches each shard's counts by content hash, and
+stores the corpus's counts in the result table `unigram_counts` keyed by (corpus content hash,
+tokenizer), so an unchanged corpus is never counted twice, and a corpus a mixture has tokenized is not
+tokenized again. `count_unigrams(shard_path, cfg)` counts one shard straight from its text, without the
+cache.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import math
 import multiprocessing
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -51,12 +56,14 @@ from tqdm import tqdm
 
 from corpora.store import (
     CorpusInfo,
+    ShardInfo,
     Store,
     StoreError,
     read_shard_batches,
     resolve_store_path,
 )
 from corpora.tokenizers import DEFAULT_TOKENIZER, Tokenizer, load_tokenizer
+from corpora.tokens import Piece, TokenCache, TokenizeJob, read_piece_tokens, read_shard_tokens, tokenize_rows
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +124,8 @@ def reduce_counts(a: UnigramCounts, b: UnigramCounts) -> UnigramCounts:
 
 def count_unigrams(shard_path: Path, cfg: UnigramConfig, tokenizer: Tokenizer | None = None,
                    on_batch: Callable[[int], None] | None = None) -> UnigramCounts:
-    """Map: token counts of one Parquet shard (reads only the shard; writes nothing).
+    """Map: token counts of one Parquet shard straight from its text (reads only the shard; writes nothing;
+    no token cache).
 
     `on_batch(n_bytes)` is called after each record batch (progress only)."""
     tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer, num_threads=cfg.threads)
@@ -152,9 +160,50 @@ def count_unigrams(shard_path: Path, cfg: UnigramConfig, tokenizer: Tokenizer | 
     return UnigramCounts(counts, n_docs, n_bytes)
 
 
-def _count_shard_in_worker(args: tuple) -> tuple[int, UnigramCounts]:
-    index, path, cfg, tok = args
-    return index, count_unigrams(path, cfg, tok)
+@dataclasses.dataclass(frozen=True)
+class CountJob:
+    """Count one shard through the token cache shared with mixtures (`corpora.tokens`)."""
+
+    shard: ShardInfo
+    cache_dir: Path  # the shard's folder in the token cache
+    tmp_dir: Path  # where the piece of its not-yet-tokenized documents goes; the driver adopts it
+
+
+_BINCOUNT_BLOCK = 1 << 24  # tokens per np.bincount call: it copies its input to intp (8 bytes a token)
+
+
+def count_cached_shard(job: CountJob, tok: Tokenizer) -> tuple[UnigramCounts, Piece | None]:
+    """Map: one shard's counts from its cached tokens, tokenizing the documents not cached yet first.
+
+    Reads the shard and its cache folder, writes only a new piece under job.tmp_dir (returned, for the
+    driver to adopt). End-of-text tokens are not counted (ordinary encoding never produces that id)."""
+    index = read_shard_tokens(job.shard, job.cache_dir, tok.dtype.itemsize)
+    missing = index.missing()
+    piece = None
+    try:
+        if len(missing):
+            rows = None if len(missing) == job.shard.n_docs else missing
+            piece = tokenize_rows(TokenizeJob(job.shard.path, rows, job.tmp_dir), tok)
+            index.add_piece(job.tmp_dir / f"{piece.name}.tokens", np.load(job.tmp_dir / f"{piece.name}.docs.npy"))
+    except (OSError, pa.ArrowException) as e:
+        raise UnigramError(f"cannot read shard {job.shard.path}: {str(e).splitlines()[0]}; "
+                           "check the file or re-ingest the corpus") from None
+    counts = np.zeros(tok.n_vocab, dtype=np.int64)
+    for p, path in enumerate(index.piece_paths):
+        tokens = read_piece_tokens(path, tok.dtype)
+        own = np.flatnonzero(index.piece == p)
+        if int(index.length[own].sum()) != len(tokens):  # some documents of this piece are counted elsewhere
+            n = index.length[own]
+            tokens = tokens[np.repeat(index.offset[own], n) + np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)]
+        for i in range(0, len(tokens), _BINCOUNT_BLOCK):
+            counts += np.bincount(tokens[i:i + _BINCOUNT_BLOCK], minlength=tok.n_vocab)
+    counts[tok.eot_id] -= job.shard.n_docs
+    return UnigramCounts(counts, job.shard.n_docs, job.shard.n_bytes), piece
+
+
+def _count_shard_in_worker(args: tuple) -> tuple[int, tuple[UnigramCounts, Piece | None]]:
+    index, job, tok = args
+    return index, count_cached_shard(job, tok)
 
 
 # ---------------------------------------------------------------------------------------- driver + cache
@@ -253,26 +302,32 @@ def build_unigram_counts(store: Store, corpus: str | CorpusInfo, cfg: UnigramCon
                disable=not cfg.progress or not pending, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} MB "
                "[{elapsed}<{remaining}, {rate_fmt}]")
 
-    def done(i: int, part: UnigramCounts, shown_mb: float) -> None:
+    tokens = TokenCache(store, tok)  # the token cache shared with mixtures: a corpus is tokenized once
+    jobs = {i: CountJob(shards[i], tokens.shard_dir(shards[i]), tokens.tmp_dir()) for i in pending}
+
+    def done(i: int, result: tuple[UnigramCounts, Piece | None]) -> None:
+        part, piece = result
+        if piece is not None:
+            tokens.adopt(shards[i], jobs[i].tmp_dir, piece)
         _save_shard_counts(cache_dir / f"{shards[i].content_hash}.npz", part)  # a rerun skips this shard
         parts[i] = part
-        bar.update(shards[i].n_bytes / 1e6 - shown_mb)
+        bar.update(shards[i].n_bytes / 1e6)
 
     try:
         if workers == 1:
             for i in pending:
-                before_mb = bar.n
-                part = count_unigrams(shards[i].path, cfg, tok_run, lambda n_bytes: bar.update(n_bytes / 1e6))
-                done(i, part, bar.n - before_mb)
+                done(i, count_cached_shard(jobs[i], tok_run))
         else:
             # spawn: the parent holds Polars/DuckDB thread pools, which fork would copy mid-state
             ctx = multiprocessing.get_context("spawn")
-            tasks = [(i, shards[i].path, cfg, tok_run) for i in pending]
+            tasks = [(i, jobs[i], tok_run) for i in pending]
             with ctx.Pool(workers) as pool:
-                for i, part in pool.imap_unordered(_count_shard_in_worker, tasks):
-                    done(i, part, 0.0)
+                for i, result in pool.imap_unordered(_count_shard_in_worker, tasks):
+                    done(i, result)
     finally:
         bar.close()
+        for job in jobs.values():
+            shutil.rmtree(job.tmp_dir, ignore_errors=True)
     total = functools.reduce(reduce_counts, parts)
     _write_counts(store, info, tok, total, cfg)
     return total

@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpora", type=_names, required=True, help="comma-separated corpus names, e.g. cc,wiki")
     p.add_argument("--vocab", type=int, default=8192, help="vocabulary size incl. <|endoftext|> (default 8192)")
     p.add_argument("--min-frequency", type=int, default=2, help="minimum pair count for a merge (default 2)")
+    p.add_argument("--sample-bytes", type=_count, default=100_000_000,
+                   help="train on a seeded sample of at most this much text, e.g. 100M, 1G (default 100M)")
+    p.add_argument("--seed", type=int, default=0, help="which sample (default 0)")
 
     p = add("presets", "List the model presets with their parameter counts.")
     p.add_argument("--vocab", type=int, default=8192,
@@ -183,12 +186,15 @@ def cmd_mix(args, store) -> int:
 def cmd_tokenizer(args, store) -> int:
     from train.tokenizer import train_tokenizer
 
-    row = train_tokenizer(store, args.name, args.corpora, args.vocab, args.min_frequency)
+    row = train_tokenizer(store, args.name, args.corpora, args.vocab, args.min_frequency,
+                          sample_bytes=args.sample_bytes, seed=args.seed)
     if args.json:
         _json(row)
     else:
+        sample = "all of" if row["sample_whole"] else f"a seeded sample (seed {row['sample_seed']}) of"
         print(f"tokenizer {row['tokenizer']}: {row['n_vocab']} tokens (end-of-text id {row['eot_id']}), trained on "
-              f"{row['corpora']} ({row['n_docs']} docs, {row['n_bytes']} bytes) in {row['elapsed_s']:.1f}s\n"
+              f"{row['sample_docs']} docs ({row['sample_bytes']} bytes), {sample} {row['corpora']} "
+              f"({row['n_docs']} docs, {row['n_bytes']} bytes) in {row['elapsed_s']:.1f}s\n"
               f"saved to {row['path']}; use it with --tokenizer {row['tokenizer']}")
     return 0
 

@@ -5,17 +5,21 @@ budget, a tokenizer, a sequence length and a seed. `build_mixture` turns it into
 `store.artifact_dir("mixtures", NAME)/train.npy`, an (n_sequences, seq_len + 1) uint16/uint32 array
 (row i: inputs tokens[i, :-1], targets tokens[i, 1:]), in four steps:
 
-1. *tokenize* (map, cached): every shard is tokenized once per tokenizer into a flat stream of its
-   documents, each followed by the end-of-text token, plus each document's length. The cache key is the
-   shard's content hash and the tokenizer's fingerprint, so every mixture, valset and rerun reuses it.
-2. *allocate*: the rows hold `n_sequences * (seq_len + 1)` tokens (the budget rounded down to whole
+1. *allocate*: the rows hold `n_sequences * (seq_len + 1)` tokens (the budget rounded down to whole
    rows); each part gets exactly `share * total` of them (largest remainder, so the parts sum to the total).
-3. *draw*: a part takes whole documents in a seeded shuffled order; when it needs more tokens than the
-   corpus has it starts another epoch with a fresh shuffle (the repetition is logged as a warning and
-   recorded in the `mixtures` table); the last document drawn is cut at the part's quota.
-4. *interleave*: each drawn document gets a key (its position in its part's stream, as a fraction, plus
+2. *order* (tokenizing only what is taken): a part orders its corpus's documents by a seeded key per
+   document (a hash of doc_id, seed, corpus and epoch: read from the shards' doc lists, no text) and takes
+   whole documents in that order until its quota is met; the last one drawn is cut at the quota. Only
+   those documents are tokenized, through the shared token cache (`corpora.tokens`: per shard content and
+   tokenizer, documents tokenized on demand), so a later mixture, a larger budget, a validation set or a
+   unigram count tokenizes only documents not cached yet. When a part needs more tokens than its corpus
+   has, the whole corpus is tokenized and further epochs follow, each a fresh seeded order (the repetition
+   is logged as a warning and recorded in the `mixtures` table).
+3. *interleave*: each drawn document gets a key (its position in its part's stream, as a fraction, plus
    seeded jitter) and all documents are ordered by key, so every part is spread evenly over the whole
-   stream and epochs stay in order. The stream is cut into rows and written atomically.
+   stream and epochs stay in order.
+4. *write*: tokens are copied from the cache's memory-mapped pieces straight into the output memmap, in
+   bounded blocks, and the file is renamed into place.
 
 Everything is a pure function of (corpus contents, tokenizer, config): the same seed gives the identical
 array. `segments.npy` records the stream's provenance: one row per drawn document, (part index,
@@ -37,9 +41,9 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from tqdm.auto import tqdm
 
-from corpora.store import CorpusInfo, ShardInfo, Store, StoreError, atomic_path, read_shard_batches
+from corpora.store import CorpusInfo, ShardInfo, Store, StoreError, atomic_path
+from corpora.tokens import TokenCache, read_doc_list, seeded_keys, tokenizer_key  # noqa: F401 (re-export)
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +52,17 @@ SHARE_TOLERANCE = 1e-3  # "0.333,0.333,0.334" is fine; "0.6,0.3" is a mistake
 _SUFFIXES = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
 _COUNT_RE = re.compile(r"^\s*(\d+(?:\.\d*)?(?:e\d+)?)\s*([kmbgt]?)\s*$", re.IGNORECASE)
 _PART_RE = re.compile(r"^([a-z][a-z0-9_]*)=([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)$")
-_INTERLEAVE_STREAM = 1 << 31  # rng stream of the interleaving jitter; epochs use streams 0, 1, ...
+_INTERLEAVE_STREAM = 1 << 31  # rng stream of the interleaving jitter
 _GATHER_BLOCK = 1 << 22  # tokens copied per block when writing a stream: bounds the index arrays' memory
+# UTF-8 bytes per token (incl. end-of-text) when nothing is measured: below what BPE vocabularies of
+# 8k-100k reach on English web text (3.5-4.5), so a round rarely tokenizes more than the budget needs.
+BYTES_PER_TOKEN_GUESS = 3.0
+PILOT_BYTES = 1 << 20  # text per shard of the corpus that the pilot measures bytes per token on (in one shard)
+# A round aims this far past what it should need: documents tokenized beyond the quota cost tokenizing
+# (and are cached for later), a second round costs reading the corpus's text again; the pilot's estimate
+# of bytes per token is off by a few percent (measured: 3% on 400 documents).
+THRESHOLD_MARGIN = 1.06
+MIN_ROUND_SHARE = 0.05  # a further round asks for at least this share of the quota, so rounds stay few
 
 
 class MixtureError(StoreError, ValueError):
@@ -120,7 +133,8 @@ class PartPlan:
     corpus: CorpusInfo
     share: float
     n_tokens: int  # tokens this part contributes to the stream
-    n_unique_tokens: int | None = None  # tokens of the corpus incl. end-of-text; known after tokenizing
+    n_unique_tokens: int | None = None  # tokens of the corpus incl. end-of-text; known after drawing
+    n_unique_exact: bool = False  # counted (the whole corpus was tokenized), else estimated from bytes
 
     @property
     def epochs(self) -> float:
@@ -193,104 +207,186 @@ def _epochs_message(cfg: MixtureConfig, plan: PartPlan, epochs: float, bound: bo
             f"{cfg.max_epochs:g}: lower --tokens or its share, add documents, or raise --max-epochs")
 
 
-# ---------------------------------------------------------------------------------------- tokenizing
-def tokenizer_key(tokenizer) -> str:
-    """An artifact-safe key for a tokenizer: its name (sanitized) and its fingerprint."""
-    safe = re.sub(r"[^A-Za-z0-9_.=-]", "_", tokenizer.name).strip("._") or "tok"
-    return f"{safe[:80]}-{tokenizer.fingerprint}"
-
-
-def tokenize_shard(shard_path: Path, tokenizer, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Map step: one shard's documents as one stream, each document followed by end-of-text.
-
-    Returns (tokens in tokenizer.dtype, per-document lengths including the end-of-text token)."""
-    token_parts, length_parts = [], []
-    for batch in read_shard_batches(shard_path, ["text"], batch_size):
-        tokens, lengths = tokenizer.encode_batch_flat(batch.column(0).to_pylist())
-        lengths = lengths.astype(np.int64) + 1
-        out = np.empty(int(lengths.sum()), dtype=tokenizer.dtype)
-        eot_pos = np.cumsum(lengths) - 1
-        is_text = np.ones(len(out), dtype=bool)
-        is_text[eot_pos] = False
-        out[is_text] = tokens
-        out[eot_pos] = tokenizer.eot_id
-        token_parts.append(out)
-        length_parts.append(lengths)
-    if not token_parts:
-        return np.zeros(0, tokenizer.dtype), np.zeros(0, np.int64)
-    return np.concatenate(token_parts), np.concatenate(length_parts)
-
-
-def _shard_cache(store: Store, shard: ShardInfo, tokenizer) -> tuple[Path, Path]:
-    d = store.artifact_dir("tokens", tokenizer_key(tokenizer))
-    return d / f"{shard.content_hash}.tokens.npy", d / f"{shard.content_hash}.lengths.npy"
-
-
-def load_corpus_tokens(store: Store, corpus: str, tokenizer, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Driver: the corpus's token stream and document lengths, tokenizing only shards not cached yet.
-
-    Shards are tokenized one after another: the tokenizer already uses every core for a batch."""
-    shards = store.shards(corpus)
-    token_parts, length_parts = [], []
-    for shard in tqdm(shards, desc=f"tokenize {corpus}", unit="shard", disable=not progress or len(shards) < 2):
-        tokens_path, lengths_path = _shard_cache(store, shard, tokenizer)
-        if not (tokens_path.exists() and lengths_path.exists()):
-            tokens, lengths = tokenize_shard(shard.path, tokenizer)
-            with atomic_path(lengths_path) as tmp, open(tmp, "wb") as f:
-                np.save(f, lengths)
-            with atomic_path(tokens_path) as tmp, open(tmp, "wb") as f:
-                np.save(f, tokens)
-        token_parts.append(np.load(tokens_path, mmap_mode="r"))
-        length_parts.append(np.load(lengths_path))
-    if not token_parts:
-        return np.zeros(0, tokenizer.dtype), np.zeros(0, np.int64)
-    if len(token_parts) == 1:
-        return token_parts[0], length_parts[0]
-    return np.concatenate(token_parts), np.concatenate(length_parts)
-
-
 # ---------------------------------------------------------------------------------------- drawing
+@dataclasses.dataclass
+class PartOrder:
+    """A part's documents in draw order (epoch 0 first), with their token counts incl. end-of-text."""
+
+    shards: list[ShardInfo]
+    shard_idx: np.ndarray  # (n,) int64: index into shards
+    rows: np.ndarray  # (n,) int64: row in the shard
+    lengths: np.ndarray  # (n,) int64
+    n_unique_tokens: int  # the corpus's tokens incl. end-of-text; estimated unless exhausted or cached
+    exact: bool  # n_unique_tokens is a count, not an estimate
+    exhausted: bool  # epoch 0 needed the whole corpus
+
+
 def _rng(seed: int, corpus: str, stream: int) -> np.random.Generator:
     # Keyed by the corpus name, not its position, so adding a part leaves the others' draws unchanged.
     return np.random.default_rng([seed, zlib.crc32(corpus.encode()), stream])
 
 
-def draw_documents(lengths: np.ndarray, n_tokens: int, seed: int, corpus: str) -> tuple[np.ndarray, np.ndarray]:
-    """Which documents a part takes, in order, and how many tokens of each (the last one may be cut).
-
-    One seeded shuffle per epoch; as many epochs as needed to reach n_tokens."""
-    n_unique = int(lengths.sum())
-    n_epochs = max(1, -(-n_tokens // n_unique))
-    order = np.concatenate([_rng(seed, corpus, epoch).permutation(len(lengths)) for epoch in range(n_epochs)])
-    taken = lengths[order]
-    ends = np.cumsum(taken)
-    n_docs = int(np.searchsorted(ends, n_tokens)) + 1  # first document whose end reaches the quota
-    order, taken = order[:n_docs], taken[:n_docs].copy()
-    taken[-1] -= int(ends[n_docs - 1]) - n_tokens
-    return order, taken
-
-
-def _gather(src: np.ndarray, starts: np.ndarray, lengths: np.ndarray, out: np.ndarray) -> None:
-    """out = concat(src[s:s+l] for s, l in zip(starts, lengths)), vectorized, in bounded blocks."""
-    ends = np.cumsum(lengths)
-    pos, i = 0, 0
-    while i < len(lengths):
-        j = max(i + 1, int(np.searchsorted(ends, pos + _GATHER_BLOCK, side="right")))
-        n = int(ends[j - 1]) - pos
-        offsets = np.repeat(starts[i:j] - (ends[i:j] - lengths[i:j] - pos), lengths[i:j])
-        out[pos:pos + n] = src[offsets + np.arange(n)]
-        pos, i = pos + n, j
+def _key_range(shards: list[ShardInfo], seed: int, corpus: str, epoch: int, lo: int, hi: int):
+    """Documents whose seeded key lies in [lo, hi), from the shards' doc lists (no text is read)."""
+    keys, shard_idx, rows, n_bytes = [], [], [], []
+    for i, shard in enumerate(shards):
+        hashes, sizes = read_doc_list(shard.path)
+        k = seeded_keys(hashes, seed, corpus, epoch)
+        mask = k >= np.uint64(lo)
+        if hi < 1 << 64:
+            mask &= k < np.uint64(hi)
+        sel = np.flatnonzero(mask)
+        keys.append(k[sel])
+        shard_idx.append(np.full(len(sel), i, dtype=np.int64))
+        rows.append(sel.astype(np.int64))
+        n_bytes.append(sizes[sel])
+    return tuple(np.concatenate(x) for x in (keys, shard_idx, rows, n_bytes))
 
 
-def _write_rows(path: Path, src: np.ndarray, starts: np.ndarray, lengths: np.ndarray, seq_len: int, dtype) -> int:
-    total = int(lengths.sum())
-    n_rows = total // (seq_len + 1)
-    with atomic_path(path) as tmp:
-        rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n_rows, seq_len + 1))
-        _gather(src, starts, lengths, rows.reshape(-1))
-        rows.flush()
-        del rows
-    return n_rows
+def _lengths(cache: TokenCache, shards: list[ShardInfo], shard_idx: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    out = np.empty(len(rows), dtype=np.int64)
+    for i in np.unique(shard_idx):
+        sel = shard_idx == i
+        out[sel] = cache.index(shards[i]).length[rows[sel]]
+    if (out < 0).any():
+        raise MixtureError("the token cache lost documents while a mixture was built; run the build again")
+    return out
+
+
+def _pilot_bytes_per_token(cache: TokenCache, shards: list[ShardInfo], corpus: str, seed: int, n_tokens: int,
+                           total_bytes: int, progress: bool) -> float:
+    """Bytes per token of the corpus, measured on the first documents of the order in one shard.
+
+    Each round of `order_part` reads the text of every shard that holds a document it needs, which is
+    every shard: a good first guess saves a second pass over the corpus. The pilot's documents are ones
+    the part takes anyway (the lowest keys), so nothing is tokenized in vain."""
+    want_bytes = min(n_tokens * BYTES_PER_TOKEN_GUESS, PILOT_BYTES * len(shards))
+    hi = min(1 << 64, math.ceil(want_bytes / max(total_bytes, 1) * 2.0**64))
+    _, shard_idx, rows, n_bytes = _key_range(shards[:1], seed, corpus, 0, 0, hi)
+    if not len(rows):
+        return BYTES_PER_TOKEN_GUESS
+    cache.ensure([(shards[0], rows)], progress=False)
+    lengths = _lengths(cache, shards, shard_idx, rows)
+    return (int(n_bytes.sum()) + len(rows)) / int(lengths.sum())
+
+
+def order_part(cache: TokenCache, shards: list[ShardInfo], corpus: str, n_tokens: int, seed: int,
+               repeat: bool = True, max_epochs: float = math.inf, refuse=None, progress: bool = True) -> PartOrder:
+    """The documents a part takes, in order, tokenizing only those (see the module docstring).
+
+    Epoch 0 orders the corpus by a seeded key per document (from its doc_id) and takes documents until
+    their tokens reach n_tokens. Only documents whose key falls below a threshold are tokenized; the
+    threshold starts from the byte count the budget should need and grows, in rounds guided by the
+    measured bytes per token, until it covers n_tokens (or the whole corpus). When epoch 0 is the whole
+    corpus and `repeat`, further epochs follow, each a fresh seeded order of every document, as many as
+    needed; `refuse(epochs)` is called first when that is more than `max_epochs`."""
+    n_docs = sum(s.n_docs for s in shards)
+    total_bytes = sum(s.n_bytes for s in shards) + n_docs  # + 1 per document for its end-of-text token
+    bytes_per_token = _pilot_bytes_per_token(cache, shards, corpus, seed, n_tokens, total_bytes, progress)
+    found, lo, hi = [], 0, 0
+    got_tokens = got_bytes = 0
+    while hi < 1 << 64:
+        want_bytes = max(n_tokens - got_tokens, MIN_ROUND_SHARE * n_tokens) * bytes_per_token * THRESHOLD_MARGIN
+        hi = min(1 << 64, lo + max(1, math.ceil(want_bytes / max(total_bytes, 1) * 2.0**64)))
+        keys, shard_idx, rows, n_bytes = _key_range(shards, seed, corpus, 0, lo, hi)
+        cache.ensure([(shards[i], rows[shard_idx == i]) for i in np.unique(shard_idx)], progress=progress,
+                     desc=f"tokenize {corpus}")
+        lengths = _lengths(cache, shards, shard_idx, rows)
+        found.append((keys, shard_idx, rows, lengths))
+        got_tokens += int(lengths.sum())
+        got_bytes += int(n_bytes.sum()) + len(rows)
+        if got_tokens >= n_tokens:
+            break
+        if got_tokens:
+            bytes_per_token = got_bytes / got_tokens
+        lo = hi
+    log.info("part %s: %d documents in %d round(s) (%.2f bytes per token), %d tokenized by this build",
+             corpus, sum(len(f[2]) for f in found), len(found), got_bytes / max(got_tokens, 1),
+             cache.n_docs_tokenized)
+    keys, shard_idx, rows, lengths = (np.concatenate(x) for x in zip(*found))
+    order = np.lexsort((rows, shard_idx, keys))  # ties (equal doc_ids) by position
+    shard_idx, rows, lengths = shard_idx[order], rows[order], lengths[order]
+    exhausted = hi >= 1 << 64 and len(rows) == n_docs
+    if exhausted:
+        n_unique, exact = int(lengths.sum()), True
+    elif all(cache.index(s).complete for s in shards):  # cached whole earlier (a unigram count, a mixture)
+        n_unique, exact = int(sum(int(cache.index(s).length.sum()) for s in shards)), True
+    else:  # the documents not tokenized, at the bytes per token measured on those that were
+        n_unique, exact = got_tokens + round((total_bytes - got_bytes) * got_tokens / max(got_bytes, 1)), False
+    if exhausted and repeat and n_tokens > n_unique:
+        n_epochs = -(-n_tokens // n_unique)
+        if n_tokens / n_unique > max_epochs and refuse is not None:
+            refuse(n_tokens / n_unique)
+        orders = [(shard_idx, rows, lengths)]
+        all_idx = np.concatenate([np.full(s.n_docs, i, dtype=np.int64) for i, s in enumerate(shards)])
+        all_rows = np.concatenate([np.arange(s.n_docs, dtype=np.int64) for s in shards])
+        all_lengths = _lengths(cache, shards, all_idx, all_rows)
+        hashes = np.concatenate([read_doc_list(s.path)[0] for s in shards])
+        for epoch in range(1, n_epochs):
+            order = np.lexsort((all_rows, all_idx, seeded_keys(hashes, seed, corpus, epoch)))
+            orders.append((all_idx[order], all_rows[order], all_lengths[order]))
+        shard_idx, rows, lengths = (np.concatenate(x) for x in zip(*orders))
+    return PartOrder(shards, shard_idx, rows, lengths, n_unique, exact, exhausted)
+
+
+def cut_order(order: PartOrder, n_tokens: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(shard_idx, rows, tokens taken) of the first documents whose tokens reach n_tokens; the last is cut."""
+    ends = np.cumsum(order.lengths)
+    if n_tokens > (int(ends[-1]) if len(ends) else 0):
+        raise MixtureError(f"cannot take {n_tokens} tokens from {int(ends[-1]) if len(ends) else 0}")
+    n = int(np.searchsorted(ends, n_tokens)) + 1  # first document whose end reaches the quota
+    taken = order.lengths[:n].copy()
+    taken[-1] -= int(ends[n - 1]) - n_tokens
+    return order.shard_idx[:n], order.rows[:n], taken
+
+
+@dataclasses.dataclass
+class TokenSources:
+    """Every cache piece the drawn documents live in, memory-mapped, and each document's place."""
+
+    pieces: list[np.ndarray]
+
+    @classmethod
+    def locate(cls, cache: TokenCache, draws: list[tuple[list[ShardInfo], np.ndarray, np.ndarray]]):
+        """draws: per part (shards, shard_idx, rows) -> (sources, [(piece ids, offsets) per part])."""
+        sources, base, out = cls([]), {}, []
+        for shards, shard_idx, rows in draws:
+            piece_ids = np.empty(len(rows), dtype=np.int64)
+            offsets = np.empty(len(rows), dtype=np.int64)
+            for i in np.unique(shard_idx):
+                index = cache.index(shards[i])
+                if shards[i].content_hash not in base:
+                    base[shards[i].content_hash] = len(sources.pieces)
+                    sources.pieces += [cache.tokens(p) for p in index.piece_paths]
+                sel = shard_idx == i
+                piece_ids[sel] = base[shards[i].content_hash] + index.piece[rows[sel]]
+                offsets[sel] = index.offset[rows[sel]]
+            out.append((piece_ids, offsets))
+        return sources, out
+
+    def write_rows(self, path: Path, piece_ids: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
+                   seq_len: int, dtype) -> int:
+        """Copy the documents' tokens, in order, straight into an (n_rows, seq_len + 1) .npy memmap,
+        in blocks of _GATHER_BLOCK tokens (vectorized per piece), written atomically."""
+        total = int(lengths.sum())
+        n_rows = total // (seq_len + 1)
+        ends = np.cumsum(lengths)
+        starts = ends - lengths
+        with atomic_path(path) as tmp:
+            rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n_rows, seq_len + 1))
+            out = rows.reshape(-1)
+            i = 0
+            while i < len(lengths):
+                j = max(i + 1, int(np.searchsorted(ends, starts[i] + _GATHER_BLOCK, side="right")))
+                for p in np.unique(piece_ids[i:j]):
+                    sel = np.flatnonzero(piece_ids[i:j] == p) + i
+                    n = lengths[sel]
+                    within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+                    out[np.repeat(starts[sel], n) + within] = self.pieces[p][np.repeat(offsets[sel], n) + within]
+                i = j
+            rows.flush()
+            del rows, out
+        return n_rows
 
 
 # ---------------------------------------------------------------------------------------- mixtures
@@ -325,37 +421,41 @@ def build_mixture(store: Store, cfg: MixtureConfig, overwrite: bool = False, pro
             raise MixtureError(f"mixture {cfg.name!r} already exists with another config or older corpora; "
                                "pass --force to rebuild it, or choose another name")
 
-    streams = []
+    # Each part: its documents in order, tokenizing only what it takes; then its quota's worth of them.
+    cache = TokenCache(store, tokenizer)
+    draws = []
     for plan in plans:
-        tokens, lengths = load_corpus_tokens(store, plan.corpus.name, tokenizer, progress)
-        plan.n_unique_tokens = int(lengths.sum())
-        if plan.epochs > cfg.max_epochs:
-            raise MixtureError(_epochs_message(cfg, plan, plan.epochs))
-        streams.append((tokens, lengths))
+        def refuse(epochs: float, plan=plan) -> None:
+            raise MixtureError(_epochs_message(cfg, plan, epochs))
+
+        order = order_part(cache, store.shards(plan.corpus.name), plan.corpus.name, plan.n_tokens, cfg.seed,
+                           max_epochs=cfg.max_epochs, refuse=refuse, progress=progress)
+        plan.n_unique_tokens, plan.n_unique_exact = order.n_unique_tokens, order.exact
+        draws.append((order.shards, *cut_order(order, plan.n_tokens)))
     for plan in plans:
         if plan.epochs > 1:
             log.warning("mixture %s: part %s is repeated %.2f times (%d tokens from %d unique)", cfg.name,
                         plan.corpus.name, plan.epochs, plan.n_tokens, plan.n_unique_tokens)
+    log.info("mixture %s: %d documents tokenized (%.1f MB), the rest came from the token cache", cfg.name,
+             cache.n_docs_tokenized, cache.n_bytes_tokenized / 1e6)
 
-    # Draw each part's documents, then order all drawn documents by their interleaving key.
-    src = np.concatenate([t for t, _ in streams]) if len(streams) > 1 else np.asarray(streams[0][0])
-    src_offset = np.cumsum([0] + [len(t) for t, _ in streams])
-    starts, lengths, keys, part_ids = [], [], [], []
-    for i, (plan, (_, doc_lengths)) in enumerate(zip(plans, streams)):
-        order, taken = draw_documents(doc_lengths, plan.n_tokens, cfg.seed, plan.corpus.name)
-        doc_starts = np.cumsum(doc_lengths) - doc_lengths + src_offset[i]
+    # Order all drawn documents by their interleaving key.
+    sources, places = TokenSources.locate(cache, [(shards, idx, rows) for shards, idx, rows, _ in draws])
+    piece_ids, offsets, lengths, keys, part_ids = [], [], [], [], []
+    for i, (plan, (_, _, _, taken), (pieces, offs)) in enumerate(zip(plans, draws, places)):
         pos = np.cumsum(taken) - taken
         jitter = _rng(cfg.seed, plan.corpus.name, _INTERLEAVE_STREAM).random(len(taken))
-        starts.append(doc_starts[order])
+        piece_ids.append(pieces)
+        offsets.append(offs)
         lengths.append(taken)
         keys.append((pos + jitter * taken) / plan.n_tokens)
         part_ids.append(np.full(len(taken), i, dtype=np.int64))
     order = np.argsort(np.concatenate(keys), kind="stable")
-    starts, lengths = np.concatenate(starts)[order], np.concatenate(lengths)[order]
-    part_ids = np.concatenate(part_ids)[order]
+    piece_ids, offsets = np.concatenate(piece_ids)[order], np.concatenate(offsets)[order]
+    lengths, part_ids = np.concatenate(lengths)[order], np.concatenate(part_ids)[order]
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    n_rows = _write_rows(out_dir / "train.npy", src, starts, lengths, cfg.seq_len, tokenizer.dtype)
+    n_rows = sources.write_rows(out_dir / "train.npy", piece_ids, offsets, lengths, cfg.seq_len, tokenizer.dtype)
     with atomic_path(out_dir / "segments.npy") as tmp, open(tmp, "wb") as f:
         np.save(f, np.stack([part_ids, lengths], axis=1))
     created_at = _now()
@@ -364,7 +464,9 @@ def build_mixture(store: Store, cfg: MixtureConfig, overwrite: bool = False, pro
         "eot_id": tokenizer.eot_id, "dtype": str(tokenizer.dtype), "seq_len": cfg.seq_len,
         "n_sequences": n_rows, "total_tokens": n_rows * (cfg.seq_len + 1),
         "parts": [{"corpus": p.corpus.name, "share": p.share, "n_tokens": p.n_tokens,
-                   "n_unique_tokens": p.n_unique_tokens, "epochs": p.epochs} for p in plans],
+                   "n_unique_tokens": p.n_unique_tokens, "n_unique_exact": p.n_unique_exact,
+                   "epochs": p.epochs} for p in plans],
+        "order": "seeded doc_id keys (corpora.tokens.seeded_keys), one order per epoch",
         "created_at": created_at.isoformat(),
     }
     with atomic_path(out_dir / "mixture.json") as tmp:
@@ -372,7 +474,8 @@ def build_mixture(store: Store, cfg: MixtureConfig, overwrite: bool = False, pro
     rows = pl.DataFrame([{
         "mixture": cfg.name, "corpus": p.corpus.name, "kind": p.corpus.kind,
         "synthetic_type": p.corpus.synthetic_type if p.corpus.kind == "synthetic" else None,
-        "share": p.share, "n_tokens": p.n_tokens, "n_unique_tokens": p.n_unique_tokens, "epochs": p.epochs,
+        "share": p.share, "n_tokens": p.n_tokens, "n_unique_tokens": p.n_unique_tokens,
+        "n_unique_exact": p.n_unique_exact, "epochs": p.epochs,
         "repeated": p.epochs > 1,
         "warning": (f"repeated {p.epochs:.2f} times" if p.epochs > 1 else None),
         "n_docs": p.corpus.n_docs, "content_hash": p.corpus.content_hash,
@@ -432,15 +535,18 @@ def build_valset(store: Store, corpus: str, tokenizer: str, seq_len: int, max_to
         meta = json.loads(meta_path.read_text())
         if {k: meta.get(k) for k in identity} == identity:
             return out_dir / "val.npy"
-    tokens, lengths = load_corpus_tokens(store, corpus, tok, progress)
-    n_unique = int(lengths.sum())
-    n_tokens = min(max_tokens, n_unique) // (seq_len + 1) * (seq_len + 1)
+    cache = TokenCache(store, tok)
+    row = seq_len + 1
+    order = order_part(cache, store.shards(corpus), corpus, max_tokens // row * row, 0, repeat=False,
+                       progress=progress)
+    n_unique = order.n_unique_tokens
+    n_tokens = min(max_tokens, n_unique) // row * row
     if n_tokens == 0:
         raise MixtureError(f"corpus {corpus!r} has {n_unique} tokens, less than one sequence of "
                            f"{seq_len + 1}; add documents or lower seq_len")
-    order, taken = draw_documents(lengths, n_tokens, 0, corpus)
-    doc_starts = np.cumsum(lengths) - lengths
-    n_rows = _write_rows(out_dir / "val.npy", tokens, doc_starts[order], taken, seq_len, tok.dtype)
+    shard_idx, rows, taken = cut_order(order, n_tokens)
+    sources, [(piece_ids, offsets)] = TokenSources.locate(cache, [(order.shards, shard_idx, rows)])
+    n_rows = sources.write_rows(out_dir / "val.npy", piece_ids, offsets, taken, seq_len, tok.dtype)
     meta = {**identity, "n_sequences": n_rows, "n_tokens": n_tokens, "n_unique_tokens": n_unique,
             "vocab_size": tok.n_vocab, "created_at": _now().isoformat()}
     with atomic_path(meta_path) as tmp:

@@ -99,6 +99,22 @@ def test_hf_tokenizer_json_dir_and_store_registered(lee_tokenizer_json, lee_text
     assert load_tokenizer(str(lee_tokenizer_json)).name == lee_tokenizer_json.parent.name
 
 
+def test_bytelevel_bpe_runs_on_tiktoken_unless_it_has_a_normalizer(lee_tokenizer_json, lee_texts, tmp_path):
+    from tokenizers import Tokenizer, normalizers
+
+    from corpora.tokenizers import HFTokenizer, TiktokenTokenizer
+
+    assert isinstance(load_tokenizer(str(lee_tokenizer_json)), TiktokenTokenizer)
+    raw = Tokenizer.from_file(str(lee_tokenizer_json))
+    raw.normalizer = normalizers.NFKC()  # tiktoken has no normalizer: this one must stay with tokenizers
+    path = tmp_path / "nfkc" / "tokenizer.json"
+    path.parent.mkdir()
+    raw.save(str(path))
+    tok = load_tokenizer(str(path))
+    assert isinstance(tok, HFTokenizer)
+    assert tok.encode_batch(lee_texts[:20]) == [e.ids for e in raw.encode_batch(lee_texts[:20], add_special_tokens=False)]
+
+
 def test_smollm2_gguf_tokenizer_cached_in_store(store):
     tok = load_tokenizer("smollm2", store=store)
     assert tok.name == "smollm2" and tok.n_vocab == 49152 and tok.eot_id == 0

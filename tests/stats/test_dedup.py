@@ -174,12 +174,19 @@ def test_signature_cache_is_reused_and_follows_content(store, long_lee):
     add_corpus(store, "cc", long_lee[:30], shard_size=10)
     first = dedup.build_signatures(store, "cc", CFG, progress=False)
     assert (first.n_shards_computed, first.n_shards_cached) == (3, 0)
-    files = sorted(store.artifact_dir("dedup_signatures", "cc").glob("*.npz"))
+    files = sorted(store.artifact_dir("dedup_bands", "cc").glob("*"))
+    assert len(files) == 9  # signatures, documents, band keys per shard
     mtimes = [f.stat().st_mtime_ns for f in files]
     again = dedup.build_signatures(store, "cc", CFG, progress=False)
     assert (again.n_shards_computed, again.n_shards_cached) == (0, 3)
     assert [f.stat().st_mtime_ns for f in files] == mtimes
     assert np.array_equal(first.sigs.signatures, again.sigs.signatures)
+    # another threshold: new band files from the cached signatures (not rewritten)
+    sig_files = sorted(store.artifact_dir("dedup_bands", "cc").glob("*.sig.npy"))
+    sig_mtimes = [f.stat().st_mtime_ns for f in sig_files]
+    rebanded = dedup.build_bands(store, "cc", DedupConfig(workers=1, threshold=0.5), progress=False)
+    assert rebanded.n_shards_computed == 3 and [f.stat().st_mtime_ns for f in sig_files] == sig_mtimes
+    assert len(list(store.artifact_dir("dedup_bands", "cc").glob("*.bands.parquet"))) == 6
     # other parameters: a separate cache entry; a new shard: only that shard is hashed
     other = dedup.build_signatures(store, "cc", DedupConfig(workers=1, ngram=3), progress=False)
     assert other.n_shards_computed == 3
@@ -325,3 +332,137 @@ def test_c4_sample_planted_copies_found(store, shared_data):
     originals = [k for k, t in enumerate(texts[:20]) if len(t.split()) >= 200]
     for copy_row, k in enumerate(originals, start=len(texts)):
         assert (k, copy_row) in pairs or (copy_row, k) in pairs
+
+
+# --------------------------------------------------------------------------------------- out of core
+def reference_pairs(sigs: np.ndarray, cfg: DedupConfig) -> set[tuple[int, int]]:
+    """The in-memory reference: datasketch MinHashLSH (same band split), query-then-insert, verified."""
+    lsh = cfg.build_lsh()
+    out = set()
+    for j, sig in enumerate(sigs):
+        m = dedup.to_lean_minhash(sig, cfg)
+        for i in lsh.query(m):
+            if np.count_nonzero(sigs[i] == sig) / cfg.num_perm >= cfg.threshold:
+                out.add((i, j))
+        lsh.insert(j, m, check_duplication=False)
+    return out
+
+
+def test_banded_join_equals_datasketch_lsh(store, long_lee):
+    """Same verified pairs as datasketch's in-memory MinHashLSH, on planted copies at several edit rates."""
+    texts = planted(long_lee) + [edit_words(long_lee[k], r, seed=k) for k, r in
+                                 zip(range(3, 30), [0.01, 0.03, 0.05, 0.08, 0.1] * 6)]
+    add_corpus(store, "cc", texts, shard_size=17)
+    report = dedup.analyze_corpus(store, "cc", CFG, progress=False)
+    sigs, _, _ = dedup.compute_signatures(texts, CFG)
+    ref = reference_pairs(sigs, CFG)
+    got = {(17 * s + r, 17 * s2 + r2) for s, r, s2, r2 in report.pairs.select(
+        "shard", "row", "against_shard", "against_row").iter_rows()}
+    assert len(ref) > 10 and got == ref
+    assert report.summary["n_candidates"] >= len(ref) and report.summary["n_capped_buckets"] == 0
+    assert (report.summary["bands"], report.summary["rows_per_band"]) == (16, 8)  # datasketch's choice
+
+
+def _band_files(tmp_path, n_files: int, n_docs: int, bands: int = 16):
+    """Band files of random keys, with every 500th document sharing band 3 with the next one."""
+    rng = np.random.default_rng(0)
+    files = []
+    for f in range(n_files):
+        keys = rng.integers(-2**63, 2**63 - 1, size=(n_docs, bands))
+        keys[1::500, 3] = keys[0::500, 3][: len(keys[1::500])]
+        path = tmp_path / f"{f}.bands.parquet"
+        pl.DataFrame({"band": np.repeat(np.arange(bands, dtype=np.int16), n_docs), "key": keys.T.ravel(),
+                      "row": np.tile(np.arange(n_docs, dtype=np.int32), bands)}).write_parquet(path)
+        files.append((str(path), f * n_docs))
+    return files
+
+
+def _expected_pairs(files) -> set[tuple[int, int]]:
+    df = pl.concat([pl.read_parquet(p).with_columns(doc=pl.col("row").cast(pl.Int64) + b) for p, b in files])
+    groups = df.group_by("band", "key").agg(pl.col("doc").sort()).filter(pl.col("doc").list.len() > 1)
+    return {(g[a], g[b]) for g in groups["doc"].to_list() for a in range(len(g)) for b in range(a + 1, len(g))}
+
+
+def test_candidate_grouping_spills_to_disk_with_same_pairs(tmp_path):
+    """The data does not fit in a 24 MB DuckDB budget (without a temporary folder the query runs out of
+    memory); with one, DuckDB spills and the pairs equal those of a generous budget and of polars."""
+    import duckdb
+
+    files = _band_files(tmp_path, 2, 20_000)
+    expected = _expected_pairs(files)
+    assert len(expected) == 80
+
+    def pairs(memory_limit, tmp):
+        out = tmp_path / "cand.parquet"
+        stats = dedup.find_candidates(files, out, DedupConfig(memory_limit=memory_limit, threads=1), tmp)
+        got = set(map(tuple, pl.read_parquet(out).select("i", "j").rows()))
+        assert stats["n_candidates"] == len(got)
+        return got
+
+    assert pairs("1GB", tmp_path / "spill") == expected
+    with pytest.raises(duckdb.OutOfMemoryException):
+        pairs("24MB", None)  # no temporary folder: no spilling
+    assert pairs("24MB", tmp_path / "spill") == expected
+    assert not (tmp_path / "spill").exists()  # the spill folder is removed afterwards
+
+
+def test_large_buckets_are_capped(store, long_lee):
+    """12 exact copies share a bucket in every band: with max_bucket=5 each is compared with the first
+    copy only (11 pairs, not 66), the summary says so, and the cluster is the same."""
+    texts = long_lee[:20] + [long_lee[0]] * 11
+    add_corpus(store, "cc", texts)
+    full = dedup.analyze_corpus(store, "cc", CFG, progress=False)
+    assert full.summary["n_pairs"] == 66 and full.summary["n_capped_buckets"] == 0
+    capped_cfg = DedupConfig(workers=1, max_bucket=5)
+    capped = dedup.analyze_corpus(store, "cc", capped_cfg, progress=False)
+    s = capped.summary
+    assert (s["n_candidates"], s["n_pairs"]) == (11, 11)
+    assert (s["n_capped_buckets"], s["n_docs_in_capped_buckets"]) == (16, 16 * 12)
+    assert set(capped.pairs["row"].to_list()) == {0}  # every pair is (first copy, member)
+    cols = ["cluster_id", "doc_id", "row", "cluster_size", "is_representative"]
+    assert capped.clusters.select(cols).sort("row").equals(full.clusters.select(cols).sort("row"))
+    assert capped.summary["n_clusters"] == 1 and capped.summary["largest_cluster"] == 12
+    assert "compared with one representative" in dedup._capped_note(s)
+
+
+def test_interrupted_run_resumes_from_banded_shards(store, long_lee, monkeypatch):
+    texts = planted(long_lee)
+    add_corpus(store, "cc", texts, shard_size=11)  # 4 shards
+    add_corpus(store, "ref", texts, shard_size=11)
+    real, calls = dedup.band_shard, []
+
+    def interrupted(job, cfg):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(job)
+        return real(job, cfg)
+
+    monkeypatch.setattr(dedup, "band_shard", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        dedup.analyze_corpus(store, "cc", CFG, progress=False)
+    monkeypatch.setattr(dedup, "band_shard", real)
+    cache = store.artifact_dir("dedup_bands", "cc")
+    assert len(list(cache.glob("*.bands.parquet"))) == 2 and not list(cache.glob(".tmp-*"))
+    resumed = dedup.build_bands(store, "cc", CFG, progress=False)
+    assert (resumed.n_shards_computed, resumed.n_shards_cached) == (2, 2)
+    r1 = dedup.analyze_corpus(store, "cc", CFG, progress=False)
+    r2 = dedup.analyze_corpus(store, "ref", CFG, progress=False)
+    cols = ["cluster_id", "doc_id", "cluster_size", "is_representative", "jaccard_to_representative"]
+    assert r1.clusters.select(cols).sort("doc_id").equals(r2.clusters.select(cols).sort("doc_id"))
+    assert r1.summary["n_clusters"] == 3
+
+
+def test_not_enough_disk_is_refused_before_work(store, long_lee, monkeypatch, capsys):
+    """The free space cannot be made small here, so shutil.disk_usage is faked (the store is real)."""
+    import collections
+    import shutil
+
+    add_corpus(store, "cc", long_lee[:20])
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(StoreError, match="not enough disk .* corpus 'cc'"):
+        dedup.analyze_corpus(store, "cc", CFG, progress=False)
+    assert not list(store.artifact_dir("dedup_bands", "cc").glob("*"))
+    assert dedup.main(["--corpus", "cc", "--store", str(store.root)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: not enough disk") and err.count("\n") == 1

@@ -62,7 +62,12 @@ def _run(capsys, argv) -> tuple[int, str, str]:
 def test_tokenizer_then_mix_then_run_with_json(cli_store, capsys):
     s = ["--store", str(cli_store.root)]
     code, out, _ = _run(capsys, ["tokenizer", "lee_bpe", "--corpora", "cc,hq", "--vocab", "600", "--json", *s])
-    assert code == 0 and json.loads(out)["n_vocab"] == 600
+    assert code == 0 and json.loads(out)["n_vocab"] == 600 and json.loads(out)["sample_whole"]
+    code, out, _ = _run(capsys, ["tokenizer", "small", "--corpora", "cc,hq", "--vocab", "300", "--sample-bytes",
+                                 "20k", "--seed", "1", *s])
+    assert code == 0 and "a seeded sample (seed 1) of cc,hq" in out
+    row = cli_store.read_result("tokenizers", "small").row(0, named=True)
+    assert row["sample_bytes"] <= 20_000 < row["n_bytes"] and row["sample_seed"] == 1
     code, out, _ = _run(capsys, ["mix", "m", "--parts", "cc=0.75,hq=0.25", "--tokens", "6k", "--seed", "3",
                                  "--tokenizer", "lee_bpe", "--seq-len", "31", "--json", "-q", *s])
     rows = {r["corpus"]: r for r in json.loads(out)}
@@ -96,6 +101,7 @@ def test_tokenizer_then_mix_then_run_with_json(cli_store, capsys):
     (["mix", "m", "--parts", "hq=1", "--tokens", "5M"], "'hq' would be repeated at least .* --max-epochs 16"),
     (["mix", "m", "--parts", "cc=0.5,hq=0.5", "--tokens", "5k", "--tokenizer", "nope"], "unknown tokenizer 'nope'"),
     (["tokenizer", "t", "--corpora", "cc,web"], "unknown corpus 'web'"),
+    (["tokenizer", "t", "--corpora", "cc", "--sample-bytes", "0"], "sample size 0 bytes is not positive"),
     (["run", "--mixture", "m", "--model", "gpt-9", "--tokens", "1k"], "unknown model preset 'gpt-9'; choose one of: .*cpu-1m"),
     (["run", "--mixture", "nope", "--model", "cpu-1m", "--tokens", "1k"], "unknown mixture 'nope'"),
 ])

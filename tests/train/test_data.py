@@ -8,6 +8,7 @@ import math
 import shutil
 
 import numpy as np
+import polars as pl
 import pytest
 
 from tests.conftest import add_corpus
@@ -111,22 +112,85 @@ def test_same_seed_same_array_other_seed_other_array(mix_store):
     assert arrays["a"].shape == arrays["c"].shape and not np.array_equal(arrays["a"], arrays["c"])
 
 
+def _cached_rows(store) -> dict[str, set[int]]:
+    """Rows tokenized so far, per shard content hash, read from the token cache's piece files."""
+    out: dict[str, set[int]] = collections.defaultdict(set)
+    for path in (store.root / "artifacts" / "tokens").glob("*/*/*.docs.npy"):
+        rows = np.load(path)[:, 0].tolist()
+        assert not out[path.parent.name] & set(rows), "a document was tokenized twice"
+        out[path.parent.name] |= set(rows)
+    return out
+
+
+def _pieces(store) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in (store.root / "artifacts" / "tokens").glob("*/*/*.*")}
+
+
 def test_rebuild_is_a_no_op_and_token_cache_is_shared(mix_store):
     cfg = MixtureConfig("m", {"cc": 0.8, "hq": 0.2}, 6_000, seq_len=SEQ_LEN)
     build_mixture(mix_store, cfg)
-    cache = sorted((mix_store.root / "artifacts" / "tokens").rglob("*.npy"))
-    assert len(cache) == 2 * 4  # tokens + lengths for 3 cc shards and 1 hq shard
-    mtimes = [p.stat().st_mtime_ns for p in cache]
+    pieces = _pieces(mix_store)
+    assert pieces and all(p.endswith((".tokens", ".docs.npy")) for p in pieces)
     train_path = mix_store.artifact_dir("mixtures", "m") / "train.npy"
     built_at = train_path.stat().st_mtime_ns
     build_mixture(mix_store, cfg)  # same config, same corpora: nothing rebuilt
     assert train_path.stat().st_mtime_ns == built_at
-    build_mixture(mix_store, MixtureConfig("m2", {"cc": 0.5, "hq": 0.5}, 6_000, seq_len=SEQ_LEN))
-    assert [p.stat().st_mtime_ns for p in cache] == mtimes  # the second mixture reused the token cache
+    # Fewer tokens of each part, in the same seeded order, are a prefix of what m tokenized.
+    build_mixture(mix_store, MixtureConfig("m2", {"cc": 0.75, "hq": 0.25}, 4_000, seq_len=SEQ_LEN))
+    assert _pieces(mix_store) == pieces  # the second mixture tokenized nothing
     with pytest.raises(MixtureError, match="already exists"):
         build_mixture(mix_store, MixtureConfig("m", {"cc": 0.5, "hq": 0.5}, 6_000, seq_len=SEQ_LEN))
     build_mixture(mix_store, MixtureConfig("m", {"cc": 0.5, "hq": 0.5}, 6_000, seq_len=SEQ_LEN), overwrite=True)
     assert mix_store.read_result("mixtures", "m").sort("corpus")["share"].to_list() == [0.5, 0.5]
+
+
+def test_a_mixture_tokenizes_only_what_it_takes_and_a_larger_one_only_the_extra(mix_store):
+    cc_docs = mix_store.corpus("cc").n_docs
+    small = build_mixture(mix_store, MixtureConfig("small", {"cc": 1.0}, 6_400, seed=3, seq_len=SEQ_LEN))
+    first = _cached_rows(mix_store)
+    taken_small = len(_segments(mix_store, "small")[0])
+    n_first = sum(len(r) for r in first.values())
+    # the documents taken, plus at most the margin of the last round: far from the whole corpus
+    assert taken_small <= n_first <= taken_small * 1.25 + 3 and n_first < cc_docs / 2
+    assert not small["n_unique_exact"][0]  # estimated from bytes, within a few percent of the count
+    tok = load_tokenizer("cl100k_base")
+    exact = sum(len(ids) + 1 for ids in tok.encode_batch(mix_store.scan("cc").collect()["text"].to_list()))
+    assert small["n_unique_tokens"][0] == pytest.approx(exact, rel=0.1)
+
+    pieces = _pieces(mix_store)
+    build_mixture(mix_store, MixtureConfig("large", {"cc": 1.0}, 19_200, seed=3, seq_len=SEQ_LEN))
+    after = _cached_rows(mix_store)  # asserts that no document was tokenized twice
+    assert all(_pieces(mix_store)[p] == t for p, t in pieces.items())  # old pieces untouched
+    taken_large = len(_segments(mix_store, "large")[0])
+    n_after = sum(len(r) for r in after.values())
+    assert taken_large <= n_after <= taken_large * 1.25 + 3 and n_after < cc_docs
+    # One part, same seed: the small stream is the first 6,400 tokens of the large one.
+    a = np.load(mix_store.artifact_dir("mixtures", "small") / "train.npy").reshape(-1)
+    b = np.load(mix_store.artifact_dir("mixtures", "large") / "train.npy").reshape(-1)
+    assert np.array_equal(a, b[:len(a)])
+
+
+def test_array_is_identical_whatever_the_cache_holds(mix_store, base_store, tmp_path):
+    from stats.unigram import UnigramConfig, build_unigram_counts
+
+    cfg = MixtureConfig("m", {"cc": 0.6, "hq": 0.4}, 12_000, seed=5, seq_len=SEQ_LEN)
+    build_mixture(mix_store, cfg)  # cold cache
+    cold = np.load(mix_store.artifact_dir("mixtures", "m") / "train.npy")
+    warm_store = Store(shutil.copytree(base_store.root, tmp_path / "warm"))
+    build_mixture(warm_store, MixtureConfig("other", {"cc": 0.5, "hq": 0.5}, 9_000, seed=9, seq_len=SEQ_LEN))
+    # counted over the pieces the mixture left plus the rest of cc: equal to a Counter over every document
+    counts = build_unigram_counts(warm_store, "cc", UnigramConfig(progress=False))
+    tok = load_tokenizer("cl100k_base")
+    expected = collections.Counter(i for ids in tok.encode_batch(warm_store.scan("cc").collect()["text"].to_list())
+                                   for i in ids)
+    assert {i: int(c) for i, c in enumerate(counts.counts) if c} == dict(expected)
+    assert all(len(rows) == s.n_docs for s, rows in
+               zip(warm_store.shards("cc"), (_cached_rows(warm_store)[s.content_hash] for s in warm_store.shards("cc"))))
+    pieces = _pieces(warm_store)
+    rows = build_mixture(warm_store, cfg)
+    assert _pieces(warm_store) == pieces  # the unigram count's tokens served the mixture
+    assert rows.filter(rows["corpus"] == "cc")["n_unique_exact"][0]  # whole corpus cached: an exact count
+    assert np.array_equal(np.load(warm_store.artifact_dir("mixtures", "m") / "train.npy"), cold)
 
 
 @pytest.mark.parametrize("parts, tokens, kwargs, error, match", [
@@ -219,3 +283,55 @@ def test_train_tokenizer_errors(store, lee_texts):
         train_tokenizer(store, "t", ["empty"], 1024)
     with pytest.raises(StoreError, match="too small"):
         train_tokenizer(store, "t", ["cc"], 100)
+
+
+def test_tokenizer_trains_on_a_bounded_seeded_sample(store, lee_texts):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from corpora.tokens import doc_id_hashes, seeded_keys
+
+    add_corpus(store, "cc", lee_texts[:200], shard_size=70)
+    add_corpus(store, "hq", lee_texts[200:250], kind="synthetic", synthetic_type="hq")
+    docs = pl.concat([store.scan(c).select("doc_id", "text", "n_bytes").collect() for c in ("cc", "hq")])
+    limit = int(docs["n_bytes"].sum()) // 3
+    row = train_tokenizer(store, "s0", ["cc", "hq"], vocab_size=600, sample_bytes=limit, seed=4)
+    assert not row["sample_whole"] and row["sample_bytes"] <= limit and row["sample_docs"] < docs.height
+    sample = pl.read_parquet(row["sample_path"])
+    assert sample.height == row["sample_docs"] and set(sample["corpus"]) == {"cc", "hq"}
+    # The sample is the prefix, by bytes, of the documents in seeded key order.
+    keys = seeded_keys(doc_id_hashes(docs["doc_id"].to_arrow()), 4, "tokenizer-sample")
+    ordered = docs[np.argsort(keys, kind="stable")]
+    n = int(np.searchsorted(np.cumsum(ordered["n_bytes"].to_numpy()), limit, side="right"))
+    assert set(sample["doc_id"]) == set(ordered["doc_id"][:n]) and row["sample_bytes"] > limit * 0.9
+    # The trainer saw exactly those texts: the same BPE trained on them directly is the same tokenizer.
+    by_id = dict(zip(docs["doc_id"], docs["text"]))
+    direct = Tokenizer(models.BPE())
+    direct.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    direct.decoder = decoders.ByteLevel()
+    direct.train_from_iterator([by_id[d] for d in sample["doc_id"]], trainers.BpeTrainer(
+        vocab_size=600, min_frequency=2, special_tokens=["<|endoftext|>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    saved = Tokenizer.from_file(row["path"])
+    assert saved.get_vocab() == direct.get_vocab()
+    # Same seed, same sample; another seed, another one; a limit above the corpora takes them whole.
+    assert train_tokenizer(store, "s0b", ["cc", "hq"], 600, sample_bytes=limit, seed=4)["sample_hash"] == row["sample_hash"]
+    assert train_tokenizer(store, "s1", ["cc", "hq"], 600, sample_bytes=limit, seed=5)["sample_hash"] != row["sample_hash"]
+    whole = train_tokenizer(store, "all", ["cc", "hq"], 600, sample_bytes=10**9)
+    assert whole["sample_whole"] and whole["sample_docs"] == docs.height
+
+
+def test_our_bpe_runs_on_tiktoken_with_the_same_ids(store, lee_texts, shared_data):
+    import json as _json
+
+    from tokenizers import Tokenizer
+
+    from corpora.tokenizers import TiktokenTokenizer
+
+    add_corpus(store, "cc", lee_texts)
+    row = train_tokenizer(store, "bpe", ["cc"], vocab_size=2048)
+    tok = load_tokenizer("bpe", store)
+    assert isinstance(tok, TiktokenTokenizer) and tok.eot_id == 0 and tok.n_vocab == 2048
+    texts = [_json.loads(line)["text"] for line in (shared_data / "cc" / "c4_sample.jsonl").open()][:150]
+    texts += (shared_data / "wiki" / "wikitext2_test.txt").read_text(encoding="utf-8").split("\n\n")[:150]
+    hf = Tokenizer.from_file(row["path"])
+    assert tok.encode_batch(texts) == [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
