@@ -16,18 +16,24 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import base64
 import csv
+import datetime
+import decimal
 import json
 import logging
+import math
 import sys
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
 
-from corpora.executor import ENGINES, EngineError, add_engine_args
+from corpora.executor import ENGINES, add_engine_args
+from corpora.exits import run_command
 from corpora.export import FORMATS as EXPORT_FORMATS
 from corpora.readers import FORMATS, TEXT_MODES, InputError, ReaderConfig
-from corpora.store import ROLES, Store, StoreError, resolve_store_path
+from corpora.store import ROLES, Store, resolve_store_path
 
 
 # Shown under each command's --help (tests/test_cli_help.py checks that every command has one).
@@ -71,11 +77,12 @@ def cmd_ingest(args) -> int:
     from corpora.ingest import IngestConfig, ingest, ingest_hf_folder
 
     reader = ReaderConfig(text_field=args.text_field, text_mode=args.text_mode, html_extractor=args.html_extractor)
+    store = _open(args, create=True)
     folders = [p for p in args.paths if Path(p).is_dir()]
     if folders:  # a Hugging Face datasets folder: kind, type and role default to what its card says
         if len(args.paths) > 1:
             raise InputError(f"{folders[0]} is a folder: ingest a Hugging Face datasets folder on its own")
-        report = ingest_hf_folder(_open(args, create=True), folders[0], args.name, kind=args.kind, role=args.role,
+        report = ingest_hf_folder(store, folders[0], args.name, kind=args.kind, role=args.role,
                                   synthetic_type=args.synthetic_type, split=args.split, reader=reader,
                                   workers=args.workers, progress=not args.json)
     else:
@@ -84,7 +91,7 @@ def cmd_ingest(args) -> int:
             synthetic_type=args.synthetic_type, format=args.format, workers=args.workers, reader=reader,
             engine=args.engine, ray_address=args.ray_address,
         )
-        report = ingest(_open(args, create=True), args.paths, cfg, progress=not args.json)
+        report = ingest(store, args.paths, cfg, progress=not args.json)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
@@ -94,9 +101,16 @@ def cmd_ingest(args) -> int:
         if report.rejects_by_reason:
             print("rejected: " + ", ".join(f"{k}={v}" for k, v in report.rejects_by_reason.items())
                   + f"  (SELECT * FROM rejects WHERE run_id = '{report.run_id}')")
-    if report.n_docs == 0 and report.n_files_skipped < report.n_files:
-        print(f"error: nothing was ingested into {report.corpus!r}", file=sys.stderr)
-        return 1
+    # the same answer on every run: do the inputs hold any document at all (now or in an earlier run)?
+    files = [str(Path(p).resolve()) for p in args.paths]
+    (n_held,) = store.catalog_rows(
+        "SELECT coalesce(sum(n_docs + n_duplicates), 0) FROM ingest_files WHERE corpus = ? AND EXISTS "
+        "(SELECT 1 FROM unnest(?) AS t(p) WHERE file = p OR starts_with(file, p || '/'))",  # a folder's files
+        [report.corpus, files])[0]
+    if n_held == 0:
+        print(f"error: no documents in {', '.join(args.paths)}: every record was rejected "
+              f"or the input is empty; see SELECT * FROM rejects WHERE corpus = '{report.corpus}'", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -135,10 +149,37 @@ def cmd_show(args) -> int:
     return 0
 
 
+def _json_value(v):
+    """A query value as JSON: numbers stay numbers (HUGEINT, DECIMAL), NaN/inf become null, bytes base64."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, decimal.Decimal):
+        if not v.is_finite():
+            return None
+        return int(v) if v == v.to_integral_value() else float(v)
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(v)).decode("ascii")
+    if isinstance(v, (datetime.date, datetime.time)):
+        return v.isoformat()
+    if isinstance(v, datetime.timedelta):
+        return v.total_seconds()
+    if isinstance(v, uuid.UUID):
+        return str(v)
+    if isinstance(v, dict):
+        return {str(k): _json_value(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        if all(isinstance(x, tuple) and len(x) == 2 for x in v) and v:  # a MAP comes back as (key, value) pairs
+            return {str(k): _json_value(x) for k, x in v}
+        return [_json_value(x) for x in v]
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    return str(v)
+
+
 def cmd_sql(args) -> int:
     table = _open(args).sql(args.query)
     if args.json:
-        print(json.dumps(table.to_pylist(), indent=2, default=str))
+        print(json.dumps([_json_value(r) for r in table.to_pylist()], indent=2, allow_nan=False))
     elif args.csv:
         w = csv.writer(sys.stdout)
         w.writerow(table.column_names)
@@ -176,7 +217,8 @@ def cmd_demo(args) -> int:
     from corpora.demo import build_demo
 
     store = _open(args, create=True)
-    reports = build_demo(store, progress=not args.json)
+    with store.writer("python -m corpora demo"):
+        reports = build_demo(store, progress=not args.json)
     corpora = store.corpora()
     if args.json:
         print(json.dumps({"store": str(store.root), "ingest": [r.as_dict() for r in reports],
@@ -190,6 +232,14 @@ def cmd_demo(args) -> int:
         if r.rejects_by_reason:
             print(f"  {r.corpus}: skipped " + ", ".join(f"{k}={v}" for k, v in r.rejects_by_reason.items()))
     return 0
+
+
+def _curate_with_lock(run_curate_cli):
+    """`corpora dedup` writes a corpus: hold the writer lock for the whole command."""
+    def run(args) -> int:
+        with _open(args).writer(f"python -m corpora dedup {args.corpus} --out {args.out}"):
+            return run_curate_cli(args)
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -272,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:
         dedup = None
     if dedup is not None and hasattr(dedup, "add_curate_arguments"):
-        sp = add("dedup", lambda a: dedup.run_curate_cli(a),
+        sp = add("dedup", _curate_with_lock(dedup.run_curate_cli),
                  "write a near-deduplicated copy of a corpus (one document per cluster)")
         dedup.add_curate_arguments(sp)
     return p
@@ -283,14 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except (StoreError, InputError, ValueError, EngineError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
+    return run_command("", lambda: args.func(args), user_errors=(ValueError,))
 
 
 if __name__ == "__main__":

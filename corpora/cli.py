@@ -45,8 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     for n in (2, 1):
         words = tuple(argv[:n])
         if words in TOOLS:
+            from corpora.exits import run_command
+
             module = importlib.import_module(TOOLS[words][0])
-            return module.main(argv[n:]) or 0
+            return run_command("", lambda: module.main(argv[n:]) or 0)  # Ctrl-C: one line, exit 130
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from corpora.executor import get_executor
-from corpora.readers import (FileResult, InputError, ReaderConfig, detect_format, read_hf_folder, read_to_parts,
+from corpora.readers import (FileResult, InputError, ReaderConfig, detect_format, read_hf_folder,
                              read_to_parts_job)
 from corpora.store import Store
 
@@ -81,6 +81,8 @@ def ingest(store: Store, paths: list[str | Path], cfg: IngestConfig, progress: b
     """Driver: ingest input files into corpus `cfg.corpus` (created if needed), resumably."""
     files = [Path(p).resolve() for p in paths]
     for f in files:  # fail before any work on a file that cannot be read at all
+        if f.is_dir():
+            raise InputError(f"{f}: is a directory; pass the files in it (e.g. {f}/*.jsonl.gz)")
         if not f.is_file():
             raise InputError(f"{f}: no such file; check the path")
         if not os.access(f, os.R_OK):
@@ -92,6 +94,7 @@ def ingest(store: Store, paths: list[str | Path], cfg: IngestConfig, progress: b
     started = time.monotonic()
     with store.lock(purpose=f"ingest {cfg.corpus}"):
         store.create_corpus(cfg.corpus, cfg.kind, cfg.role, cfg.synthetic_type, cfg.meta, exist_ok=True)
+        store.recover()  # we hold the lock, so runs still marked running died: mark them, drop their files
         store.remove_orphans(cfg.corpus)
         done = store.ingested_files(cfg.corpus)
         todo = []
@@ -110,15 +113,17 @@ def ingest(store: Store, paths: list[str | Path], cfg: IngestConfig, progress: b
         resuming = bool(store.catalog_rows(
             "SELECT 1 FROM ingest_runs WHERE corpus = ? AND status <> 'done' AND run_id <> ?", [cfg.corpus, run_id]))
         reasons: collections.Counter = collections.Counter()
-        tmp_dir = store.artifact_dir("ingest_tmp", run_id)
+        tmp_dir = store.ingest_tmp_dir(run_id)
         status = "failed"
+        bar = None
         try:
             bar = tqdm(total=sum(f.stat().st_size for f in todo), unit="B", unit_scale=True,
                        desc=f"ingest {cfg.corpus}", disable=not progress)
             for result in _map_files(todo, cfg, tmp_dir):
                 n_new, n_dup, n_present = _move_in(store, cfg.corpus, result, seen, resuming)
+                # the file's documents in the corpus: new ones and those an interrupted run moved in
                 store.record_ingest_file(cfg.corpus, run_id, result.path, fingerprint(Path(result.path)),
-                                         n_new, n_dup, result.rejects)
+                                         n_new + n_present, n_dup, result.rejects)
                 report.n_docs += n_new
                 report.n_duplicates += n_dup
                 report.n_already_present += n_present
@@ -127,7 +132,12 @@ def ingest(store: Store, paths: list[str | Path], cfg: IngestConfig, progress: b
                 bar.set_postfix(docs=report.n_docs, dups=report.n_duplicates, rejects=sum(reasons.values()))
             bar.close()
             status = "done"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
         finally:
+            if bar is not None:
+                bar.close()  # so that a message after it starts on its own line
             shutil.rmtree(tmp_dir, ignore_errors=True)
             report.rejects_by_reason = dict(reasons.most_common())
             report.elapsed_s = time.monotonic() - started

@@ -21,9 +21,9 @@ if TYPE_CHECKING:  # pyarrow is imported where it is used, so this module stays 
     import pyarrow as pa
 
 REASONS = (
-    "bad_json", "bad_utf8", "missing_text_field", "empty_text", "truncated_stream",
-    "corrupt_parquet", "not_html", "bad_warc_record", "wiki_redirect", "wiki_not_article",
-    "bad_xml", "corrupt_arrow",
+    "bad_json", "bad_utf8", "bad_unicode", "missing_text_field", "empty_text", "text_not_string",
+    "truncated_stream", "corrupt_parquet", "corrupt_arrow", "not_html", "bad_warc_record", "wiki_redirect",
+    "wiki_not_article", "bad_xml", "read_error",
 )
 
 
@@ -94,12 +94,53 @@ def open_binary(path: Path) -> io.BufferedIOBase:
         if name.endswith(".bz2"):
             return bz2.open(path, "rb")
         if name.endswith((".zst", ".zstd")):
-            import zstandard
-
-            return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb")))
+            return io.BufferedReader(_ZstdRaw(open(path, "rb")), buffer_size=1 << 16)
         return open(path, "rb")
     except OSError as e:
         raise InputError(f"{path}: cannot open ({e.strerror or e}); check the path and permissions") from None
+
+
+class _ZstdRaw(io.RawIOBase):
+    """A zstd stream (one or more frames) that raises EOFError when the input ends inside a frame.
+
+    zstandard's stream_reader returns what it decoded so far and ends quietly on a cut file, which
+    would make a truncated file look complete."""
+
+    def __init__(self, raw: io.BufferedIOBase):
+        import zstandard
+
+        self._raw, self._zstd = raw, zstandard
+        self._dobj = zstandard.ZstdDecompressor().decompressobj()
+        self._in_frame = False  # bytes of the current frame seen, its end not yet
+        self._out = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        while not self._out:
+            chunk = self._raw.read(1 << 17)
+            if not chunk:
+                if self._in_frame:
+                    raise EOFError("zstd stream ended inside a frame (the file is truncated)")
+                return 0
+            while chunk:
+                try:
+                    self._out += self._dobj.decompress(chunk)
+                except self._zstd.ZstdError as e:
+                    raise OSError(f"corrupt zstd data: {e}") from None
+                self._in_frame = not self._dobj.eof
+                chunk = self._dobj.unused_data if self._dobj.eof else b""
+                if self._dobj.eof:
+                    self._dobj = self._zstd.ZstdDecompressor().decompressobj()
+        n = min(len(buf), len(self._out))
+        buf[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes | Reject]]:
@@ -115,8 +156,21 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes | Reject]]:
 
 
 def _check_text(text, source: str, cfg: ReaderConfig) -> Reject | None:
-    if not isinstance(text, str) or len(text.strip()) < cfg.min_chars:
+    if not isinstance(text, str):
+        return Reject(source, "text_not_string", "null" if text is None else type(text).__name__)
+    if len(text.strip()) < cfg.min_chars:
         return Reject(source, "empty_text")
+    return None
+
+
+def _unicode_problem(doc: Doc) -> str | None:
+    """Why a document's text or metadata cannot be stored as UTF-8 (a lone surrogate such as a JSON
+    "\\ud800" escape or an XML &#xD800; entity), else None."""
+    for where, value in (("text", doc.text), ("meta", json.dumps(doc.meta, ensure_ascii=False, default=str))):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return f"lone surrogate {value[e.start]!r} at character {e.start} of the {where}"
     return None
 
 
@@ -207,19 +261,25 @@ def read_parquet(path: Path, cfg: ReaderConfig) -> Iterator[Doc | Reject]:
         yield Reject(str(path), "missing_text_field",
                      f"no column {cfg.text_field!r} (columns: {', '.join(pf.schema_arrow.names)})")
         return
-    row = 0
-    try:
-        for batch in pf.iter_batches(batch_size=4096):
-            for record in batch.to_pylist():
-                source = f"{path}#{row}"
-                row += 1
-                text = record.pop(cfg.text_field)
-                if (bad := _check_text(text, source, cfg)) is not None:
-                    yield bad
-                    continue
-                yield Doc(text, source, {k: v for k, v in record.items() if _jsonable(v)})
-    except (pa.ArrowException, OSError) as e:
-        yield Reject(f"{path}#{row}", "corrupt_parquet", str(e)[:200])
+    # row group by row group: a corrupt group costs its own rows only
+    first = 0
+    for group in range(pf.metadata.num_row_groups):
+        n_rows = pf.metadata.row_group(group).num_rows
+        try:
+            records = pf.read_row_group(group).to_pylist()
+        except (pa.ArrowException, OSError) as e:
+            yield Reject(f"{path}#{first}-{first + n_rows - 1}", "corrupt_parquet",
+                         f"row group {group}: {e}"[:200])
+            first += n_rows
+            continue
+        for row, record in enumerate(records, first):
+            source = f"{path}#{row}"
+            text = record.pop(cfg.text_field)
+            if (bad := _check_text(text, source, cfg)) is not None:
+                yield bad
+                continue
+            yield Doc(text, source, {k: v for k, v in record.items() if _jsonable(v)})
+        first += n_rows
 
 
 def _jsonable(value) -> bool:
@@ -231,37 +291,120 @@ def _jsonable(value) -> bool:
 
 
 def read_warc(path: Path, cfg: ReaderConfig) -> Iterator[Doc | Reject]:
-    """HTTP response records of a WARC file; HTML turned into main text (URL and date kept)."""
+    """HTTP response records of a WARC file; HTML turned into main text (URL and date kept).
+
+    Records are framed here (`_warc_records`), so junk between records or a wrong Content-Length costs
+    only the damaged record: reading resumes at the next `WARC/1.x` header. fastwarc parses each record."""
     from fastwarc.warc import ArchiveIterator, WarcRecordType
 
     extract = _html_extractor(cfg.html_extractor)
     stream = open_binary(path)
     n = 0
     try:
-        for record in ArchiveIterator(stream, record_types=WarcRecordType.response, parse_http=True):
-            n += 1
-            url = record.headers.get("WARC-Target-URI", "").strip("<>")  # WARC 1.0 writers may bracket it
-            source = f"{path}#{n}"
-            try:
-                ctype = (record.http_headers.get("Content-Type", "") if record.http_headers else "").lower()
-                if "html" not in ctype:
-                    yield Reject(source, "not_html", ctype or "no content type")
+        for offset, item in _warc_records(stream):
+            if isinstance(item, str):  # damaged bytes, already skipped
+                yield Reject(f"{path}@{offset}", "bad_warc_record", item)
+                continue
+            for record in ArchiveIterator(io.BytesIO(item), record_types=WarcRecordType.response, parse_http=True):
+                n += 1
+                url = record.headers.get("WARC-Target-URI", "").strip("<>")  # WARC 1.0 writers may bracket it
+                source = f"{path}#{n}"
+                try:
+                    ctype = (record.http_headers.get("Content-Type", "") if record.http_headers else "").lower()
+                    if "html" not in ctype:
+                        yield Reject(source, "not_html", ctype or "no content type")
+                        continue
+                    body = record.reader.read()
+                    text = extract(body)
+                except Exception as e:  # a malformed record must not end the file
+                    yield Reject(source, "bad_warc_record", f"{type(e).__name__}: {e}"[:200])
                     continue
-                body = record.reader.read()
-                text = extract(body)
-            except Exception as e:  # a malformed record must not end the file
-                yield Reject(source, "bad_warc_record", f"{type(e).__name__}: {e}"[:200])
-                continue
-            if (bad := _check_text(text, source, cfg)) is not None:
-                yield bad
-                continue
-            yield Doc(text, source, {"url": url, "date": record.headers.get("WARC-Date", ""),
-                                     "warc_record_id": record.headers.get("WARC-Record-ID", ""),
-                                     "file": str(path)})
+                if (bad := _check_text(text, source, cfg)) is not None:
+                    yield bad
+                    continue
+                yield Doc(text, source, {"url": url, "date": record.headers.get("WARC-Date", ""),
+                                         "warc_record_id": record.headers.get("WARC-Record-ID", ""),
+                                         "file": str(path)})
     except (EOFError, OSError) as e:
         yield Reject(f"{path}#{n + 1}", "truncated_stream", str(e)[:200])
     finally:
         stream.close()
+
+
+_WARC_HEADER = re.compile(rb"(?:^|\n)WARC/1\.[01]\r?\n")
+_CONTENT_LENGTH = re.compile(rb"(?im)^content-length:[ \t]*(\d+)[ \t]*\r?$")
+_MAX_WARC_HEADER = 1 << 20
+_MAX_WARC_RECORD = 1 << 30
+
+
+def _warc_records(stream: io.BufferedIOBase, chunk: int = 1 << 20) -> Iterator[tuple[int, bytes | str]]:
+    """(byte offset, record bytes) for each well-framed WARC record, or (offset, reason) for bytes
+    skipped: junk between records, or a record whose Content-Length does not end at `\\r\\n\\r\\n`
+    (reading resumes at the next `WARC/1.x` header line). Raises EOFError on a record cut short."""
+    buf, base, eof = b"", 0, False  # base: offset of buf[0] in the decompressed stream
+
+    def fill(n: int) -> bool:
+        nonlocal buf, eof
+        while len(buf) < n and not eof:
+            data = stream.read(max(chunk, n - len(buf)))
+            eof = not data
+            buf += data
+        return len(buf) >= n
+
+    def skip_to_header(start: int, why: str) -> Iterator[tuple[int, str]]:
+        """Drop bytes up to the next header at or after `start`, reporting them as `why`."""
+        nonlocal buf, base
+        lost = 0
+        while True:
+            m = _WARC_HEADER.search(buf, max(start - 1, 0))
+            if m is not None:
+                at = m.start() + (buf[m.start():m.start() + 1] == b"\n")
+                lost += at
+                yield base, f"{why} ({lost} bytes skipped)"
+                base += at
+                buf = buf[at:]
+                return
+            keep = min(len(buf), 16)  # a header may straddle the chunk boundary
+            lost += len(buf) - keep
+            base += len(buf) - keep
+            buf, start = buf[len(buf) - keep:], 0
+            if eof or not fill(len(buf) + chunk):
+                lost += len(buf)
+                yield base, f"{why} ({lost} bytes skipped, no record after them)"
+                buf = b""
+                return
+
+    while fill(1):
+        if _WARC_HEADER.match(buf) is None:
+            if not buf.strip():  # trailing newlines
+                return
+            yield from skip_to_header(0, "junk between records")
+            continue
+        end = buf.find(b"\r\n\r\n")
+        while end < 0 and len(buf) < _MAX_WARC_HEADER and fill(len(buf) + chunk):
+            end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if eof:
+                raise EOFError("WARC record headers cut short (the file is truncated)")
+            yield from skip_to_header(1, "WARC headers without an end")
+            continue
+        m = _CONTENT_LENGTH.search(buf, 0, end + 2)
+        length = int(m.group(1)) if m else -1
+        if length < 0 or length > _MAX_WARC_RECORD:
+            yield from skip_to_header(1, "WARC record without a usable Content-Length")
+            continue
+        total = end + 4 + length
+        if not fill(total + 4) and len(buf) < total:
+            nxt = _WARC_HEADER.search(buf, end)
+            if nxt is None:
+                raise EOFError(f"WARC record at byte {base} cut short (the file is truncated)")
+        if buf[total:total + 4] == b"\r\n\r\n" or (eof and len(buf) == total + 2 and buf[total:] == b"\r\n"):
+            yield base, buf[:total + 4]
+            base += total + 4
+            buf = buf[total + 4:]
+            continue
+        # the block does not end where Content-Length says: the record is damaged
+        yield from skip_to_header(end, f"Content-Length {length} does not end the record")
 
 
 def _html_extractor(name: str):
@@ -624,9 +767,24 @@ def read_to_parts(path: str, fmt: str | None, cfg: ReaderConfig, out_dir: str, p
             writer.close()
             writer, part_size = None, 0
 
-    for item in read_file(Path(path), fmt, cfg):
+    items = read_file(Path(path), fmt, cfg)
+    last = str(path)
+    while True:
+        try:
+            item = next(items, None)
+        except InputError:
+            raise
+        except Exception as e:  # a reader bug or a library error on odd input: keep what was read
+            rejects.append(Reject(f"{last} (after)", "read_error", f"{type(e).__name__}: {e}"[:200]))
+            break
+        if item is None:
+            break
+        last = item.source
         if isinstance(item, Reject):
             rejects.append(item)
+            continue
+        if (problem := _unicode_problem(item)) is not None:
+            rejects.append(Reject(item.source, "bad_unicode", problem))
             continue
         rows.append({"text": item.text, "source": item.source,
                      "meta": json.dumps(item.meta, ensure_ascii=False, default=str) if item.meta else None,

@@ -9,10 +9,14 @@ This is the only module that knows the store's layout::
       artifacts/<kind>/<name>/       files a step owns (token streams, checkpoints, tokenizers, caches)
       .writer.lock                   held (flock) by the one writer; holds its PID
 
-Writers take the lock; readers never do. DuckDB connections are short-lived so that readers in other
-processes can open the catalog read-only between writes. Every file appears whole or not at all
-(written to a temporary name, then renamed), and the catalog only lists files that are complete, so a
-killed writer leaves the store consistent.
+Writers take the lock; readers never do. A writer opens the catalog for one short transaction at a
+time and, when a reader has the file open for a moment, waits for it (it never fails halfway). A reader
+copies the catalog tables into an in-memory DuckDB (milliseconds) and closes the file before running its
+query, so a long query never blocks a writer. Queries from users (`Store.sql`) run on that copy with
+file access limited to the store's own shards and result parts, settings locked and only SELECT (or
+EXPLAIN of a SELECT) accepted. Every file appears whole or not at all (written to a temporary name,
+then renamed), and the catalog only lists files that are complete, so a killed writer leaves the store
+consistent; the next writer removes what it left behind and marks its ingest run `interrupted`.
 """
 
 from __future__ import annotations
@@ -83,6 +87,34 @@ class UnknownCorpus(StoreError, KeyError):
 
 class StoreLocked(StoreError):
     pass
+
+
+# Roots whose writer lock this process holds: [depth, pid]. The lock is re-entrant within a process, so
+# library code may open its own Store on a root its caller already locked (a forked child holds nothing).
+_HELD: dict[Path, list] = {}
+
+
+def _held(root: Path) -> list | None:
+    entry = _HELD.get(root)
+    return entry if entry is not None and entry[1] == os.getpid() else None
+
+
+def _is_lock_conflict(e: Exception) -> bool:
+    """DuckDB's error when another process has the catalog file open in a conflicting mode."""
+    msg = str(e)
+    return "Conflicting lock" in msg or "Could not set lock" in msg
+
+
+def _catalog_error(path: Path, e: Exception) -> StoreError:
+    """A one-line StoreError for a catalog that cannot be opened for a reason other than a lock."""
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if isinstance(e, PermissionError) or "Permission denied" in first:
+        return StoreError(f"cannot open {path}: permission denied; check the permissions of the store directory")
+    if "No space left" in first:
+        return StoreError(f"cannot write {path}: no space left on the device; free some space and re-run "
+                          "(the store is left as it was before this write)")
+    return StoreError(f"cannot open {path} ({first}); the catalog is damaged or not a DuckDB file: restore it "
+                      "from a backup, or move it away and re-ingest")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,30 +198,57 @@ class Store:
 
     def __init__(self, root: str | os.PathLike, *, create: bool = False):
         self.root = Path(root).resolve()
-        self._lock_depth = 0
+        if "?" in str(self.root):  # DuckDB reads '?' in a file name as the start of connection options
+            raise StoreError(f"store path {self.root} contains '?', which DuckDB cannot open; "
+                             "rename the directory or pick another --store")
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"store path {self.root} is a file, not a directory; pass --store DIR")
         if not (self.root / CATALOG_FILE).exists():
             if not create:
                 raise StoreError(
                     f"no store at {self.root}: run `python -m corpora demo` or `python -m corpora ingest` "
                     "to create one, or pass --store PATH"
                 )
-            self.root.mkdir(parents=True, exist_ok=True)
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoreError(f"cannot create the store directory {self.root} ({e.strerror}); "
+                                 "pick a writable --store path") from None
+            if not os.access(self.root, os.W_OK | os.X_OK):
+                raise StoreError(f"cannot write to the store directory {self.root}; check its permissions "
+                                 "or pick another --store path")
             with self.lock(purpose="create store"), self._connect(write=True, views=None) as con:
                 con.execute("INSERT OR REPLACE INTO store_info VALUES ('version', '1')")
 
     # ------------------------------------------------------------------ locking and connections
+    @property
+    def _lock_depth(self) -> int:
+        entry = _held(self.root)
+        return entry[0] if entry else 0
+
+    @contextlib.contextmanager
+    def writer(self, purpose: str) -> Iterator[None]:
+        """Hold the writer lock for a whole command (synth generate, train run, ...): a second writer is
+        refused at once with the holder's PID. Library writes inside it re-enter the lock."""
+        with self.lock(wait_s=0, purpose=purpose):
+            yield
+
     @contextlib.contextmanager
     def lock(self, wait_s: float = 0.0, purpose: str = "") -> Iterator[None]:
-        """Hold the single-writer lock (re-entrant within this object)."""
-        if self._lock_depth:
-            self._lock_depth += 1
+        """Hold the single-writer lock (re-entrant within this process)."""
+        if (entry := _held(self.root)) is not None:
+            entry[0] += 1
             try:
                 yield
             finally:
-                self._lock_depth -= 1
+                entry[0] -= 1
             return
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StoreError(f"cannot take the writer lock {self.root / LOCK_FILE} ({e.strerror}); "
+                             "check that the store directory is writable") from None
         deadline = time.monotonic() + wait_s
         while True:
             try:
@@ -204,49 +263,112 @@ class Store:
                         "(readers such as `sql`, `list` and `show` keep working)"
                     ) from None
                 time.sleep(0.1)
+        # A released lock file is empty; text left in it names a writer that died holding the lock.
+        dead = os.pread(fd, 200, 0).decode(errors="replace").strip()
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} ({purpose or 'writer'})".encode(), 0)
-        self._lock_depth = 1
+        _HELD[self.root] = [1, os.getpid()]
         try:
+            if dead:
+                log.warning("store %s: the last writer (PID %s) died; cleaning up after it", self.root, dead)
+                self.recover()
             yield
         finally:
-            self._lock_depth = 0
+            del _HELD[self.root]
             os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
+    def recover(self) -> None:
+        """Clean up after writers that died (kill -9): mark their ingest runs `interrupted` and delete
+        their temporary files. Needs the lock, which proves that no other writer is running."""
+        assert self._lock_depth, "recover needs the writer lock"
+        shutil.rmtree(self.root / "artifacts" / "ingest_tmp", ignore_errors=True)
+        for pattern in ("shards/*/.staging-*.parquet", "results/*/.*.tmp-*", "artifacts/*/*/.*.tmp-*"):
+            for p in self.root.glob(pattern):
+                p.unlink(missing_ok=True)
+        with self._connect(write=True) as con:
+            con.execute("UPDATE ingest_runs SET status = 'interrupted' WHERE status = 'running'")
+
+    def ingest_tmp_dir(self, run_id: str) -> Path:
+        """A fresh folder for an ingest run's temporary parts (removed by `recover` if the run dies)."""
+        return self.artifact_dir("ingest_tmp", run_id)
+
     @contextlib.contextmanager
     def _connect(self, write: bool = False, views: tuple[str, ...] | None = ()) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A short-lived connection. Writers must hold the lock; readers retry while a write is brief.
+        """A connection for one short transaction (write) or over a snapshot of the catalog (read).
 
         `views`: which views to (re)create: () none, None all, else the named ones ('documents' or result
         tables). A writer persists them in the catalog; a reader makes temporary ones with this store's
         paths (so a moved store still reads)."""
-        assert not write or self._lock_depth, "catalog writes need the writer lock"
-        path = str(self.root / CATALOG_FILE)
-        deadline = time.monotonic() + 30.0
-        while True:
-            try:
-                con = duckdb.connect(path, read_only=not write)
-                break
-            except duckdb.IOException as e:  # the other side holds the file for a moment
-                if time.monotonic() > deadline:
-                    raise StoreError(f"cannot open {path}: {e}") from e
-                time.sleep(0.05)
-        try:
-            if write:
-                con.execute(_CATALOG_DDL)
-                con.execute("BEGIN")
-                try:
-                    yield con
-                    self._refresh_views(con, temp=False, only=views)
-                    con.execute("COMMIT")
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
-            else:
+        if not write:
+            with self._snapshot(skip=("rejects",)) as con:  # library reads never need the rejects
                 self._refresh_views(con, temp=True, only=views)
                 yield con
+            return
+        assert self._lock_depth, "catalog writes need the writer lock"
+        con = self._open_catalog(write=True)
+        try:
+            con.execute(_CATALOG_DDL)
+            con.execute("BEGIN")
+            try:
+                yield con
+                self._refresh_views(con, temp=False, only=views)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        except duckdb.IOException as e:
+            raise _catalog_error(self.root / CATALOG_FILE, e) from None
+        finally:
+            con.close()
+
+    def _open_catalog(self, write: bool) -> duckdb.DuckDBPyConnection:
+        """Open catalog.duckdb, waiting while another process has it open for a moment.
+
+        A writer waits without limit (it holds the writer lock, so the other side is a reader taking its
+        snapshot, or a tool outside synthmix): dying halfway would be worse than waiting."""
+        path = self.root / CATALOG_FILE
+        started, warned = time.monotonic(), False
+        while True:
+            try:
+                if write:
+                    return duckdb.connect(str(path))
+                con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False,
+                                                          "autoload_known_extensions": False})
+                try:
+                    con.execute(f"ATTACH {_sql_str(path)} AS catalog_file (READ_ONLY)")
+                except BaseException:
+                    con.close()
+                    raise
+                return con
+            except duckdb.Error as e:
+                if not _is_lock_conflict(e):
+                    raise _catalog_error(path, e) from None
+                waited = time.monotonic() - started
+                if not write and waited > 120:
+                    raise StoreError(f"cannot read {path}: another process has held it open for {waited:.0f}s; "
+                                     "find it with `fuser` and stop it") from None
+                if waited > 10 and not warned:
+                    log.warning("waiting for another process to close %s", path)
+                    warned = True
+                time.sleep(min(0.01 * 2 ** min(waited, 6), 0.5))
+
+    @contextlib.contextmanager
+    def _snapshot(self, skip: tuple[str, ...] = ()) -> Iterator[duckdb.DuckDBPyConnection]:
+        """An in-memory DuckDB holding a copy of the catalog tables (those in `skip` left empty); the
+        file is closed before use. The copy costs time in proportion to the catalog, not the corpora."""
+        con = self._open_catalog(write=False)
+        try:
+            tables = [r[0] for r in con.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE database_name = 'catalog_file'").fetchall()]
+            for t in tables:
+                limit = " LIMIT 0" if t in skip else ""
+                con.execute(f'CREATE TABLE memory.main."{t}" AS SELECT * FROM catalog_file.main."{t}"{limit}')
+            con.execute("DETACH catalog_file")
+            if not tables:  # an empty catalog file (a store created by another version): empty tables
+                con.execute(_CATALOG_DDL)
+            yield con
         finally:
             con.close()
 
@@ -339,20 +461,21 @@ class Store:
             yield from read_shard_batches(shard.path, columns, batch_size)
 
     def sql(self, query: str, params: list | None = None) -> pa.Table:
-        """Run one read-only query (SELECT or EXPLAIN) over the catalog and every view."""
-        with self._connect(views=None) as con:
-            try:
-                statements = con.extract_statements(query)
-            except duckdb.Error as e:
-                raise StoreError(f"SQL error: {e}") from None
-            allowed = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
-            if len(statements) != 1:
-                raise StoreError("give exactly one SQL statement")
-            if statements[0].type not in allowed:
-                raise StoreError(
-                    f"refused: {statements[0].type.name} statements are not allowed; the store is read-only "
-                    "through sql (use the python -m corpora/stats/train commands to change it)"
-                )
+        """Run one read-only query (SELECT, or EXPLAIN of a SELECT) over the catalog and every view.
+
+        SQL text is hostile: the query runs on an in-memory copy of the catalog that can read only the
+        store's shard and result files, with extensions and settings locked; what a statement does is
+        checked first (by DuckDB's parser), so writes, COPY, ATTACH, SET, PRAGMA, CALL, LOAD, EXPORT and
+        more than one statement are refused before anything runs."""
+        with self._snapshot() as con:
+            _check_read_only(con, query)
+            self._refresh_views(con, temp=True, only=None)
+            readable = [str(self.root / r[0]) for r in con.execute("SELECT file FROM shards").fetchall()]
+            results = self.root / "results"
+            readable += [str(p) for p in results.glob("*/*.parquet")] if results.exists() else []
+            con.execute("SET allowed_paths = " + "[" + ", ".join(_sql_str(p) for p in readable) + "]")
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
             try:
                 return con.sql(query, params=params or None).to_arrow_table()
             except duckdb.Error as e:
@@ -360,7 +483,8 @@ class Store:
 
     def catalog_rows(self, query: str, params: list | None = None) -> list[tuple]:
         """Rows of a query on catalog tables and `documents` (for library code; no statement check)."""
-        with self._connect(views=("documents",)) as con:
+        with self._snapshot() as con:
+            self._refresh_views(con, temp=True, only=("documents",))
             return con.execute(query, params or []).fetchall()
 
     # ------------------------------------------------------------------ writing corpora
@@ -557,6 +681,48 @@ class Store:
         if create:
             d.mkdir(parents=True, exist_ok=True)
         return d
+
+
+_EXPLAIN_RE = re.compile(r"^\s*EXPLAIN\s+(?P<analyze>ANALY[SZ]E\s+)?(?P<options>\([^)]*\)\s*)?(?P<inner>.*)$",
+                         re.I | re.S)
+
+
+def _check_read_only(con: duckdb.DuckDBPyConnection, query: str) -> None:
+    """Refuse anything but one SELECT or EXPLAIN (not ANALYZE) of a SELECT, by its parsed statement type."""
+    try:
+        statements = con.extract_statements(query)
+    except duckdb.Error as e:
+        raise StoreError(f"SQL error: {str(e).splitlines()[0]}") from None
+    if len(statements) != 1:
+        raise StoreError(f"give exactly one SQL statement, not {len(statements)}")
+    kind = statements[0].type
+    if kind == duckdb.StatementType.EXPLAIN:
+        # EXPLAIN ANALYZE runs the statement it explains: look inside (comments dropped by the tokenizer)
+        text = "".join(query[start:end] for start, end in _tokens_without_comments(query))
+        m = _EXPLAIN_RE.match(text)
+        if m is None or m["analyze"] or (m["options"] and "analy" in m["options"].lower()):
+            raise StoreError("refused: EXPLAIN ANALYZE runs its statement; use EXPLAIN or a SELECT")
+        inner = con.extract_statements(m["inner"])
+        if len(inner) != 1 or inner[0].type != duckdb.StatementType.SELECT:
+            raise StoreError("refused: only EXPLAIN of a SELECT is allowed; the store is read-only through sql")
+        return
+    if kind != duckdb.StatementType.SELECT:
+        raise StoreError(
+            f"refused: {kind.name} statements are not allowed; the store is read-only through sql "
+            "(use the python -m corpora/stats/train commands to change it)"
+        )
+
+
+def _tokens_without_comments(query: str) -> list[tuple[int, int]]:
+    """(start, end) character spans of the query's tokens, comments left out, gaps kept as spaces."""
+    toks = duckdb.tokenize(query)
+    spans, prev_end = [], 0
+    for i, (start, ttype) in enumerate(toks):
+        end = toks[i + 1][0] if i + 1 < len(toks) else len(query)
+        if ttype == duckdb.token_type.comment:
+            continue
+        spans.append((start, end))
+    return spans
 
 
 def read_shard_batches(path: Path, columns: list[str] | None = None,

@@ -13,7 +13,7 @@ import json
 import logging
 import sys
 
-from corpora.store import Store, StoreError, resolve_store_path
+from corpora.store import Store, resolve_store_path
 
 
 def cmd_build(args) -> int:
@@ -69,11 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except (StoreError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    from corpora.exits import run_command
+
+    return run_command("", lambda: args.func(args), user_errors=(ValueError,))
 
 
 if __name__ == "__main__":

@@ -1173,11 +1173,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = _config_from_args(args)
         store = Store(resolve_store_path(args.store))
-        if args.against:
-            report = analyze_against(store, args.corpus, args.against, cfg, not args.json, args.examples)
-        else:
-            report = analyze_corpus(store, args.corpus, cfg, not args.json, args.examples)
-    except (StoreError, ValueError, EngineError) as e:
+        with store.writer("python -m stats.dedup"):
+            if args.against:
+                report = analyze_against(store, args.corpus, args.against, cfg, not args.json, args.examples)
+            else:
+                report = analyze_corpus(store, args.corpus, cfg, not args.json, args.examples)
+    except (StoreError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
@@ -1188,4 +1189,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from corpora.exits import run_command
+
+    sys.exit(run_command("", main))

@@ -31,6 +31,7 @@ Inputs are the `runs`, `run_metrics` and `mixtures` result tables written by `tr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import itertools
@@ -881,7 +882,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         store = Store(resolve_store_path(args.store))
-        res = fit_sweep(store, args.runs, cfg, write=not args.no_write)
+        with store.writer("python -m stats.scaling") if not args.no_write else contextlib.nullcontext():
+            res = fit_sweep(store, args.runs, cfg, write=not args.no_write)
     except (StoreError, FitError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -899,4 +901,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from corpora.exits import run_command
+
+    sys.exit(run_command("", main))

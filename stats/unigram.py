@@ -53,7 +53,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from corpora.executor import EngineError, add_engine_args, get_executor
+from corpora.executor import add_engine_args, get_executor
 from corpora.store import (
     CorpusInfo,
     ShardInfo,
@@ -681,8 +681,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         store = Store(resolve_store_path(args.store))
-        report = run_unigram(store, cfg)
-    except (StoreError, EngineError) as e:  # UnknownCorpus, UnknownTokenizer, UnigramError, no Ray
+        with store.writer("python -m stats.unigram"):
+            report = run_unigram(store, cfg)
+    except StoreError as e:  # UnknownCorpus, UnknownTokenizer, UnigramError: the user can fix these
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
@@ -699,4 +700,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from corpora.exits import run_command
+
+    sys.exit(run_command("", main))

@@ -17,6 +17,7 @@ import json
 import logging
 import sys
 
+from corpora.executor import add_engine_args
 
 
 def _add_generate(sub) -> None:
@@ -93,18 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
 
-    from corpora.store import StoreError
+    from corpora.exits import run_command
     from synth.prompts import PromptError
 
-    try:
-        if args.command == "generate":
-            return _generate(args)
-        if args.command == "models":
-            return _models(args)
-        return _serve(args)
-    except (StoreError, PromptError, ValueError, EngineError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    commands = {"generate": _generate, "models": _models, "serve": _serve}
+    return run_command("", lambda: commands[args.command](args), user_errors=(PromptError, ValueError))
 
 
 def _generate(args) -> int:
@@ -113,8 +107,10 @@ def _generate(args) -> int:
 
     fields = {f.name for f in dataclasses.fields(GenerateConfig)}
     cfg = GenerateConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    _validate_generate(cfg)  # before any work: one line, exit 2
     store = Store(resolve_store_path(args.store))
-    summary = generate(store, cfg)
+    with store.writer(f"python -m synth generate --out {cfg.out or cfg.type}"):
+        summary = generate(store, cfg)
     if args.json:
         print(json.dumps(summary, default=str))
     else:
@@ -125,6 +121,20 @@ def _generate(args) -> int:
               f"{summary['n_completion_tokens']} tokens at {summary['completion_tokens_per_s']} tok/s; "
               f"flags: {counts}")
     return 0 if summary["status"] == "done" else 1
+
+
+def _validate_generate(cfg) -> None:
+    """Refuse numbers no run can use before a model is loaded or a document read."""
+    at_least = {"limit": 1, "max_new_tokens": 1, "batch_size": 1, "max_chunk_tokens": 1, "shard_docs": 1,
+                "max_retries": 0, "concurrency": 1, "n_topics": 0, "tensor_parallel_size": 1, "num_threads": 0}
+    for name, low in at_least.items():
+        value = getattr(cfg, name, None)
+        if value is not None and value < low:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, not {value}")
+    if getattr(cfg, "temperature", 0) < 0 or not 0 < getattr(cfg, "top_p", 1) <= 1:
+        raise ValueError("need --temperature >= 0 and 0 < --top-p <= 1")
+    if getattr(cfg, "timeout_s", 1) <= 0:
+        raise ValueError("--timeout-s must be positive")
 
 
 def _models(args) -> int:

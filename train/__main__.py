@@ -233,7 +233,9 @@ def cmd_run(args, store) -> int:
 
     spec = RunSpec(mixture=args.mixture, model=args.model, tokens=args.tokens, lr=args.lr, seed=args.seed,
                    options=_run_options(args), val_tokens=args.val_tokens, val_corpora=args.val_corpora)
-    result = execute_run(store, spec, progress=not args.quiet)
+    _check_one_step(store, spec)
+    with store.writer(f"python -m train run --mixture {args.mixture} --model {args.model}"):
+        result = execute_run(store, spec, progress=not args.quiet)
     if args.json:
         _json(result)
     else:
@@ -244,11 +246,30 @@ def cmd_run(args, store) -> int:
     return 0
 
 
+def _check_one_step(store, spec) -> None:
+    """Refuse a budget below one optimizer step before any data is read (one process: world size 1)."""
+    from train.data import mixture_config
+    from train.sweep import SweepError, check_run_spec, run_config
+
+    check_run_spec(store, spec)
+    cfg = run_config(store, spec)
+    seq_len = cfg.seq_len or mixture_config(store, spec.mixture).seq_len
+    per_step = cfg.batch_size * cfg.grad_accum * seq_len
+    if spec.tokens < per_step:
+        raise SweepError(f"--tokens {spec.tokens} is less than one optimizer step ({per_step} tokens = batch size "
+                         f"{cfg.batch_size} x grad accum {cfg.grad_accum} x seq len {seq_len}); raise --tokens "
+                         "or lower --batch-size")
+
+
 def cmd_sweep(args, store) -> int:
     from train.sweep import load_sweep, run_sweep
 
     sweep = load_sweep(args.grid)
-    results = run_sweep(store, sweep, dry_run=args.dry_run, progress=not args.quiet)
+    if args.dry_run:
+        results = run_sweep(store, sweep, dry_run=True, progress=not args.quiet)
+    else:
+        with store.writer(f"python -m train sweep {args.grid}"):
+            results = run_sweep(store, sweep, dry_run=False, progress=not args.quiet)
     if args.json:
         _json(results)
     else:
@@ -278,15 +299,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    from corpora.store import Store, StoreError, resolve_store_path
+    from corpora.exits import run_command
+    from corpora.store import Store, resolve_store_path
     from train.model import UnknownPreset
 
-    try:
-        store = None if args.command == "presets" else Store(resolve_store_path(args.store))
+    def command() -> int:
+        if args.command == "presets":
+            return COMMANDS[args.command](args, None)
+        store = Store(resolve_store_path(args.store))
+        if args.command in ("mix", "tokenizer"):  # run and sweep take the lock after their checks
+            with store.writer(f"python -m train {args.command} {args.name}"):
+                return COMMANDS[args.command](args, store)
         return COMMANDS[args.command](args, store)
-    except (StoreError, UnknownPreset) as e:  # what the user can fix; anything else is a bug: traceback
-        print(f"python -m train {args.command}: error: {e}", file=sys.stderr)
-        return 2
+
+    # what the user can fix is one line; anything else is a bug: traceback
+    return run_command(f"python -m train {args.command}", command, user_errors=(UnknownPreset,))
 
 
 if __name__ == "__main__":

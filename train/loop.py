@@ -586,7 +586,8 @@ def train_run(store: Store, cfg: RunConfig, train_tokens: np.ndarray, val_sets: 
     except BaseException as e:
         if rank == 0:
             _write_metrics(store, cfg.run_id, metrics)
-            _write_run(store, run_row("failed", f"{type(e).__name__}: {e}"))
+            _write_run(store, run_row("interrupted", None) if isinstance(e, KeyboardInterrupt)
+                       else run_row("failed", f"{type(e).__name__}: {e}"))
         raise
     finally:
         if bar is not None:
@@ -661,4 +662,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from corpora.exits import run_command
+
+    sys.exit(run_command("python -m train.loop", main))
