@@ -128,8 +128,11 @@ def step_rounds(store: Store, study: StudyConfig, progress: bool) -> dict:
             continue
         for rnd in range(2, ev.collapse_rounds + 1):
             name = round_corpus(stype, rnd)
+            settings = dict(study.generate)
+            if ev.collapse_limit is not None:
+                settings["limit"] = ev.collapse_limit
             cfg = GenerateConfig(type=stype, source=round_corpus(stype, rnd - 1), out=name, progress=progress,
-                                 **study.generate)
+                                 **settings)
             summary = generate(store, cfg)
             out[name] = {k: summary.get(k) for k in ("n_docs_written", "status", "elapsed_s")}
     return out

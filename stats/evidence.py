@@ -64,6 +64,7 @@ class EvidenceConfig:
     alpha: float = 0.5  # additive smoothing of the mixture unigram in the learning check
     collapse_types: list[str] = dataclasses.field(default_factory=lambda: ["hq"])  # study: types given a round 2
     collapse_rounds: int = 2  # study: generation rounds per collapse type (1: no extra round)
+    collapse_limit: int | None = None  # study: source documents per extra round (None: [generate] limit)
 
 
 # ------------------------------------------------------------------------------------------------ verdicts
