@@ -188,6 +188,13 @@ def atomic_path(path: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+def _read_part(path: Path) -> pl.DataFrame:
+    """A result part read through one open file: a writer may atomically replace the path meanwhile, and a
+    reader that opened the path twice (footer, then data) could mix the old file with the new one."""
+    with open(path, "rb") as f:
+        return pl.read_parquet(f)
+
+
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
@@ -635,10 +642,18 @@ class Store:
         if isinstance(data, pl.DataFrame):
             data = data.to_arrow()
         stamp = pa.array([_utcnow()] * data.num_rows, type=pa.timestamp("us"))
-        if "created_at" in data.column_names:
-            data = data.set_column(data.column_names.index("created_at"), "created_at", stamp)
-        else:
+        if "created_at" not in data.column_names:
             data = data.append_column("created_at", stamp)
+        else:
+            # rows that already carry a timestamp keep it (a part rewritten with new rows, e.g. a resumed run's
+            # metrics, must not retime its old rows); anything else (missing, a writer's string) is stamped
+            i = data.column_names.index("created_at")
+            old = data.column(i)
+            if pa.types.is_timestamp(old.type):
+                kept = pc.cast(old, pa.timestamp("us"))  # UTC, naive (a zoned value keeps its UTC instant)
+                data = data.set_column(i, "created_at", pc.coalesce(kept, stamp))
+            else:
+                data = data.set_column(i, "created_at", stamp)
         path = self._result_path(table, part)
         with self.lock(wait_s=60, purpose=f"result {table}"):
             write_parquet_atomic(data, path)
@@ -657,11 +672,11 @@ class Store:
         """One part, or all parts of a result table; None when there is none."""
         if part is not None:
             path = self._result_path(table, part)
-            return pl.read_parquet(path) if path.exists() else None
+            return _read_part(path) if path.exists() else None
         parts = [self._result_path(table, p) for p in self.result_parts(table)]
         if not parts:
             return None
-        return pl.concat([pl.read_parquet(p) for p in parts], how="diagonal_relaxed")
+        return pl.concat([_read_part(p) for p in parts], how="diagonal_relaxed")
 
     def delete_result(self, table: str, part: str) -> None:
         path = self._result_path(table, part)

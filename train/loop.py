@@ -367,7 +367,8 @@ def _now() -> dt.datetime:
 
 METRIC_SCHEMA = {"run_id": pl.Utf8, "step": pl.Int64, "tokens_seen": pl.Int64, "split": pl.Utf8,
                  "domain": pl.Utf8, "loss": pl.Float64, "lr": pl.Float64, "elapsed_s": pl.Float64,
-                 "tokens_per_s": pl.Float64}
+                 "tokens_per_s": pl.Float64,
+                 "created_at": pl.Datetime("us")}  # kept for rows read back on resume; the store stamps new ones
 
 
 def _write_metrics(store: Store, run_id: str, rows: list[dict]) -> None:
