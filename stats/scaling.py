@@ -335,13 +335,22 @@ def _bootstrap_seeds(D, L, N, cfg: ScalingConfig) -> FitResult:
     fit = _fit_one(kind, cD, means, cN, cfg, None, None)
     fit.n_points = len(L)
     rng = np.random.default_rng(cfg.seed)
+
+    def replicates():  # configurations with replacement, then seeds within each
+        for _ in range(cfg.n_boot):
+            pick = rng.integers(0, len(members), len(members))
+            Lr = np.array([L[rng.choice(members[g], len(members[g]))].mean() for g in pick])
+            yield cD[pick], Lr, None if cN is None else cN[pick]
+
+    return _fit_replicates(fit, kind, replicates(), cfg)
+
+
+def _fit_replicates(fit: FitResult, kind: str, replicates, cfg: ScalingConfig) -> FitResult:
+    """Refit each bootstrap replicate (D, L, N) from the point estimate and set `fit`'s intervals."""
     reps = []
-    for _ in range(cfg.n_boot):
-        pick = rng.integers(0, len(members), len(members))
-        Lr = np.array([L[rng.choice(members[g], len(members[g]))].mean() for g in pick])
+    for D, L, N in replicates:
         try:
-            rep = _fit_one(kind, cD[pick], Lr, None if cN is None else cN[pick], cfg,
-                           extra_starts=fit.theta[None, :], n_starts=cfg.n_starts_boot)
+            rep = _fit_one(kind, D, L, N, cfg, extra_starts=fit.theta[None, :], n_starts=cfg.n_starts_boot)
         except FitError:
             continue
         reps.append([rep.params[p] for p in PARAMS[kind]])
@@ -377,16 +386,8 @@ def _bootstrap(D, L, N, groups, cfg: ScalingConfig) -> FitResult:
     fit = _fit_one(kind, D, L, N, cfg, None, None)
     D, L = np.asarray(D, float).ravel(), np.asarray(L, float).ravel()
     N = None if N is None else np.asarray(N, float).ravel()
-    reps = []
-    for idx in _resamples(len(L), groups, cfg):
-        try:
-            rep = _fit_one(kind, D[idx], L[idx], None if N is None else N[idx], cfg,
-                           extra_starts=fit.theta[None, :], n_starts=cfg.n_starts_boot)
-        except FitError:
-            continue
-        reps.append([rep.params[p] for p in PARAMS[kind]])
-    _set_intervals(fit, reps, kind, cfg)
-    return fit
+    replicates = ((D[idx], L[idx], None if N is None else N[idx]) for idx in _resamples(len(L), groups, cfg))
+    return _fit_replicates(fit, kind, replicates, cfg)
 
 
 # ----------------------------------------------------------------------------------- derived numbers
