@@ -16,6 +16,7 @@ import pytest
 from corpora.executor import EngineError, LocalExecutor, RayExecutor, Stateful, get_executor
 from corpora.store import Store
 from tests.conftest import REPO, add_corpus
+from tests.corpora.test_executor import fail_on_three, square
 
 pytest.importorskip("ray", reason="the Ray engine is the optional extra .[ray] (scripts/setup.sh installs it)")
 
@@ -28,16 +29,6 @@ def ray_engine():
 
 
 # ------------------------------------------------------------------------------------------- the executor
-def square(x: int) -> int:
-    return x * x
-
-
-def fail_on_three(x: int) -> int:
-    if x == 3:
-        raise ValueError("bad item 3")
-    return x
-
-
 def die_once(job: tuple[int, str]) -> int:
     """Kills its worker process the first time it meets item 2 (a marker file remembers)."""
     x, marker = job
