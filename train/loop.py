@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
+import gc
 import json
 import logging
 import math
@@ -649,6 +650,12 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0 and dist_info()[1] > 1:
             dist.barrier()
         row = train_run(store, cfg, data.train, data.val_sets, data.tokenizer, data.vocab_size)
+        if dist.is_initialized():
+            # Free the sharded model (FSDP2 keeps it in reference cycles) while the group is alive, and let
+            # every rank finish before any tears the group down: a rank that left early once aborted in
+            # gloo ("terminate called without an active exception") while rank 0 still wrote the store.
+            gc.collect()
+            dist.barrier()
     except (StoreError, ValueError) as e:
         print(f"python -m train.loop: error: {e}", file=sys.stderr)
         return 2
