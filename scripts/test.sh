@@ -2,7 +2,7 @@
 # Set up (scripts/setup.sh) and run the test suite. Tests on ../shared/data skip when it is absent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh dev,ray
 # Debian's chromium renders the HTML report in the browser test; install it where we may (root, apt).
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
