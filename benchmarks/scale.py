@@ -53,7 +53,7 @@ rep = ingest(store, files, IngestConfig("bench", workers=workers, engine=engine,
 out["ingest_s"], out["n_docs"], out["n_bytes"] = time.perf_counter() - t0, rep.n_docs, rep.n_bytes
 out["n_shards"] = len(store.shards("bench"))
 t0 = time.perf_counter()
-counts = build_unigram_counts(store, "bench", UnigramConfig(workers=workers, engine=engine, recount=True, progress=False), executor=ex)
+counts = build_unigram_counts(store, "bench", UnigramConfig(workers=workers, engine=engine, recount=True, progress=False))
 out["unigram_s"], out["n_tokens"] = time.perf_counter() - t0, counts.n_tokens
 if synth:
     from tests.conftest import add_corpus
@@ -119,10 +119,12 @@ def tree(pid: int) -> dict[int, tuple[int, str]]:
     return out
 
 
-def kind(pid: int, root: int, cmd: str) -> str:
+def kind(pid: int, root: int, cmd: str, engine: str) -> str:
+    """A local run has no Ray daemons: every process under its driver is a worker (pool processes, the
+    forkserver, multiprocessing's resource tracker)."""
     if pid == root:
         return "driver"
-    if cmd.startswith("ray::") or "multiprocessing" in cmd or "forkserver" in cmd:
+    if engine == "local" or cmd.startswith("ray::") or "multiprocessing" in cmd or "forkserver" in cmd:
         return "workers"
     return "ray_daemons"
 
@@ -141,7 +143,7 @@ def run_child(engine: str, workers: int, files: list[Path], synth: int) -> dict:
                 sums = {"driver": 0, "workers": 0, "ray_daemons": 0}
                 one = 0
                 for p, (rss, c) in tree(proc.pid).items():
-                    k = kind(p, proc.pid, c)
+                    k = kind(p, proc.pid, c, engine)
                     sums[k] += rss
                     if k == "workers":
                         one = max(one, rss)
