@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -44,7 +45,8 @@ def build_input(out_dir: Path, target_mb: int, n_files: int) -> int:
 
 
 def tree_rss(pid: int) -> dict[int, tuple[int, str]]:
-    """{pid: (resident bytes, command)} for a process and all its descendants."""
+    """{pid: (resident bytes, command)} for a process and all its descendants (children of every thread,
+    so processes started from a pool's or Ray's threads are found too)."""
     out = {}
     todo = [pid]
     while todo:
@@ -53,11 +55,12 @@ def tree_rss(pid: int) -> dict[int, tuple[int, str]]:
             with open(f"/proc/{p}/status") as f:
                 rss = next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:")), 0)
             with open(f"/proc/{p}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")[:60]
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
             out[p] = (rss, cmd)
-            with open(f"/proc/{p}/task/{p}/children") as f:
-                todo.extend(int(c) for c in f.read().split())
-        except (FileNotFoundError, ProcessLookupError):
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
             continue
     return out
 
@@ -91,7 +94,7 @@ def run_once(inputs: list[Path], store: Path, workers: int) -> tuple[float, int,
     if proc.returncode != 0:
         raise SystemExit(f"ingest failed with exit code {proc.returncode}")
     report = json.loads(out)
-    report["per_process_peak_mb"] = {f"{p} {cmd}": round(r / 1e6) for p, (r, cmd) in per_process.items()}
+    report["per_process_peak_mb"] = {f"{p} {cmd[:60]}": round(r / 1e6) for p, (r, cmd) in per_process.items()}
     return elapsed, peak, report
 
 

@@ -29,6 +29,8 @@ import threading
 import time
 from pathlib import Path
 
+from ingest import tree_rss  # benchmarks/ingest.py: RSS of a process tree, from /proc
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "cc"
 
@@ -100,25 +102,6 @@ def build_input(out_dir: Path, target_mb: float, n_files: int, seed: int = 0) ->
     return files, n_docs, written
 
 
-def tree(pid: int) -> dict[int, tuple[int, str]]:
-    """{pid: (RSS bytes, command)} of a process and its descendants."""
-    out, todo = {}, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            with open(f"/proc/{p}/status") as f:
-                rss = next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:")), 0)
-            with open(f"/proc/{p}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-            out[p] = (rss, cmd)
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo.extend(int(c) for c in f.read().split())
-        except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
-            continue
-    return out
-
-
 def kind(pid: int, root: int, cmd: str, engine: str) -> str:
     """A local run has no Ray daemons: every process under its driver is a worker (pool processes, the
     forkserver, multiprocessing's resource tracker)."""
@@ -142,7 +125,7 @@ def run_child(engine: str, workers: int, files: list[Path], synth: int) -> dict:
             while not done.is_set():
                 sums = {"driver": 0, "workers": 0, "ray_daemons": 0}
                 one = 0
-                for p, (rss, c) in tree(proc.pid).items():
+                for p, (rss, c) in tree_rss(proc.pid).items():
                     k = kind(p, proc.pid, c, engine)
                     sums[k] += rss
                     if k == "workers":
