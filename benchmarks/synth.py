@@ -1,8 +1,10 @@
-"""Generation speed: fp32 against bf16, batched (length-sorted) against one document at a time, same documents.
+"""Generation speed: fp32 against bf16, batched (length-sorted) against one document at a time, shared prompt
+prefix prefilled once against every prompt prefilled whole; same documents.
 
     python benchmarks/synth.py                 # SmolLM2-135M-Instruct on CPU, 32 docs, 64 new tokens
     python benchmarks/synth.py --num-threads 1 --repeats 1 --json   # on a busy shared machine
     python benchmarks/synth.py --batch-sizes 16,48 --no-single --n-docs 48 --max-new-tokens 128
+    python benchmarks/synth.py --dtypes fp32 --batch-sizes 32 --no-single --n-docs 96 --max-new-tokens 96 --compare-prefix
 
 Each dtype (`--dtypes`, default fp32,bf16) loads the model once (bf16: weights and activations, what
 `TransformersBackend(dtype="auto")` picks on CPUs with AMX / AVX512-BF16) and runs every mode; the ratios
@@ -48,8 +50,8 @@ def load_texts(n: int) -> tuple[list[str], str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()][:n], str(path)
 
 
-def run(backend, prompts, params, seeds, batch_size: int) -> dict:
-    backend.batch_size = batch_size
+def run(backend, prompts, params, seeds, batch_size: int, reuse_prefix: bool = True) -> dict:
+    backend.batch_size, backend.reuse_prefix = batch_size, reuse_prefix
     t0 = time.perf_counter()
     results = backend.generate(prompts, params, seeds)
     elapsed_s = time.perf_counter() - t0
@@ -69,6 +71,8 @@ def main() -> int:
     ap.add_argument("--batch-sizes", default="16", help="batched mode(s) (length-sorted batches), e.g. 16,64")
     ap.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16")
     ap.add_argument("--no-single", action="store_true", help="skip the one-document-at-a-time mode (slow)")
+    ap.add_argument("--compare-prefix", action="store_true",
+                    help="also run each batch size with every prompt prefilled whole (no shared-prefix reuse)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--generator", default=None, help="default: SmolLM2-135M-Instruct GGUF")
     ap.add_argument("--device", default="cpu")
@@ -84,6 +88,8 @@ def main() -> int:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     dtypes = args.dtypes.split(",")
     modes = [f"batch{b}" for b in batch_sizes] + ([] if args.no_single else ["one_at_a_time"])
+    if args.compare_prefix:
+        modes += [f"batch{b}_whole_prompts" for b in batch_sizes]
     params = SamplingParams(args.max_new_tokens, temperature=0.7, top_p=0.95)
     runs, load_s, prompts, seeds, n_prompt_tokens = {}, {}, None, None, None
     for dtype in dtypes:
@@ -99,8 +105,9 @@ def main() -> int:
             n_prompt_tokens = [len(backend.encode_chat(p)) for p in prompts]
         for _ in range(args.repeats):   # repeats alternate the modes so machine noise hits all alike
             for mode in modes:
-                b = 1 if mode == "one_at_a_time" else int(mode[5:])
-                runs.setdefault((dtype, mode), []).append(run(backend, prompts, params, seeds, b))
+                b = 1 if mode == "one_at_a_time" else int(mode[5:].split("_")[0])
+                runs.setdefault((dtype, mode), []).append(run(backend, prompts, params, seeds, b,
+                                                              reuse_prefix=not mode.endswith("_whole_prompts")))
         del backend
     med = {k: statistics.median(r["tokens_per_s"] for r in v) for k, v in runs.items()}
     base = med[(dtypes[0], modes[0])]

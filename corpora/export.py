@@ -276,7 +276,8 @@ def collect_provenance(store: Store, info: CorpusInfo, stats: ExportStats) -> di
     if info.kind != "synthetic":
         return facts
     m = info.meta
-    generation = {k: m[k] for k in ("generator", "backend", "sampling", "seed", "max_chunk_tokens") if k in m}
+    generation = {k: m[k] for k in ("generator", "backend", "sampling", "seed", "max_chunk_tokens", "max_chunks")
+                  if m.get(k) is not None}
     if stats.generators and set(stats.generators) != {m.get("generator")}:
         generation["generators_in_documents"] = dict(stats.generators.most_common())
     if m.get("round") is not None:
@@ -477,6 +478,7 @@ def _synthetic_section(info: CorpusInfo, facts: dict) -> list[str]:
              f"| sampling | {', '.join(f'{k}={v}' for k, v in sampling.items()) or 'not recorded'} |",
              f"| seed | {g.get('seed', 'not recorded')} |",
              f"| chunk size | {g.get('max_chunk_tokens', '-')} tokens of the generator's tokenizer |",
+             *([f"| chunks per source document | the first {g['max_chunks']} |"] if g.get("max_chunks") else []),
              f"| generation round | {rnd if rnd is not None else 'not recorded (round 1: generated from natural text)'} |"]
     if g.get("root_corpus"):
         lines.append(f"| root natural corpus | `{g['root_corpus']}` |")

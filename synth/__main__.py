@@ -43,7 +43,10 @@ def _add_generate(sub) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help="requests per batch, the unit flushed to disk (default: %(default)s)")
     p.add_argument("--prompt", default=d.prompt, help="template file defining your own --type")
-    p.add_argument("--max-chunk-tokens", type=int, default=d.max_chunk_tokens)
+    p.add_argument("--max-chunk-tokens", type=int, default=d.max_chunk_tokens,
+                   help="rephrasing chunk size in the generator's tokens (default: %(default)s)")
+    p.add_argument("--max-chunks", type=int, default=d.max_chunks,
+                   help="rephrase only the first N chunks of each source document (default: all)")
     p.add_argument("--chunk-tokenizer", default=d.chunk_tokenizer,
                    help="tokenizer that measures chunks (default: the generator's; cl100k_base without one)")
     p.add_argument("--n-topics", type=int, default=d.n_topics, help="txbk topic clusters (0: ~sqrt(docs))")
@@ -125,7 +128,8 @@ def _generate(args) -> int:
 
 def _validate_generate(cfg) -> None:
     """Refuse numbers no run can use before a model is loaded or a document read."""
-    at_least = {"limit": 1, "max_new_tokens": 1, "batch_size": 1, "max_chunk_tokens": 1, "shard_docs": 1,
+    at_least = {"limit": 1, "max_new_tokens": 1, "batch_size": 1, "max_chunk_tokens": 1, "max_chunks": 1,
+                "shard_docs": 1,
                 "max_retries": 0, "concurrency": 1, "n_topics": 0, "tensor_parallel_size": 1, "num_threads": 0}
     for name, low in at_least.items():
         value = getattr(cfg, name, None)

@@ -66,6 +66,7 @@ class GenerateConfig:
     batch_size: int = 16  # requests per batch: the unit flushed to disk (and the model batch)
     prompt: str | None = None  # a template file for the user's own type
     max_chunk_tokens: int = 320  # chunk size for rephrasing (WRAP uses ~300 tokens)
+    max_chunks: int | None = None  # rephrase only the first N chunks of each source document (None: all)
     chunk_tokenizer: str | None = None  # None: the generator's tokenizer, else corpora.tokenizers name
     n_topics: int = 0  # TXBK clusters (0: about sqrt(number of source documents))
     shard_docs: int = 256  # output documents per appended shard
@@ -126,6 +127,8 @@ def build_requests(docs: list[tuple[str, str]], template: PromptTemplate, encode
                    topics=None) -> list[ChunkRequest]:
     """Requests for source documents [(doc_id, text)], in document and chunk order."""
     chunks = chunk_documents([t for _, t in docs], encoder, cfg.max_chunk_tokens)
+    if cfg.max_chunks is not None:
+        chunks = [c[:cfg.max_chunks] for c in chunks]
     requests = []
     for d, ((doc_id, _), doc_chunks) in enumerate(zip(docs, chunks)):
         if template.mode == "rephrase":
@@ -228,6 +231,7 @@ def assemble_document(requests: list[ChunkRequest], staged: dict[str, dict], sou
                     "empty": r["empty"], "run_id": r["run_id"]} for q, r in zip(requests, rows)]
     meta = {"type": template.type, "source_corpus": source, "backend": cfg.backend,
             "sampling": cfg.sampling.as_dict(), "seed": cfg.seed, "max_chunk_tokens": cfg.max_chunk_tokens,
+            "max_chunks": cfg.max_chunks,
             "n_chunks": len(rows), "finish_reasons": [r["finish_reason"] for r in rows],
             "truncated": any(r["truncated"] for r in rows),
             "n_prompt_tokens": sum(r["n_prompt_tokens"] for r in rows),
@@ -295,7 +299,7 @@ def _check_corpus(store: Store, out: str, meta: dict, template: PromptTemplate) 
     """Create the output corpus, or check that an existing one was made by the same recipe."""
     if store.has_corpus(out):
         info = store.corpus(out)
-        keys = ("source", "generator", "prompt_id", "sampling", "seed", "max_chunk_tokens")
+        keys = ("source", "generator", "prompt_id", "sampling", "seed", "max_chunk_tokens", "max_chunks")
         differ = [k for k in keys if info.meta.get(k) != meta[k]]
         if info.kind != "synthetic" or differ:
             what = ", ".join(f"{k}={info.meta.get(k)!r} (now {meta[k]!r})" for k in differ) or f"kind={info.kind}"
@@ -330,7 +334,7 @@ def generate(store: Store, cfg: GenerateConfig, backend: Backend | None = None) 
     config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("progress",)}
     corpus_meta = {"source": cfg.source, "generator": generator, "prompt_id": template.prompt_id,
                    "prompt_path": template.path, "backend": cfg.backend, "sampling": params.as_dict(),
-                   "seed": cfg.seed, "max_chunk_tokens": cfg.max_chunk_tokens}
+                   "seed": cfg.seed, "max_chunk_tokens": cfg.max_chunk_tokens, "max_chunks": cfg.max_chunks}
     lineage = source_lineage(store, cfg.source)
     corpus_meta.update(round=lineage.round, root_corpus=lineage.root_corpus)
     _check_corpus(store, out, corpus_meta, template)

@@ -90,6 +90,38 @@ def test_same_seed_same_output_and_batch_independent(smollm2, short_lee_texts):
     assert [r.text for r in other] != [r.text for r in a]
 
 
+def test_shared_prompt_prefix_is_prefilled_once_with_the_same_outputs(smollm2, short_lee_texts):
+    prompts = [load_prompt("hq").render(text=t[:200]) for t in short_lee_texts[:4]]
+    encoded = [smollm2.encode_chat(m) for m in prompts]
+    n_prefix = smollm2.shared_prefix(encoded)
+    # the system prompt and the template's instructions: everything before the web text
+    assert n_prefix >= 100 and all(e[:n_prefix] == encoded[0][:n_prefix] for e in encoded)
+    assert smollm2.shared_prefix(encoded[:1]) == 0  # one prompt has nothing to share
+    for params in (SamplingParams(max_new_tokens=16, temperature=0.0),
+                   SamplingParams(max_new_tokens=16, temperature=1.0, top_p=0.9)):
+        reused = smollm2.generate(prompts, params, seeds=[5, 6, 7, 8])
+        smollm2.reuse_prefix = False
+        try:
+            whole = smollm2.generate(prompts, params, seeds=[5, 6, 7, 8])
+        finally:
+            smollm2.reuse_prefix = True
+        assert [r.text for r in reused] == [r.text for r in whole]
+        assert [r.n_prompt_tokens for r in reused] == [len(e) for e in encoded]
+        assert all(r.n_completion_tokens > 0 and r.text for r in reused)
+
+
+def test_max_chunks_keeps_the_first_chunks_of_each_document(cc_store, smollm2):
+    cfg = GenerateConfig(type="hq", source="cc", out="hq", limit=3, max_chunk_tokens=48, max_chunks=1, **TINY)
+    summary = generate(cc_store, cfg, backend=smollm2)
+    # 300-600 character articles at 48 tokens per chunk have several chunks: one request per document
+    assert summary["status"] == "done" and summary["n_requests"] == summary["n_docs_written"] == 3
+    assert cc_store.corpus("hq").meta["max_chunks"] == 1
+    assert all(json.loads(d["meta"])["n_chunks"] == 1 for d in _docs(cc_store, "hq"))
+    with pytest.raises(StoreError, match="max_chunks=1"):  # another cap is another recipe
+        generate(cc_store, GenerateConfig(type="hq", source="cc", out="hq", limit=3, max_chunk_tokens=48,
+                                          max_chunks=2, **TINY), backend=smollm2)
+
+
 class FlakyBackend:
     """The real model behind a wrapper that raises on its first `fail_calls` calls (an engine crash)."""
 
