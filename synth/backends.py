@@ -205,7 +205,8 @@ class RowSampler:
 
 
 class TransformersBackend(Backend):
-    """A local causal LM (HF directory or .gguf file) with batched, left-padded `generate`."""
+    """A local causal LM (HF directory or .gguf file) with batched `generate`: rows padded between the prefix they
+    share (prefilled once) and their own tokens, decoding into a static KV cache."""
 
     MIN_SHARED_PREFIX = 16  # shorter shared prefixes are not worth a separate forward pass
 
