@@ -250,6 +250,7 @@ class TransformersBackend(Backend):
         eos = {self.tokenizer.eos_token_id} | set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
         self.eos_ids = sorted(i for i in eos if i is not None)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self.static_cache = _takes_static_cache(self.model)
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -269,32 +270,21 @@ class TransformersBackend(Backend):
         return results
 
     def shared_prefix(self, batch: list[list[int]]) -> int:
-        """Tokens every prompt of the batch starts with, leaving each prompt at least one of its own
-        (0 when reuse is off or the prefix is too short to be worth a forward pass of its own)."""
-        if not self.reuse_prefix or len(batch) < 2:
+        """Tokens every prompt of the batch starts with, leaving each prompt at least one of its own (0 when
+        reuse is off, the model takes no static cache, or the prefix is too short to be worth a forward pass)."""
+        if not (self.reuse_prefix and self.static_cache) or len(batch) < 2:
             return 0
-        n, first = min(len(ids) for ids in batch) - 1, batch[0]
-        for ids in batch[1:]:
-            k = 0
-            while k < n and ids[k] == first[k]:
-                k += 1
-            n = k
+        # os.path.commonprefix compares any sequences element by element: here lists of token ids
+        n = min(len(os.path.commonprefix(batch)), min(len(ids) for ids in batch) - 1)
         return n if n >= self.MIN_SHARED_PREFIX else 0
 
     def _static_cache(self, batch_size: int, max_len: int, prefix_ids: list[int]):
         """A preallocated KV cache for `batch_size` rows of up to `max_len` tokens, holding the keys and values
-        of `prefix_ids` (computed once, for one row) in every row; None where the model's layers are not
-        plain static attention layers (sliding windows, linear attention): `generate` then makes its own."""
+        of `prefix_ids` (computed once, for one row) in every row."""
         import torch
         from transformers import StaticCache
-        from transformers.cache_utils import StaticLayer
 
-        try:
-            cache = StaticCache(config=self.model.config, max_cache_len=max_len)
-        except (TypeError, ValueError, AttributeError, KeyError):
-            return None
-        if not all(type(layer) is StaticLayer for layer in cache.layers):
-            return None
+        cache = StaticCache(config=self.model.config, max_cache_len=max_len)
         if prefix_ids:
             with torch.inference_mode():
                 out = self.model(input_ids=torch.tensor([prefix_ids], device=self.device), use_cache=True)
@@ -303,14 +293,14 @@ class TransformersBackend(Backend):
                 layer.update(done.keys.expand(batch_size, -1, -1, -1), done.values.expand(batch_size, -1, -1, -1))
         return cache
 
-    def _generate_batch(self, batch: list[list[int]], params: SamplingParams, seeds: list[int],
-                        reuse_prefix: bool = True) -> list[GenerationResult]:
+    def _generate_batch(self, batch: list[list[int]], params: SamplingParams,
+                        seeds: list[int]) -> list[GenerationResult]:
         import torch
         from transformers import GenerationConfig, LogitsProcessorList
 
         # Row layout: [shared prefix][padding][the row's own tokens]. The attention mask hides the padding
         # and position ids follow the mask, so each row sees exactly its own prompt at positions 0..n-1.
-        n_prefix = self.shared_prefix(batch) if reuse_prefix else 0
+        n_prefix = self.shared_prefix(batch)
         width = n_prefix + max(len(ids) - n_prefix for ids in batch)
         input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -326,9 +316,8 @@ class TransformersBackend(Backend):
             processors.append(RowSampler(seeds, params.temperature, params.top_p))
         # A preallocated cache: decoding writes each step's keys in place instead of concatenating the
         # whole cache every step (0.37 -> 0.25 s per step for SmolLM2 at batch 32 on 2 CPU cores).
-        cache = self._static_cache(len(batch), width + params.max_new_tokens, batch[0][:n_prefix])
-        if cache is None and n_prefix:  # the model's cache cannot take a prefix: run the batch whole
-            return self._generate_batch(batch, params, seeds, reuse_prefix=False)
+        cache = (self._static_cache(len(batch), width + params.max_new_tokens, batch[0][:n_prefix])
+                 if self.static_cache else None)
         with torch.inference_mode():
             out = self.model.generate(input_ids=input_ids.to(self.device),
                                       attention_mask=attention_mask.to(self.device),
@@ -346,6 +335,20 @@ class TransformersBackend(Backend):
                 results.append(GenerationResult(self.tokenizer.decode(new[:end], skip_special_tokens=True),
                                                 "stop", len(ids), end + 1))
         return results
+
+
+def _takes_static_cache(model) -> bool:
+    """Whether `model` decodes into a `StaticCache` of plain attention layers that a prefix can be copied
+    into. Not for sliding-window or linear-attention layers, nor transformers releases whose cache API
+    differs: those batches run as before, on the dynamic cache `generate` makes."""
+    try:
+        from transformers import StaticCache
+        from transformers.cache_utils import StaticLayer
+
+        layers = StaticCache(config=model.config, max_cache_len=1).layers  # tensors are allocated lazily
+    except (ImportError, TypeError, ValueError, AttributeError, KeyError):
+        return False
+    return all(type(layer) is StaticLayer for layer in layers)
 
 
 # ---------------------------------------------------------------------------------------- HTTP servers
