@@ -14,7 +14,7 @@ import tomllib
 
 import pytest
 
-from corpora import cli
+from reports import cli
 from tests.conftest import REPO
 
 
@@ -23,7 +23,7 @@ class _Captured(Exception):
         self.parser = parser
 
 
-def root_parser(module_name: str) -> argparse.ArgumentParser:
+def root_parser(module_name: str, before: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     """The parser a tool's main() builds, taken at its parse_args call (every tool builds it in main)."""
     module = importlib.import_module(module_name)
 
@@ -33,7 +33,7 @@ def root_parser(module_name: str) -> argparse.ArgumentParser:
     original = argparse.ArgumentParser.parse_args
     argparse.ArgumentParser.parse_args = capture
     try:
-        module.main([])
+        module.main(list(before))
     except _Captured as c:
         return c.parser
     finally:
@@ -52,8 +52,8 @@ def _subcommands(parser: argparse.ArgumentParser, prefix: tuple[str, ...]) -> li
 
 
 def every_command() -> list[tuple[str, ...]]:
-    return [words + rest for words, (module, _) in cli.TOOLS.items()
-            for rest in _subcommands(root_parser(module), ())]
+    return [words + rest for words, (module, _, *before) in cli.TOOLS.items()
+            for rest in _subcommands(root_parser(module, *before), ())]
 
 
 COMMANDS = every_command()
@@ -77,9 +77,10 @@ def test_help_has_a_description_and_an_example(words):
     assert len(body.strip()) > 40, f"synthmix {' '.join(words)} --help has no description"
     assert "example" in text.lower(), f"synthmix {' '.join(words)} --help shows no example"
     # the example shows this very command (its tool and, for a subcommand, its name)
-    tool = words[0] if words[0] != "stats" else f"stats.{words[1]}"
-    assert f"python -m {tool}" in text
-    if len(words) > (2 if words[0] == "stats" else 1):
+    tool_words = max((w for w in cli.TOOLS if words[:len(w)] == w), key=len)
+    module, _, *before = cli.TOOLS[tool_words]
+    assert " ".join(["python -m", module.removesuffix(".__main__"), *(before[0] if before else ())]) in text
+    if len(words) > len(tool_words):
         assert words[-1] in text.split("xample", 1)[1]
 
 

@@ -309,17 +309,19 @@ def test_cli_help(capsys):
         assert flag in out
 
 
-def test_corpora_dedup_command(store, long_lee, capsys):
-    corpora_main = pytest.importorskip("corpora.__main__")
+def test_curate_command_and_its_synthmix_spelling(store, long_lee, capsys):
+    """`synthmix corpora dedup` runs `python -m stats.dedup curate`; `python -m corpora dedup` says where it went."""
+    from corpora.__main__ import main as corpora_main
+    from reports import cli
+
     add_corpus(store, "cc", planted(long_lee))
-    parser = corpora_main.build_parser()
-    if "dedup" not in parser.format_help():
-        pytest.skip("corpora/__main__.py has no dedup command yet")
-    rc = corpora_main.main(["--store", str(store.root), "dedup", "cc", "--out", "cc_dedup", "--json",
-                            "--workers", "1"])
+    rc = cli.main(["corpora", "dedup", "cc", "--out", "cc_dedup", "--store", str(store.root), "--json",
+                   "--workers", "1"])
     assert rc == 0
     assert json.loads(capsys.readouterr().out)["n_kept"] == 40
     assert store.corpus("cc_dedup").n_docs == 40
+    assert corpora_main(["--store", str(store.root), "dedup", "cc", "--out", "x"]) == 2
+    assert "python -m stats.dedup curate" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------- shared data
@@ -437,12 +439,13 @@ def test_interrupted_run_resumes_from_banded_shards(store, long_lee, monkeypatch
         calls.append(job)
         return real(job, cfg)
 
-    monkeypatch.setattr(dedup, "band_shard", interrupted)
+    monkeypatch.setattr(dedup.bands, "band_shard", interrupted)
     with pytest.raises(KeyboardInterrupt):
         dedup.analyze_corpus(store, "cc", CFG, progress=False)
-    monkeypatch.setattr(dedup, "band_shard", real)
+    monkeypatch.setattr(dedup.bands, "band_shard", real)
     cache = store.artifact_dir("dedup_bands", "cc")
     assert len(list(cache.glob("*.bands.parquet"))) == 2 and not list(cache.glob(".tmp-*"))
+    assert not list((store.root / "artifacts" / "ingest_tmp").glob("dedup_bands-*"))
     resumed = dedup.build_bands(store, "cc", CFG, progress=False)
     assert (resumed.n_shards_computed, resumed.n_shards_cached) == (2, 2)
     r1 = dedup.analyze_corpus(store, "cc", CFG, progress=False)
