@@ -5,4 +5,5 @@ import sys
 from corpora.exits import run_command
 from stats.dedup.cli import main
 
+
 sys.exit(run_command("", main))

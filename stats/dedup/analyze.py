@@ -21,6 +21,7 @@ from stats.dedup.bands import BandedCorpus, build_bands
 from stats.dedup.candidates import _duckdb, build_clusters, find_candidates, verify_candidates
 from stats.dedup.config import SKIP_REASONS, STATUS_EMPTY, STATUS_TOO_SHORT, DedupConfig
 
+
 log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------- analyses

@@ -20,6 +20,7 @@ from corpora.store import ShardInfo, Store, StoreError
 from stats.dedup.config import STATUS_OK, DedupConfig
 from stats.dedup.minhash import _CHAIN_MUL, _U32, _U64, Signatures, _fmix64, compute_shard_signatures
 
+
 log = logging.getLogger(__name__)
 
 # Below this many documents to hash, auto mode (workers=0) stays in-process: a spawned worker needs ~1-2 s

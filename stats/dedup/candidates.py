@@ -16,6 +16,7 @@ from corpora.store import atomic_path
 from stats.dedup.bands import BandedCorpus
 from stats.dedup.config import DedupConfig
 
+
 # ---------------------------------------------------------------------------------------------- candidates
 def _duckdb(cfg: DedupConfig, tmp_dir: Path | None):
     """A DuckDB connection for one grouping: `memory_limit`, and spilling to `tmp_dir` (None: no spilling)."""

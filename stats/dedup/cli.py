@@ -14,6 +14,7 @@ from stats.dedup.config import add_config_arguments, config_from_args
 from stats.dedup.curate import EXAMPLE as CURATE_EXAMPLE
 from stats.dedup.curate import main as curate_main
 
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m stats.dedup",

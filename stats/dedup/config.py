@@ -11,6 +11,7 @@ import re
 
 from corpora.executor import add_engine_args
 
+
 # Bump when the shingle hash or the signature layout changes: it is part of every cache key.
 SIGNATURE_VERSION = 1
 SCHEME = "affine32"

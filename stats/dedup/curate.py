@@ -19,6 +19,7 @@ from corpora.store import Store, StoreError, resolve_store_path
 from stats.dedup.analyze import analyze_corpus
 from stats.dedup.config import DedupConfig, add_config_arguments, config_from_args
 
+
 # ---------------------------------------------------------------------------------------------- curation
 @dataclasses.dataclass
 class CurateResult:

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 from corpora.store import read_shard_batches
 from stats.dedup.config import SCHEME, STATUS_EMPTY, STATUS_OK, STATUS_TOO_SHORT, DedupConfig
 
+
 # Shingles hashed per numpy block: (block, num_perm) uint32 is 16 MiB at 128 permutations, which keeps
 # a worker's peak memory flat however long a document is.
 _BLOCK_SHINGLES = 32768

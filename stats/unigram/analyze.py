@@ -18,6 +18,7 @@ from stats.unigram.counts import (COMPARISONS_TABLE, SHRINKAGE_TABLE, UnigramCon
 from stats.unigram.metrics import (build_distribution, compare_unigrams, compute_shrinkage,
                                    find_source_corpus, parse_mixture)
 
+
 log = logging.getLogger(__name__)
 
 
