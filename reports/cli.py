@@ -18,6 +18,7 @@ Each tool is the module's own `main(argv)`: the same flags, help and exit codes 
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 
@@ -34,6 +35,49 @@ TOOLS: dict[tuple[str, ...], tuple] = {
     ("train",): ("train.__main__", "mixtures, tokenizers, presets, training runs, sweeps, mixture export"),
     ("reports",): ("reports.__main__", "the study driver and the HTML report"),
 }
+
+
+class _Captured(Exception):
+    def __init__(self, parser: argparse.ArgumentParser):
+        self.parser = parser
+
+
+def tool_parser(words: tuple[str, ...]) -> argparse.ArgumentParser:
+    """The parser the tool of `words` builds in its main(), taken at its parse_args call (nothing runs)."""
+    module_name, _, *before = TOOLS[words]
+    module = importlib.import_module(module_name)
+
+    def capture(self, *args, **kwargs):
+        raise _Captured(self)
+
+    original = argparse.ArgumentParser.parse_args
+    argparse.ArgumentParser.parse_args = capture
+    try:
+        module.main(list(before[0]) if before else [])
+    except _Captured as c:
+        return c.parser
+    finally:
+        argparse.ArgumentParser.parse_args = original
+    raise RuntimeError(f"{module_name}.main never parsed its arguments")
+
+
+def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return {name: sub for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+            for name, sub in action.choices.items()}
+
+
+def every_parser() -> list[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """(synthmix command words, parser) of every command of every tool, each tool's own parser first."""
+    out = []
+
+    def walk(words, parser):
+        out.append((words, parser))
+        for name, sub in subparsers(parser).items():
+            walk(words + (name,), sub)
+
+    for words in TOOLS:
+        walk(words, tool_parser(words))
+    return out
 
 
 def usage(prefix: tuple[str, ...] = ()) -> str:

@@ -3,7 +3,6 @@ through the `synthmix` entry point; the console script in pyproject.toml points 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib
 import io
@@ -18,45 +17,7 @@ from reports import cli
 from tests.conftest import REPO
 
 
-class _Captured(Exception):
-    def __init__(self, parser):
-        self.parser = parser
-
-
-def root_parser(module_name: str, before: tuple[str, ...] = ()) -> argparse.ArgumentParser:
-    """The parser a tool's main() builds, taken at its parse_args call (every tool builds it in main)."""
-    module = importlib.import_module(module_name)
-
-    def capture(self, *args, **kwargs):
-        raise _Captured(self)
-
-    original = argparse.ArgumentParser.parse_args
-    argparse.ArgumentParser.parse_args = capture
-    try:
-        module.main(list(before))
-    except _Captured as c:
-        return c.parser
-    finally:
-        argparse.ArgumentParser.parse_args = original
-    raise AssertionError(f"{module_name}.main never parsed its arguments")
-
-
-def _subcommands(parser: argparse.ArgumentParser, prefix: tuple[str, ...]) -> list[tuple[str, ...]]:
-    """Every command path below a parser, the parser's own first."""
-    paths = [prefix]
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                paths += _subcommands(sub, prefix + (name,))
-    return paths
-
-
-def every_command() -> list[tuple[str, ...]]:
-    return [words + rest for words, (module, _, *before) in cli.TOOLS.items()
-            for rest in _subcommands(root_parser(module, *before), ())]
-
-
-COMMANDS = every_command()
+COMMANDS = [words for words, _ in cli.every_parser()]
 
 
 def test_the_walk_sees_every_tool_and_the_new_commands():
