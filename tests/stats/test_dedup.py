@@ -429,6 +429,24 @@ def test_large_buckets_are_capped(store, long_lee):
     assert "compared with one representative" in dedup._capped_note(s)
 
 
+def test_temp_folders_of_a_killed_run_are_cleaned(store, long_lee):
+    """A run killed with -9 leaves its map folder behind: Store.recover removes it (the folder lives in the
+    store's temporary area), and a leftover `.tmp-*` folder in the cache (older versions) goes on the next run."""
+    from stats.dedup.bands import _map_tmp_dir
+
+    add_corpus(store, "cc", long_lee[:6])
+    killed = _map_tmp_dir(store, "cc")
+    (killed / "half_written.sig.npy").write_bytes(b"x")
+    legacy = store.artifact_dir("dedup_bands", "cc") / ".tmp-abc123"
+    legacy.mkdir()
+    with store.writer("test"):
+        store.recover()
+    assert not killed.exists() and legacy.exists()
+    dedup.build_bands(store, "cc", CFG, progress=False)
+    assert not legacy.exists()
+    assert not list((store.root / "artifacts" / "ingest_tmp").glob("dedup_bands-*"))
+
+
 def test_interrupted_run_resumes_from_banded_shards(store, long_lee, monkeypatch):
     texts = planted(long_lee)
     add_corpus(store, "cc", texts, shard_size=11)  # 4 shards
