@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 from pathlib import Path
@@ -44,6 +45,33 @@ def lee_texts() -> list[str]:
     """300 real news articles (gensim's lee_background.cor), one per line."""
     path = demo_data_dir() / LEE_FILE
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@dataclasses.dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run a CLI in-process as `python -m MODULE ARGS` would (its main through corpora.exits.run_command, argparse
+    exits included) and return its exit code and output: `run_cli("stats.unigram", "--train", "cc", ...)`.
+    A subprocess is for what only a fresh process shows (Ray workers loading a step, signals, the console script)."""
+    from corpora.exits import run_command
+
+    def run(module: str, *args: str) -> CliResult:
+        main = importlib.import_module(module).main
+        capsys.readouterr()
+        try:
+            code = run_command("", lambda: main([str(a) for a in args]) or 0)
+        except SystemExit as e:  # argparse: --help (0) or a usage error (2)
+            code = e.code if isinstance(e.code, int) else 1
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run
 
 
 @pytest.fixture

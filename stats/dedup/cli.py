@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 
+from corpora.cli_common import add_common_args, setup_logging, show_progress
 from corpora.executor import EngineError
 from corpora.store import Store, StoreError, resolve_store_path
 from stats.dedup.analyze import DedupReport, _capped_note, analyze_against, analyze_corpus
@@ -27,9 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", required=True, help="corpus to analyse")
     p.add_argument("--against", help="compare with this corpus instead of within --corpus")
     p.add_argument("--examples", type=int, default=5, help="clusters / matches to show (default 5)")
-    p.add_argument("--store", help="store directory (default: $SYNTHMIX_STORE, else ./store)")
-    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     add_config_arguments(p)
+    add_common_args(p)
     return p
 
 
@@ -64,16 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["curate"]:
         return curate_main(argv[1:])
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(args)
     try:
         cfg = config_from_args(args)
         store = Store(resolve_store_path(args.store))
         with store.writer("python -m stats.dedup"):
             if args.against:
-                report = analyze_against(store, args.corpus, args.against, cfg, not args.json, args.examples)
+                report = analyze_against(store, args.corpus, args.against, cfg, show_progress(args), args.examples)
             else:
-                report = analyze_corpus(store, args.corpus, cfg, not args.json, args.examples)
+                report = analyze_corpus(store, args.corpus, cfg, show_progress(args), args.examples)
     except (StoreError, ValueError, EngineError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -140,7 +140,6 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=0, help="signature worker processes (default 0: one per core, "
                         "or in-process when fewer than 8000 documents need hashing)")
     add_engine_args(p)
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def config_from_args(args) -> DedupConfig:

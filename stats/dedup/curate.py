@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from corpora.cli_common import add_common_args, setup_logging, show_progress
 from corpora.executor import EngineError
 from corpora.store import Store, StoreError, resolve_store_path
 from stats.dedup.analyze import analyze_corpus
@@ -98,8 +99,9 @@ def add_curate_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `python -m stats.dedup curate CORPUS --out NEW`."""
     parser.add_argument("corpus", help="corpus to deduplicate")
     parser.add_argument("--out", required=True, help="name of the new, deduplicated corpus")
-    parser.add_argument("--store", help="store directory (default: $SYNTHMIX_STORE, else ./store)")
     add_config_arguments(parser)
+    add_common_args(parser, overwrite="replace an existing --out corpus (default: resume it if it is this "
+                                      "deduplication, else refuse)")
 
 
 def build_curate_parser() -> argparse.ArgumentParser:
@@ -115,11 +117,16 @@ def build_curate_parser() -> argparse.ArgumentParser:
 
 def run_curate_cli(args) -> int:
     """Curate under the store's writer lock, print a summary; usage errors return 2."""
+    setup_logging(args)
     try:
         cfg = config_from_args(args)
+        if args.out == args.corpus:
+            raise ValueError(f"--out {args.out} is the corpus itself; name a new corpus")
         store = Store(resolve_store_path(args.store))
         with store.writer(f"python -m stats.dedup curate {args.corpus} --out {args.out}"):
-            result = curate(store, args.corpus, args.out, cfg, progress=not args.json)
+            if getattr(args, "overwrite", False) and store.has_corpus(args.out):
+                store.remove_corpus(args.out)
+            result = curate(store, args.corpus, args.out, cfg, progress=show_progress(args))
     except (StoreError, ValueError, EngineError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

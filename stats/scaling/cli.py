@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
-import logging
 import math
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from corpora.cli_common import add_common_args, setup_logging
 from corpora.store import Store, StoreError, resolve_store_path
 from stats.scaling.laws import FitError, ScalingConfig
 from stats.scaling.sweep import fit_points, fit_sweep
@@ -96,8 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--runs", metavar="SWEEP", help="fit the finished runs of this sweep in the store")
     src.add_argument("--csv", metavar="FILE", type=Path, help="fit points from a CSV file (prints only)")
-    p.add_argument("--store", help="store directory (default: $SYNTHMIX_STORE, else ./store)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--no-write", action="store_true", help="with --runs: do not write the result tables")
     g = p.add_argument_group("CSV columns")
     g.add_argument("--d-col", default="D", help="tokens / data budget column (default D)")
@@ -121,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--ratio-degree", type=int, default=d.ratio_degree)
     c.add_argument("--budgets", type=float, nargs="*", default=list(d.budgets),
                    help="extra budgets D (tokens) for speed-ups")
+    add_common_args(p, progress=False)
     return p
 
 
@@ -134,7 +133,7 @@ def config_from_args(args: argparse.Namespace) -> ScalingConfig:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(args)
     cfg = config_from_args(args)
     if cfg.n_boot < 0 or not 0 < cfg.ci < 1 or cfg.huber_delta <= 0 or cfg.ratio_degree < 1:
         parser.error("need --n-boot >= 0, 0 < --ci < 1, --huber-delta > 0, --ratio-degree >= 1")
@@ -152,7 +151,6 @@ def main(argv: list[str] | None = None) -> int:
             print(format_table(fits, ["group", "n_points", "E", "B", "beta", "A", "alpha", "rmse_log", "status",
                                       "error"]))
         return 0 if (fits["status"] == "ok").any() else 1
-
 
     try:
         store = Store(resolve_store_path(args.store))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import sys
 
+from corpora.cli_common import add_common_args, setup_logging
 from corpora.executor import add_engine_args
 from corpora.store import Store, StoreError, resolve_store_path
 from corpora.tokenizers import DEFAULT_TOKENIZER
@@ -64,7 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
                     "(nats; additive smoothing alpha on train). Example: "
                     "python -m stats.unigram --train cc --train cc:0.67,hq:0.33 --test wiki",
     )
-    p.add_argument("--store", help="store directory (default: $SYNTHMIX_STORE, else ./store)")
     p.add_argument("--train", action="extend", nargs="+", default=[], metavar="CORPUS|MIX",
                    help="training corpus, or mixture NAME:WEIGHT,... with weights summing to 1 (e.g. cc:0.67,hq:0.33); "
                         "several (--train cc hq, or --train repeated) give the full matrix")
@@ -81,13 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_args(p)
     p.add_argument("--threads", type=int, default=0, help="tokenizer threads per process (0: automatic)")
     p.add_argument("--batch-size", type=int, default=1024, help="documents per record batch")
-    p.add_argument("--recount", action="store_true", help="ignore cached counts and count again")
     p.add_argument("--no-shrinkage", dest="shrinkage", action="store_false",
                    help="skip the shrinkage comparison of synthetic corpora with their sources")
     p.add_argument("--n-subsamples", type=int, default=5, help="subsamples for entropy at equal token budget")
     p.add_argument("--seed", type=int, default=0, help="seed of those subsamples")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
-    p.add_argument("--json", action="store_true", help="print the comparisons as JSON")
+    add_common_args(p, overwrite="ignore cached counts and count again (old spelling: --recount)",
+                    overwrite_aliases=("--recount",))
     return p
 
 
@@ -95,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     fields = {f.name for f in dataclasses.fields(UnigramConfig)}
-    cfg = UnigramConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    cfg = UnigramConfig(**{k: v for k, v in vars(args).items() if k in fields}, recount=args.overwrite)
+    setup_logging(args)
     try:
         store = Store(resolve_store_path(args.store))
         with store.writer("python -m stats.unigram"):

@@ -302,15 +302,6 @@ def test_cli_within_and_against(store, long_lee, capsys):
     assert "threshold must be strictly between 0 and 1" in capsys.readouterr().err
 
 
-def test_cli_help(capsys):
-    with pytest.raises(SystemExit) as e:
-        dedup.main(["--help"])
-    assert e.value.code == 0
-    out = capsys.readouterr().out
-    for flag in ("--corpus", "--against", "--threshold", "--num-perm", "--ngram", "--json", "--store"):
-        assert flag in out
-
-
 def test_curate_command_and_its_synthmix_spelling(store, long_lee, capsys):
     """`synthmix corpora dedup` runs `python -m stats.dedup curate`; `python -m corpora dedup` says where it went."""
     from corpora.__main__ import main as corpora_main
