@@ -45,6 +45,16 @@ def test_help_has_a_description_and_an_example(words):
         assert words[-1] in text.split("xample", 1)[1]
 
 
+@pytest.mark.parametrize("words", [("stats", "unigram"), ("stats", "dedup"), ("stats", "scaling"), ("corpora", "dedup")],
+                         ids=" ".join)
+def test_stats_tools_take_the_shared_flags(words):
+    """corpora/cli_common.py's flags, spelled the same on every tool that adopted them."""
+    options = set(cli.tool_parser(words)._option_string_actions)
+    assert {"--store", "--json", "-v", "--verbose", "-q", "--quiet"} <= options
+    if words != ("stats", "scaling"):  # its only bar is the fits loop, shown on a terminal
+        assert "--no-progress" in options
+
+
 def test_synthmix_usage_and_unknown_commands(capsys):
     assert cli.main([]) == 0 and "stats unigram" in capsys.readouterr().out
     assert cli.main(["stats"]) == 0 and "stats dedup" in capsys.readouterr().out

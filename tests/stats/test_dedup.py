@@ -315,6 +315,13 @@ def test_curate_command_and_its_synthmix_spelling(store, long_lee, capsys):
     assert store.corpus("cc_dedup").n_docs == 40
     assert corpora_main(["--store", str(store.root), "dedup", "cc", "--out", "x"]) == 2
     assert "python -m stats.dedup curate" in capsys.readouterr().err
+    # an --out that is another corpus is refused, unless --overwrite
+    add_corpus(store, "other", ["an unrelated document of several words here"])
+    args = ["curate", "cc", "--out", "other", "--store", str(store.root), "--workers", "1", "--json"]
+    assert dedup.main(args) == 2 and "is not this deduplication" in capsys.readouterr().err
+    assert dedup.main([*args, "--overwrite"]) == 0 and store.corpus("other").n_docs == 40
+    assert dedup.main(["curate", "cc", "--out", "cc", "--store", str(store.root), "--overwrite"]) == 2
+    assert store.corpus("cc").n_docs == len(planted(long_lee))  # the source is never the one replaced
 
 
 # --------------------------------------------------------------------------------------- shared data
