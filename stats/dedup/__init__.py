@@ -52,8 +52,8 @@ and its driver), `candidates` (grouping, verification, clusters), `analyze` (the
 tables), `curate` (a deduplicated corpus), `cli` (`python -m stats.dedup`).
 """
 
-from stats.dedup.analyze import (DedupReport, _capped_note, analyze_against, analyze_corpus, compute_source_similarity,
-                                  find_source_corpora, read_snippets)
+from stats.dedup.analyze import (DedupReport, _capped_note, analyze_against, analyze_corpus,
+                                  compute_source_similarity, find_source_corpora, read_snippets)
 from stats.dedup.bands import (BandedCorpus, CorpusSignatures, band_keys, band_shard, build_bands,
                                build_signatures, estimate_disk_bytes, shard_file_names)
 from stats.dedup.candidates import build_clusters, find_candidates, verify_candidates

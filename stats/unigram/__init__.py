@@ -35,9 +35,10 @@ statistics between them), `analyze` (the step: comparisons and shrinkage into re
 
 from stats.unigram.analyze import UnigramReport, run_unigram
 from stats.unigram.cli import build_parser, format_report, main
-from stats.unigram.counts import (COMPARISONS_TABLE, COUNTS_TABLE, DEFAULT_ALPHA, MIN_BYTES_FOR_WORKERS, SHRINKAGE_TABLE,
-                                  CountJob, UnigramConfig, UnigramCounts, UnigramError, build_unigram_counts,
-                                  count_cached_shard, count_job, count_unigrams, counts_part, reduce_counts)
+from stats.unigram.counts import (COMPARISONS_TABLE, COUNTS_TABLE, DEFAULT_ALPHA, MIN_BYTES_FOR_WORKERS,
+                                  SHRINKAGE_TABLE, CountJob, UnigramConfig, UnigramCounts, UnigramError,
+                                  build_unigram_counts, count_cached_shard, count_job, count_unigrams, counts_part,
+                                  reduce_counts)
 from stats.unigram.metrics import (UnigramDistribution, build_distribution, compare_unigrams, compute_shrinkage,
                                    entropy_nats, find_source_corpus, parse_mixture, rarefied_types,
                                    subsampled_entropy_nats)
