@@ -10,7 +10,9 @@ Examples:
     python -m corpora export cc --format jsonl --out cc.jsonl.gz
     python -m corpora export hq --format hf --out hq_hf        # load_dataset("hq_hf") reads it offline
     python -m corpora ingest hq2 hq_hf                         # a Hugging Face datasets folder
-    python -m corpora dedup cc --out cc_dedup
+
+Near-deduplicated copies of a corpus are written by `python -m stats.dedup curate cc --out cc_dedup`
+(or `synthmix corpora dedup cc --out cc_dedup`): curation needs the stats layer's clusters.
 """
 
 from __future__ import annotations
@@ -48,7 +50,6 @@ EXAMPLES = {
                "python -m corpora export cc --format jsonl --out cc.jsonl.gz"],
     "rm": ["python -m corpora rm cc_old"],
     "demo": ["python -m corpora --store /tmp/demo demo"],
-    "dedup": ["python -m corpora dedup cc --out cc_dedup"],
 }
 
 
@@ -234,14 +235,6 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def _curate_with_lock(run_curate_cli):
-    """`corpora dedup` writes a corpus: hold the writer lock for the whole command."""
-    def run(args) -> int:
-        with _open(args).writer(f"python -m corpora dedup {args.corpus} --out {args.out}"):
-            return run_curate_cli(args)
-    return run
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m corpora", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -317,18 +310,30 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("demo", cmd_demo, "build the demo store (cc: 300 news articles, wiki: 106 Wikipedia articles)")
     sp.add_argument("--json", action="store_true")
 
-    try:
-        from stats import dedup
-    except ImportError:
-        dedup = None
-    if dedup is not None and hasattr(dedup, "add_curate_arguments"):
-        sp = add("dedup", _curate_with_lock(dedup.run_curate_cli),
-                 "write a near-deduplicated copy of a corpus (one document per cluster)")
-        dedup.add_curate_arguments(sp)
     return p
 
 
+# commands that moved to a higher layer: one line that says where (exit 2)
+MOVED = {"dedup": "python -m stats.dedup curate CORPUS --out NEW (same flags; or synthmix corpora dedup ...)"}
+
+
+def _moved_command(argv: list[str]) -> str | None:
+    """The command word of argv (skipping --store VALUE and -v) if it is one that moved, else None."""
+    words = iter(argv)
+    for w in words:
+        if w == "--store":
+            next(words, None)
+        elif not w.startswith("-"):
+            return w if w in MOVED else None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    moved = _moved_command(argv)
+    if moved:
+        print(f"error: `python -m corpora {moved}` moved: run {MOVED[moved]}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from corpora.documents import DOC_SCHEMA
 from corpora.executor import Stateful, get_executor
 from corpora.store import CorpusInfo, Store, StoreError, atomic_path, read_shard_batches
+from corpora.templates import read_template, template_id
 
 log = logging.getLogger(__name__)
 
@@ -315,25 +316,14 @@ def collect_provenance(store: Store, info: CorpusInfo, stats: ExportStats) -> di
 
 
 def _prompts(meta: dict, stats: ExportStats) -> list[dict]:
-    """Each prompt_id used, with the template text when a template file still hashes to it."""
-    from synth.prompts import BUILTIN_TYPES, PROMPT_DIR, PromptError, load_prompt
-
+    """Each prompt_id used, with the template text when the template file the corpus names still hashes to it."""
     ids = {pid: n for pid, n in stats.prompt_ids.most_common() if pid} or \
         ({meta["prompt_id"]: 0} if meta.get("prompt_id") else {})
-    candidates = []
-    for pid in ids:
-        type_ = pid.rsplit("-", 1)[0]
-        if meta.get("prompt_path"):
-            candidates.append((type_, meta["prompt_path"]))
-        if type_ in BUILTIN_TYPES:
-            candidates.append((type_, PROMPT_DIR / f"{type_}.txt"))
-    texts = {}
-    for type_, path in candidates:
-        try:
-            t = load_prompt(type_, path)
-        except PromptError:
-            continue
-        texts.setdefault(t.prompt_id, t.text)
+    try:
+        text = read_template(meta["prompt_path"]) if meta.get("prompt_path") else None
+    except OSError:  # moved or deleted since generation: the card lists the ids without their text
+        text = None
+    texts = {template_id(type_, text): text for type_ in {pid.rsplit("-", 1)[0] for pid in ids}} if text else {}
     return [{"prompt_id": pid, "n_docs": n, "text": texts.get(pid)} for pid, n in ids.items()]
 
 

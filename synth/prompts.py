@@ -13,9 +13,10 @@ A template is a user message with `str.format` fields (literal braces are writte
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import string
 from pathlib import Path
+
+from corpora.templates import read_template, template_id
 
 BUILTIN_TYPES = ("hq", "qa", "txbk")
 PROMPT_DIR = Path(__file__).resolve().parent / "prompts"
@@ -53,7 +54,7 @@ class PromptTemplate:
     @property
     def prompt_id(self) -> str:
         """`type-` + 8 hex digits of BLAKE2b over the template text: changes whenever the text does."""
-        return f"{self.type}-{hashlib.blake2b(self.text.encode('utf-8'), digest_size=4).hexdigest()}"
+        return template_id(self.type, self.text)
 
     @property
     def fields(self) -> frozenset[str]:
@@ -80,7 +81,7 @@ def load_prompt(type_: str, path: str | Path | None = None) -> PromptTemplate:
         path = PROMPT_DIR / f"{type_}.txt"
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8").strip() + "\n"
+        text = read_template(path)
     except OSError as e:
         raise PromptError(f"cannot read prompt file {path}: {e.strerror}") from None
     try:

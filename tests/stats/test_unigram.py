@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from collections import Counter
 from itertools import combinations
 
 import numpy as np
 import pytest
-from tests.conftest import REPO, add_corpus
+from tests.conftest import add_corpus
 
 from corpora.store import Store
 from corpora.tokenizers import load_tokenizer
@@ -286,16 +284,6 @@ def test_run_unigram_matrix_is_stored_once_per_pair(store, lee_texts):
     assert json.loads(table["config"][0])["alpha"] == cfg.alpha
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "stats.unigram", *args], check=False, capture_output=True, text=True,
-                          cwd=REPO, timeout=300)
-
-
-def test_cli_help():
-    out = run_cli("--help")
-    assert out.returncode == 0 and "--train" in out.stdout and "--tokenizer" in out.stdout and "nats" in out.stdout
-
-
 @pytest.mark.parametrize("args, message", [
     (["--train", "nope", "--test", "wiki"], "unknown corpus 'nope'"),
     (["--train", "cc", "--test", "empty"], "'empty' is empty"),
@@ -324,24 +312,24 @@ def demo_store(tmp_path_factory) -> Store:
     return store
 
 
-def test_cli_on_demo_store(demo_store):
-    out = run_cli("--store", str(demo_store.root), "--train", "cc", "--test", "wiki", "--json", "--no-progress")
-    assert out.returncode == 0, out.stderr
-    (row,) = json.loads(out.stdout)["comparisons"]
+def test_cli_on_demo_store(demo_store, run_cli):
+    out = run_cli("stats.unigram", "--store", demo_store.root, "--train", "cc", "--test", "wiki", "--json",
+                  "--no-progress")
+    assert out.code == 0, out.err
+    (row,) = json.loads(out.out)["comparisons"]
     assert (row["train"], row["test"], row["tokenizer"], row["units"]) == ("cc", "wiki", "cl100k_base", "nats")
     assert 0 < row["type_coverage"] < row["token_coverage"] < 1  # frequent types are the shared ones
     assert 0 < row["js_nats"] < math.log(2) and row["kl_nats"] > row["js_nats"]
     assert len(row["top_kl_tokens"]) == 10 and row["top_kl_tokens"][0]["count_train"] == 0
     wiki_tokens = demo_store.sql("SELECT sum(count) AS n FROM unigram_counts WHERE corpus = 'wiki'").to_pylist()
     assert wiki_tokens == [{"n": row["n_tokens_test"]}]
-    text = run_cli("--store", str(demo_store.root), "--train", "cc", "--test", "wiki", "--top", "3")
-    assert text.returncode == 0 and "KL(test||train)" in text.stdout and "alpha=0.01" in text.stdout
-    sql = subprocess.run(
-        [sys.executable, "-m", "corpora", "sql", "--store", str(demo_store.root),
-         "SELECT token, count FROM unigram_counts WHERE corpus='wiki' ORDER BY count DESC LIMIT 20"],
-        check=False, capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert sql.returncode == 0, sql.stderr
-    assert " the" in sql.stdout and "(20 rows)" in sql.stdout
+    text = run_cli("stats.unigram", "--store", demo_store.root, "--train", "cc", "--test", "wiki", "--top", "3",
+                   "--no-progress")
+    assert text.code == 0 and "KL(test||train)" in text.out and "alpha=0.01" in text.out
+    sql = run_cli("corpora.__main__", "sql", "--store", demo_store.root,
+                  "SELECT token, count FROM unigram_counts WHERE corpus='wiki' ORDER BY count DESC LIMIT 20")
+    assert sql.code == 0, sql.err
+    assert " the" in sql.out and "(20 rows)" in sql.out
 
 
 def test_corrupt_shard_is_a_clear_error(tmp_path):

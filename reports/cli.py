@@ -1,6 +1,10 @@
 """synthmix: one entry point for every synthmix command (the console script pyproject installs).
 
+It lives in `reports`, the top layer, because it dispatches to every layer below (corpora, train, stats,
+synth, reports); the layers themselves never import upward (tests/test_layers.py).
+
     synthmix corpora ingest cc data/*.jsonl.gz        = python -m corpora ingest cc data/*.jsonl.gz
+    synthmix corpora dedup cc --out cc_dedup          = python -m stats.dedup curate cc --out cc_dedup
     synthmix synth generate --type hq --source cc     = python -m synth generate ...
     synthmix stats unigram --train cc --test wiki     = python -m stats.unigram ...
     synthmix stats dedup --corpus hq --against cc     = python -m stats.dedup ...
@@ -14,12 +18,16 @@ Each tool is the module's own `main(argv)`: the same flags, help and exit codes 
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 
-# command words -> (module whose main(argv) runs them, one line of help)
-TOOLS: dict[tuple[str, ...], tuple[str, str]] = {
-    ("corpora",): ("corpora.__main__", "store corpora: ingest, list, show, sql, export, rm, demo, dedup"),
+# command words -> (module whose main(argv) runs them, one line of help[, words put before the user's argv])
+TOOLS: dict[tuple[str, ...], tuple] = {
+    ("corpora",): ("corpora.__main__", "store corpora: ingest, list, show, sql, export, rm, demo"),
+    # curation writes a corpus but needs stats.dedup's clusters, so the command lives in stats (above corpora)
+    ("corpora", "dedup"): ("stats.dedup", "write a near-deduplicated copy of a corpus (one document per cluster)",
+                           ("curate",)),
     ("synth",): ("synth.__main__", "generate synthetic corpora (hq, qa, txbk), list models, serve a model"),
     ("stats", "unigram"): ("stats.unigram", "unigram coverage, KL and shrinkage between corpora"),
     ("stats", "dedup"): ("stats.dedup", "near-duplicates (MinHash LSH) in a corpus or against another"),
@@ -29,8 +37,51 @@ TOOLS: dict[tuple[str, ...], tuple[str, str]] = {
 }
 
 
+class _Captured(Exception):
+    def __init__(self, parser: argparse.ArgumentParser):
+        self.parser = parser
+
+
+def tool_parser(words: tuple[str, ...]) -> argparse.ArgumentParser:
+    """The parser the tool of `words` builds in its main(), taken at its parse_args call (nothing runs)."""
+    module_name, _, *before = TOOLS[words]
+    module = importlib.import_module(module_name)
+
+    def capture(self, *args, **kwargs):
+        raise _Captured(self)
+
+    original = argparse.ArgumentParser.parse_args
+    argparse.ArgumentParser.parse_args = capture
+    try:
+        module.main(list(before[0]) if before else [])
+    except _Captured as c:
+        return c.parser
+    finally:
+        argparse.ArgumentParser.parse_args = original
+    raise RuntimeError(f"{module_name}.main never parsed its arguments")
+
+
+def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return {name: sub for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+            for name, sub in action.choices.items()}
+
+
+def every_parser() -> list[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """(synthmix command words, parser) of every command of every tool, each tool's own parser first."""
+    out = []
+
+    def walk(words, parser):
+        out.append((words, parser))
+        for name, sub in subparsers(parser).items():
+            walk(words + (name,), sub)
+
+    for words in TOOLS:
+        walk(words, tool_parser(words))
+    return out
+
+
 def usage(prefix: tuple[str, ...] = ()) -> str:
-    rows = [(" ".join(words), text) for words, (_, text) in TOOLS.items() if words[:len(prefix)] == prefix]
+    rows = [(" ".join(words), spec[1]) for words, spec in TOOLS.items() if words[:len(prefix)] == prefix]
     width = max(len(w) for w, _ in rows)
     lines = [f"usage: synthmix {' '.join(prefix) + ' ' if prefix else ''}COMMAND [ARGS...]", "",
              "commands (each takes --help):"]
@@ -47,8 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         if words in TOOLS:
             from corpora.exits import run_command
 
-            module = importlib.import_module(TOOLS[words][0])
-            return run_command("", lambda: module.main(argv[n:]) or 0)  # Ctrl-C: one line, exit 130
+            module_name, _, *before = TOOLS[words]
+            module = importlib.import_module(module_name)
+            args = [*(before[0] if before else ()), *argv[n:]]
+            return run_command("", lambda: module.main(args) or 0)  # Ctrl-C: one line, exit 130
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0

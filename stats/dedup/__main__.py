@@ -1,0 +1,9 @@
+"""python -m stats.dedup: the step functions live in the package's modules, so a Ray worker can load them."""
+
+import sys
+
+from corpora.exits import run_command
+from stats.dedup.cli import main
+
+
+sys.exit(run_command("", main))
