@@ -197,7 +197,7 @@ def _scalar(value: pa.Scalar):
     try:
         return value.as_py()
     except (ValueError, OverflowError):
-        raw = value.cast(pa.int64()).as_py() if pa.types.is_temporal(value.type) else None
+        raw = getattr(value, "value", None)  # the stored integer (days, or time units since the epoch)
         if raw is not None and abs(raw) >= 2**31 - 1 and (pa.types.is_date32(value.type) or abs(raw) >= 2**63 - 1):
             return "infinity" if raw > 0 else "-infinity"  # DuckDB's infinite dates and timestamps
         return f"out of range ({value.type}: {raw})"

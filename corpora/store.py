@@ -31,8 +31,10 @@ import logging
 import os
 import re
 import shutil
+import signal
 import threading
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -507,11 +509,15 @@ class Store:
         for table in tables if only is None else [t for t in only if t != "documents"]:
             if not _NAME_RE.fullmatch(table):  # a folder someone made by hand under results/
                 continue
-            parts = _usable_parts(sorted((results / table).glob("*.parquet")))
+            # a writer (in a transaction, which one failed statement would abort) reads every footer first;
+            # a reader tries the cheap check and reads footers only when DuckDB cannot open a part
+            parts = _usable_parts(sorted((results / table).glob("*.parquet")), deep=not temp)
             if parts:
                 try:
                     _create_result_view(con, create, table, parts)
-                except duckdb.Error:  # a part damaged past its magic bytes: drop what DuckDB cannot open
+                except duckdb.Error:
+                    if not temp:
+                        raise
                     parts = _usable_parts(parts, deep=True)
                     if parts:
                         _create_result_view(con, create, table, parts)
@@ -858,8 +864,11 @@ def _run_guarded(con: duckdb.DuckDBPyConnection, query: str, params: list | None
     box: dict = {}
 
     def work() -> None:
+        reader = None
         try:
-            reader = con.sql(query, params=params or None).to_arrow_reader(8192)
+            with warnings.catch_warnings():  # DuckDB suggests con.sql, whose pending result Ctrl-C cannot free
+                warnings.simplefilter("ignore", UserWarning)
+                reader = con.execute(query, params or []).to_arrow_reader(8192)
             batches, n_rows, n_bytes = [], 0, 0
             for batch in reader:
                 n_rows += batch.num_rows
@@ -874,24 +883,39 @@ def _run_guarded(con: duckdb.DuckDBPyConnection, query: str, params: list | None
                     return
                 batches.append(batch)
             box["table"] = pa.Table.from_batches(batches, schema=reader.schema)
-        except BaseException as e:  # handed to the waiting thread
-            box["error"] = e
+        except BaseException as e:  # handed to the waiting thread, without the frames that hold the result
+            box["error"] = e.with_traceback(None)
+        finally:
+            if reader is not None:  # a pending result keeps the connection busy: it could not be closed
+                reader.close()
+            del reader
 
+    # Ctrl-C: our own handler, not KeyboardInterrupt. DuckDB notices a pending KeyboardInterrupt inside
+    # the query's thread, stops the query there and leaves the connection busy (it can then not even be
+    # closed, and the process aborts at exit); the handler only flags it, and this thread interrupts.
+    stop = threading.Event()
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    if main and previous is signal.default_int_handler:
+        signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
     thread = threading.Thread(target=work, name="synthmix-sql", daemon=True)
     deadline = time.monotonic() + limits.timeout_s if limits.timeout_s else None
-    thread.start()
     try:
-        while thread.is_alive():
+        thread.start()
+        while thread.is_alive() and not stop.is_set():
             thread.join(0.05)
             if deadline is not None and time.monotonic() > deadline and thread.is_alive():
                 con.interrupt()
                 thread.join()
                 raise StoreError(f"the query ran longer than {limits.timeout_s:g} s and was stopped; narrow it "
                                  "or add a LIMIT, or pass --timeout S (0: no limit)")
-    except KeyboardInterrupt:
-        con.interrupt()
-        thread.join()
-        raise
+        if stop.is_set():
+            con.interrupt()
+            thread.join()
+            raise KeyboardInterrupt
+    finally:
+        if main and previous is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous)
     if "over" in box:
         raise StoreError(box["over"])
     e = box.get("error")
