@@ -13,6 +13,7 @@ import gzip
 import io
 import json
 import re
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -143,6 +144,10 @@ class _ZstdRaw(io.RawIOBase):
         super().close()
 
 
+# what a damaged or cut compressed stream raises while it is read (zlib.error is not an OSError)
+_STREAM_ERRORS = (EOFError, OSError, ValueError, zlib.error)
+
+
 def _lines(path: Path) -> Iterator[tuple[int, bytes | Reject]]:
     """(line number, raw line) for a possibly compressed file; a truncated stream ends with a Reject."""
     lineno = 0
@@ -150,8 +155,9 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes | Reject]]:
         try:
             for lineno, raw in enumerate(f, 1):
                 yield lineno, raw
-        except (EOFError, OSError, ValueError) as e:
-            # gzip: EOFError "Compressed file ended before the end-of-stream marker"; bz2/zstd: OSError
+        except _STREAM_ERRORS as e:
+            # gzip: EOFError "Compressed file ended before the end-of-stream marker", zlib.error for damaged
+            # deflate data; bz2/zstd: OSError
             yield lineno + 1, Reject(f"{path}:{lineno + 1}", "truncated_stream", str(e)[:200])
 
 
@@ -327,8 +333,8 @@ def read_warc(path: Path, cfg: ReaderConfig) -> Iterator[Doc | Reject]:
                 yield Doc(text, source, {"url": url, "date": record.headers.get("WARC-Date", ""),
                                          "warc_record_id": record.headers.get("WARC-Record-ID", ""),
                                          "file": str(path)})
-    except (EOFError, OSError) as e:
-        yield Reject(f"{path}#{n + 1}", "truncated_stream", str(e)[:200])
+    except _STREAM_ERRORS as e:
+        yield Reject(f"{path}#{n + 1}", "truncated_stream", f"{type(e).__name__}: {e}"[:200])
     finally:
         stream.close()
 
@@ -498,8 +504,8 @@ def read_mediawiki(path: Path, cfg: ReaderConfig) -> Iterator[Doc | Reject]:
             yield Doc(text, source, {"title": title, "page_id": page_id})
     except ET.ParseError as e:
         yield Reject(f"{path}#{n + 1}", "bad_xml", str(e)[:200])
-    except (EOFError, OSError) as e:
-        yield Reject(f"{path}#{n + 1}", "truncated_stream", str(e)[:200])
+    except _STREAM_ERRORS as e:
+        yield Reject(f"{path}#{n + 1}", "truncated_stream", f"{type(e).__name__}: {e}"[:200])
     finally:
         stream.close()
 
