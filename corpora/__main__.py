@@ -29,13 +29,17 @@ import sys
 import uuid
 from pathlib import Path
 
-import pyarrow as pa
+from corpora.exits import exit_on_early_interrupt, run_command
 
-from corpora.executor import ENGINES, add_engine_args
-from corpora.exits import run_command
-from corpora.export import FORMATS as EXPORT_FORMATS
-from corpora.readers import FORMATS, TEXT_MODES, InputError, ReaderConfig
-from corpora.store import ROLES, Store, resolve_store_path
+if __name__ == "__main__":  # before pyarrow and DuckDB load: a Ctrl-C meanwhile is one line too
+    exit_on_early_interrupt("")
+
+import pyarrow as pa  # noqa: E402
+
+from corpora.executor import ENGINES, add_engine_args  # noqa: E402
+from corpora.export import FORMATS as EXPORT_FORMATS  # noqa: E402
+from corpora.readers import FORMATS, TEXT_MODES, InputError, ReaderConfig  # noqa: E402
+from corpora.store import ROLES, SqlLimits, Store, resolve_store_path  # noqa: E402
 
 
 # Shown under each command's --help (tests/test_cli_help.py checks that every command has one).
@@ -53,10 +57,9 @@ EXAMPLES = {
 }
 
 
-def _print_table(table: pa.Table, max_width: int = 60) -> None:
+def _print_table(cols: list[str], rows: list[dict], max_width: int = 60) -> None:
     """A plain aligned text table (long cells cut to max_width)."""
-    cols = table.column_names
-    rows = [[_cell(v, max_width) for v in row.values()] for row in table.to_pylist()]
+    rows = [[_cell(v, max_width) for v in row.values()] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
     print("  ".join("-" * w for w in widths))
@@ -85,7 +88,8 @@ def cmd_ingest(args) -> int:
             raise InputError(f"{folders[0]} is a folder: ingest a Hugging Face datasets folder on its own")
         report = ingest_hf_folder(store, folders[0], args.name, kind=args.kind, role=args.role,
                                   synthetic_type=args.synthetic_type, split=args.split, reader=reader,
-                                  workers=args.workers, progress=not args.json)
+                                  workers=args.workers, engine=args.engine, ray_address=args.ray_address,
+                                  progress=not args.json)
     else:
         cfg = IngestConfig(
             corpus=args.name, kind=args.kind or "natural", role=args.role or "train",
@@ -122,7 +126,7 @@ def cmd_list(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     elif rows:
-        _print_table(pa.Table.from_pylist(rows))
+        _print_table(list(rows[0]), rows)
     else:
         print("the store has no corpora yet: python -m corpora demo, or python -m corpora ingest")
     return 0
@@ -138,7 +142,7 @@ def cmd_show(args) -> int:
             "docs": c.n_docs, "bytes": c.n_bytes, "shards": c.n_shards, "content_hash": c.content_hash,
             "meta": c.meta, "ingest_runs": runs, "samples": samples.to_dicts()}
     if args.json:
-        print(json.dumps(info, indent=2, default=str))
+        print(json.dumps(_json_value(info), indent=2, allow_nan=False))  # NaN/inf in a card's meta: null
         return 0
     print(f"{c.name}: {c.kind}{'/' + c.synthetic_type if c.synthetic_type else ''}, role {c.role}, "
           f"{c.n_docs} docs, {c.n_bytes / 1e6:.2f} MB in {c.n_shards} shard(s)")
@@ -177,17 +181,43 @@ def _json_value(v):
     return str(v)
 
 
+def _rows(table: pa.Table) -> list[dict]:
+    """A query result as Python rows; a value Python cannot hold (DuckDB's 'infinity' dates and timestamps,
+    years past 9999) becomes text instead of ending the command."""
+    columns = {}
+    for name, column in zip(table.column_names, table.columns):
+        try:
+            columns[name] = column.to_pylist()
+        except (ValueError, OverflowError):
+            columns[name] = [_scalar(v) for v in column]
+    names = table.column_names
+    return [dict(zip(names, values)) for values in zip(*(columns[n] for n in names))] if names else []
+
+
+def _scalar(value: pa.Scalar):
+    try:
+        return value.as_py()
+    except (ValueError, OverflowError):
+        raw = getattr(value, "value", None)  # the stored integer (days, or time units since the epoch)
+        if raw is not None and abs(raw) >= 2**31 - 1 and (pa.types.is_date32(value.type) or abs(raw) >= 2**63 - 1):
+            return "infinity" if raw > 0 else "-infinity"  # DuckDB's infinite dates and timestamps
+        return f"out of range ({value.type}: {raw})"
+
+
 def cmd_sql(args) -> int:
-    table = _open(args).sql(args.query)
+    limits = SqlLimits(max_rows=args.max_rows, timeout_s=args.timeout,
+                       **({} if args.memory_limit is None else {"memory_mb": args.memory_limit}))
+    table = _open(args).sql(args.query, limits=limits)
+    rows = _rows(table)
     if args.json:
-        print(json.dumps([_json_value(r) for r in table.to_pylist()], indent=2, allow_nan=False))
+        print(json.dumps([_json_value(r) for r in rows], indent=2, allow_nan=False))
     elif args.csv:
         w = csv.writer(sys.stdout)
         w.writerow(table.column_names)
-        for row in table.to_pylist():
+        for row in rows:
             w.writerow(row.values())
     else:
-        _print_table(table, max_width=args.max_width)
+        _print_table(table.column_names, rows, max_width=args.max_width)
     return 0
 
 
@@ -233,6 +263,26 @@ def cmd_demo(args) -> int:
         if r.rejects_by_reason:
             print(f"  {r.corpus}: skipped " + ", ".join(f"{k}={v}" for k, v in r.rejects_by_reason.items()))
     return 0
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative; give 0 or more")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number of 0 or more")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -286,6 +336,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="rows as a JSON list of objects")
     g.add_argument("--csv", action="store_true", help="rows as CSV")
     sp.add_argument("--max-width", type=int, default=60, help="cut table cells to this width")
+    d = SqlLimits()
+    sp.add_argument("--max-rows", type=_non_negative_int, default=d.max_rows,
+                    help=f"refuse a result of more rows (default {d.max_rows:,}; 0: no cap)")
+    sp.add_argument("--timeout", type=_non_negative_float, default=d.timeout_s,
+                    help=f"stop the query after this many seconds (default {d.timeout_s:g}; 0: no limit)")
+    sp.add_argument("--memory-limit", type=_non_negative_int, default=None, metavar="MB",
+                    help=f"memory for the query and its result, in MB (default {d.memory_mb}: half the "
+                         "machine's memory, at most 4096; 0: DuckDB's default)")
 
     sp = add("export", cmd_export, "export a corpus as a Hugging Face datasets folder with a dataset card, "
                                    "JSONL(.gz) or one Parquet file")

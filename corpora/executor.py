@@ -407,6 +407,24 @@ def resolve_engine(engine: str | None = None) -> str:
     return engine or os.environ.get(ENGINE_ENV) or "local"
 
 
+def check_engine(engine: str | None = None, ray_address: str | None = None) -> str:
+    """The resolved engine, checked before a command does any work (writes a corpus, a run row): a known
+    name, Ray importable, and a cluster address where something listens. EngineError otherwise."""
+    name = resolve_engine(engine)
+    if name not in ENGINES:
+        where = f"${ENGINE_ENV}={name!r}" if engine is None else f"--engine {name!r}"
+        raise EngineError(f"unknown engine in {where}: use one of {', '.join(ENGINES)}")
+    if name == "ray":
+        try:
+            import ray  # noqa: F401  (optional extra)
+        except ImportError:
+            raise EngineError("--engine ray needs Ray: pip install -e '.[ray]' (ray[data]==2.60.0)") from None
+        address = ray_address or os.environ.get("RAY_ADDRESS")
+        if address:
+            _check_reachable(address)
+    return name
+
+
 def get_executor(engine: str | None = None, workers: int = 0, ray_address: str | None = None) -> Executor:
     """`engine` None means $SYNTHMIX_ENGINE, else local."""
     engine = resolve_engine(engine)

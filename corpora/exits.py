@@ -15,11 +15,16 @@ from __future__ import annotations
 import errno
 import signal
 import sys
+import threading
 from collections.abc import Callable
 
-from corpora.executor import EngineError
-from corpora.readers import InputError
-from corpora.store import StoreError
+# Only the standard library at import time: a CLI imports this module first and calls
+# `exit_on_early_interrupt` before its heavy imports (torch, DuckDB, Polars), so that a Ctrl-C during those
+# imports is one line as well.
+
+
+class CommandError(Exception):
+    """A user error a CLI raises itself (bad flag values found after parsing); exit 2 with its message."""
 
 
 def _os_error_line(e: OSError) -> str:
@@ -31,28 +36,58 @@ def _os_error_line(e: OSError) -> str:
     return f"{where}{e.strerror or e}; check the path and re-run"
 
 
+def _interrupted_line(prog: str) -> str:
+    return f"{prog}interrupted; re-run the same command to resume"
+
+
+def exit_on_early_interrupt(prog: str) -> None:
+    """Until `run_command` starts, Ctrl-C exits at once with the one interrupted line and status 130 (it
+    would otherwise print a traceback from whatever module was being imported)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    prefix = f"{prog}: " if prog else ""
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print(_interrupted_line(prefix), file=sys.stderr)
+        raise SystemExit(130)
+
+    signal.signal(signal.SIGINT, handler)
+
+
 def run_command(prog: str, command: Callable[[], int], user_errors: tuple[type[BaseException], ...] = ()) -> int:
     """Run a CLI command and map what can go wrong to one stderr line and an exit status.
 
     `prog` starts each line ("python -m train run: error: ..."); "" prints just "error: ..."."""
     prog = f"{prog}: " if prog else ""
     try:
-        return command()
-    except (StoreError, InputError, EngineError, *user_errors) as e:
-        print(f"{prog}error: {e}", file=sys.stderr)
-        return 2
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on, KeyboardInterrupt
+        return _run(prog, command, user_errors)
     except KeyboardInterrupt:
         # a second Ctrl-C while we print must not add a traceback
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        print(f"{prog}interrupted; re-run the same command to resume", file=sys.stderr)
+        print(_interrupted_line(prog), file=sys.stderr)
         return 130
+
+
+def _run(prog: str, command: Callable[[], int], user_errors: tuple[type[BaseException], ...]) -> int:
+    import duckdb
+
+    from corpora.executor import EngineError
+    from corpora.readers import InputError
+    from corpora.store import StoreError
+
+    try:
+        return command()
+    except (StoreError, InputError, EngineError, CommandError, *user_errors) as e:
+        print(f"{prog}error: {e}", file=sys.stderr)
+        return 2
+    except duckdb.InterruptException:  # Ctrl-C while DuckDB ran: DuckDB raises this instead
+        raise KeyboardInterrupt from None
     except OSError as e:  # permissions, disk full, a path that is not what it should be
         print(f"{prog}error: {_os_error_line(e)}", file=sys.stderr)
         return 2
-    except Exception as e:
-        import duckdb
-
-        if isinstance(e, duckdb.Error):  # e.g. a shard file damaged outside synthmix
-            print(f"{prog}error: DuckDB: {str(e).splitlines()[0]}", file=sys.stderr)
-            return 2
-        raise
+    except duckdb.Error as e:  # e.g. a shard file damaged outside synthmix
+        print(f"{prog}error: DuckDB: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2

@@ -41,8 +41,8 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from corpora.documents import DOC_SCHEMA
-from corpora.executor import Stateful, get_executor
-from corpora.store import CorpusInfo, Store, StoreError, atomic_path, read_shard_batches
+from corpora.executor import Stateful, check_engine, get_executor
+from corpora.store import CorpusInfo, Store, StoreError, atomic_path, read_shard_batches, remove_stale_temps
 from corpora.templates import read_template, template_id
 
 log = logging.getLogger(__name__)
@@ -185,6 +185,7 @@ class ShardExporter:
 @contextlib.contextmanager
 def _atomic_dir(out: Path, overwrite: bool) -> Iterator[Path]:
     """A temporary directory beside `out`, renamed onto it when the block succeeds."""
+    remove_stale_temps(out)  # what an export killed with kill -9 left beside the same output
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -206,8 +207,10 @@ def export_corpus(store: Store, cfg: ExportConfig, progress: bool = True) -> Exp
     t0 = time.perf_counter()
     if cfg.format not in FORMATS:
         raise ExportError(f"unknown export format {cfg.format!r}: use one of {', '.join(FORMATS)}")
+    if cfg.format == "hf":
+        check_engine(cfg.engine)
     info = store.corpus(cfg.corpus)  # UnknownCorpus lists the corpora
-    out = cfg.out_path.resolve()
+    out = store.check_outside(cfg.out_path)  # an --overwrite must never replace shards, results or the store
     if out.exists() and not cfg.overwrite:
         raise ExportError(f"{out} exists; remove it, choose another --out, or pass --overwrite")
     if cfg.format == "hf" and not _safe_split(cfg.split):

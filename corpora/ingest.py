@@ -11,21 +11,25 @@ the documents already present, so nothing is duplicated or lost.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import shutil
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from corpora.executor import get_executor
+from corpora.executor import check_engine, get_executor
 from corpora.readers import (FileResult, InputError, ReaderConfig, detect_format, read_hf_folder,
                              read_to_parts_job)
 from corpora.store import Store
@@ -80,6 +84,7 @@ def fingerprint(path: Path) -> str:
 def ingest(store: Store, paths: list[str | Path], cfg: IngestConfig, progress: bool = True) -> IngestReport:
     """Driver: ingest input files into corpus `cfg.corpus` (created if needed), resumably."""
     files = [Path(p).resolve() for p in paths]
+    check_engine(cfg.engine, cfg.ray_address)  # before the corpus or a run row is written
     for f in files:  # fail before any work on a file that cannot be read at all
         if f.is_dir():
             raise InputError(f"{f}: is a directory; pass the files in it (e.g. {f}/*.jsonl.gz)")
@@ -132,23 +137,41 @@ def ingest(store: Store, paths: list[str | Path], cfg: IngestConfig, progress: b
                 bar.set_postfix(docs=report.n_docs, dups=report.n_duplicates, rejects=sum(reasons.values()))
             bar.close()
             status = "done"
+        except duckdb.InterruptException:
+            # Ctrl-C while DuckDB ran a catalog statement: DuckDB turns it into its own error
+            status = "interrupted"
+            raise KeyboardInterrupt from None
         except KeyboardInterrupt:
             status = "interrupted"
             raise
         finally:
-            if bar is not None:
-                bar.close()  # so that a message after it starts on its own line
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-            report.rejects_by_reason = dict(reasons.most_common())
-            report.elapsed_s = time.monotonic() - started
-            report.n_bytes = int(sum(s.n_bytes for s in store.shards(cfg.corpus)))
-            store.execute(
-                """UPDATE ingest_runs SET finished_at = now(), n_docs = ?, n_duplicates = ?, n_rejects = ?,
-                   rejects_by_reason = ?, status = ? WHERE run_id = ?""",
-                [report.n_docs, report.n_duplicates, report.n_rejects, json.dumps(report.rejects_by_reason),
-                 status, run_id],
-            )
+            with _no_interrupts():  # a second Ctrl-C must not leave the run row half written
+                if bar is not None:
+                    bar.close()  # so that a message after it starts on its own line
+                shutil.rmtree(tmp_dir, ignore_errors=True)
+                report.rejects_by_reason = dict(reasons.most_common())
+                report.elapsed_s = time.monotonic() - started
+                report.n_bytes = int(sum(s.n_bytes for s in store.shards(cfg.corpus)))
+                store.execute(
+                    """UPDATE ingest_runs SET finished_at = now(), n_docs = ?, n_duplicates = ?, n_rejects = ?,
+                       rejects_by_reason = ?, status = ? WHERE run_id = ?""",
+                    [report.n_docs, report.n_duplicates, report.n_rejects, json.dumps(report.rejects_by_reason),
+                     status, run_id],
+                )
     return report
+
+
+@contextlib.contextmanager
+def _no_interrupts() -> Iterator[None]:
+    """Hold Ctrl-C back for a block of bookkeeping (main thread only; elsewhere signals never arrive)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _map_files(files: list[Path], cfg: IngestConfig, tmp_dir: Path) -> Iterator[FileResult]:
@@ -221,8 +244,8 @@ def _count_docs_from(store: Store, corpus: str, path: str) -> int:
 
 def ingest_hf_folder(store: Store, folder: str | Path, corpus: str, *, kind: str | None = None,
                      role: str | None = None, synthetic_type: str | None = None, split: str | None = None,
-                     reader: ReaderConfig = ReaderConfig(), workers: int = 0,
-                     progress: bool = True) -> IngestReport:
+                     reader: ReaderConfig = ReaderConfig(), workers: int = 0, engine: str | None = None,
+                     ray_address: str | None = None, progress: bool = True) -> IngestReport:
     """Ingest a Hugging Face datasets folder (`save_to_disk` Arrow files, or Parquet files named by its
     dataset card / under data/) into `corpus`, every split unless `split` names one.
 
@@ -230,6 +253,7 @@ def ingest_hf_folder(store: Store, folder: str | Path, corpus: str, *, kind: str
     under "hf". A folder written by `python -m corpora export --format hf` comes back as it left: the same
     documents (same doc_ids), their provenance columns, and the original corpus's kind, type, role and meta;
     arguments given here win over the card."""
+    check_engine(engine, ray_address)
     hf = read_hf_folder(folder)
     splits = hf.splits
     if split is not None:
@@ -237,7 +261,8 @@ def ingest_hf_folder(store: Store, folder: str | Path, corpus: str, *, kind: str
             raise InputError(f"{hf.path}: no split {split!r}; it has {', '.join(splits)}")
         splits = {split: splits[split]}
     ours = hf.card.get("synthmix") if isinstance(hf.card.get("synthmix"), dict) else {}
-    meta = dict(ours.get("meta") or {})
+    ours = {k: v for k, v in ours.items() if k == "meta" or v is None or isinstance(v, str)}  # the card is input
+    meta = dict(ours["meta"]) if isinstance(ours.get("meta"), dict) else {}
     card = {**hf.card, "synthmix": {k: v for k, v in ours.items() if k != "meta"}} if ours else hf.card
     meta["hf"] = {"folder": str(hf.path.resolve()), "layout": hf.layout,  # the card's meta is merged above
                   "splits": {s: len(files) for s, files in splits.items()},
@@ -247,5 +272,6 @@ def ingest_hf_folder(store: Store, folder: str | Path, corpus: str, *, kind: str
         reader = dataclasses.replace(reader, keep_doc_ids=True)
     cfg = IngestConfig(corpus=corpus, kind=kind, role=role or ours.get("role") or "train",
                        synthetic_type=synthetic_type or (ours.get("synthetic_type") if kind == "synthetic" else None),
-                       format="hf", reader=reader, workers=workers, meta=meta)
+                       format="hf", reader=reader, workers=workers, engine=engine, ray_address=ray_address,
+                       meta=meta)
     return ingest(store, [f for files in splits.values() for f in files], cfg, progress)

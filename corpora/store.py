@@ -31,7 +31,10 @@ import logging
 import os
 import re
 import shutil
+import signal
+import threading
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -51,8 +54,9 @@ LOCK_FILE = ".writer.lock"
 KINDS = ("natural", "synthetic")
 ROLES = ("train", "test", "both")
 
-_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-_PART_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,199}$")
+# fullmatch, not match with "$": "$" also matches before a final newline, so "g\n" would pass as a name
+_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
+_PART_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=-]{0,199}")
 
 _CATALOG_DDL = """
 CREATE TABLE IF NOT EXISTS store_info (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -106,15 +110,19 @@ def _is_lock_conflict(e: Exception) -> bool:
 
 
 def _catalog_error(path: Path, e: Exception) -> StoreError:
-    """A one-line StoreError for a catalog that cannot be opened for a reason other than a lock."""
+    """A one-line StoreError for a catalog that cannot be opened, read or written for a reason other than
+    a lock; the cause decides the advice (moving a catalog away is only right when it is damaged)."""
     first = str(e).splitlines()[0] if str(e) else type(e).__name__
-    if isinstance(e, PermissionError) or "Permission denied" in first:
-        return StoreError(f"cannot open {path}: permission denied; check the permissions of the store directory")
-    if "No space left" in first:
+    if isinstance(e, PermissionError) or any(m in first for m in ("Permission denied", "Operation not permitted",
+                                                                  "Read-only file system")):
+        return StoreError(f"cannot write {path} ({first}); check the permissions and attributes of the store "
+                          "directory and its files (`ls -l`, `lsattr`: an immutable or read-only file); the "
+                          "store is left as it was before this write")
+    if "No space left" in first or "out of disk space" in first.lower():
         return StoreError(f"cannot write {path}: no space left on the device; free some space and re-run "
                           "(the store is left as it was before this write)")
-    return StoreError(f"cannot open {path} ({first}); the catalog is damaged or not a DuckDB file: restore it "
-                      "from a backup, or move it away and re-ingest")
+    return StoreError(f"cannot open {path} ({first}); the catalog is damaged (cut short or not a DuckDB file): "
+                      "restore it from a backup, or move it away and re-ingest")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +158,7 @@ class ShardInfo:
 
 
 def _check_name(name: str, what: str) -> str:
-    if not _NAME_RE.match(name or ""):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise StoreError(
             f"invalid {what} name {name!r}: use lowercase letters, digits and '_', starting with a letter"
         )
@@ -174,11 +182,45 @@ def file_hash(path: Path, digest_size: int = 16) -> str:
     return h.hexdigest()
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Delete `.NAME.tmp-PID` and `.NAME.old-PID` files or folders beside `path` whose process is gone
+    (a writer killed with kill -9): the next run of the same command cleans up after the dead one.
+    A live PID's temporaries are left alone (another process may be writing the same output)."""
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?:tmp|old)-(\d+)")
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:
+        return
+    for p in siblings:
+        m = pattern.fullmatch(p.name)
+        if m is None or _pid_alive(int(m[1])):
+            continue
+        log.warning("removing %s, left by process %s that died while writing %s", p, m[1], path)
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds. Temporaries
+    a killed writer left for the same path are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp
@@ -193,6 +235,45 @@ def _read_part(path: Path) -> pl.DataFrame:
     reader that opened the path twice (footer, then data) could mix the old file with the new one."""
     with open(path, "rb") as f:
         return pl.read_parquet(f)
+
+
+_REPORTED: set[str] = set()  # damaged result parts already reported by this process
+
+
+def _report_damaged(path: Path, why: str) -> None:
+    if str(path) not in _REPORTED:
+        _REPORTED.add(str(path))
+        log.warning("skipping damaged result part %s (%s); delete it or re-run the step that wrote it", path, why)
+
+
+def _usable_parts(paths: list[Path], deep: bool = False) -> list[Path]:
+    """The result parts that look like whole Parquet files (size and the PAR1 magic at both ends; with
+    `deep`, a footer pyarrow can read); each other one is reported once and left out, so one damaged
+    part (a 0-byte file, a file cut short) does not stop every query."""
+    usable = []
+    for p in paths:
+        try:
+            with open(p, "rb") as f:
+                head = f.read(4)
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                f.seek(max(size - 4, 0))
+                tail = f.read(4)
+            if size < 12 or head != b"PAR1" or tail != b"PAR1":
+                _report_damaged(p, f"{size} bytes, not a whole Parquet file")
+                continue
+            if deep:
+                pq.read_metadata(p)
+        except (OSError, pa.ArrowException) as e:
+            _report_damaged(p, str(e).splitlines()[0] if str(e) else type(e).__name__)
+            continue
+        usable.append(p)
+    return usable
+
+
+def _create_result_view(con: duckdb.DuckDBPyConnection, create: str, table: str, parts: list[Path]) -> None:
+    lst = "[" + ", ".join(_sql_str(p) for p in parts) + "]"
+    con.execute(f"{create} {table} AS SELECT * FROM read_parquet({lst}, union_by_name=true)")
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
@@ -291,11 +372,39 @@ class Store:
         their temporary files. Needs the lock, which proves that no other writer is running."""
         assert self._lock_depth, "recover needs the writer lock"
         shutil.rmtree(self.root / "artifacts" / "ingest_tmp", ignore_errors=True)
+        self._remove_dead_tmp()
         for pattern in ("shards/*/.staging-*.parquet", "results/*/.*.tmp-*", "artifacts/*/*/.*.tmp-*"):
             for p in self.root.glob(pattern):
                 p.unlink(missing_ok=True)
         with self._connect(write=True) as con:
             con.execute("UPDATE ingest_runs SET status = 'interrupted' WHERE status = 'running'")
+
+    def tmp_dir(self, kind: str) -> Path:
+        """A fresh folder `tmp/<kind>/<pid>-<random>` for a step's scratch files inside the store (same
+        filesystem, so finished files can be renamed into place). Remove it when done; folders of processes
+        that died are removed by the next `tmp_dir` call of any step and by `recover`."""
+        _check_name(kind, "temporary folder kind")
+        self._remove_dead_tmp()
+        d = self.root / "tmp" / kind / f"{os.getpid()}-{os.urandom(4).hex()}"
+        d.mkdir(parents=True)
+        return d
+
+    def _remove_dead_tmp(self) -> None:
+        for d in self.root.glob("tmp/*/*"):
+            pid = d.name.split("-", 1)[0]
+            if not pid.isdigit() or not _pid_alive(int(pid)):
+                shutil.rmtree(d, ignore_errors=True)
+
+    def check_outside(self, path: str | os.PathLike, flag: str = "--out", replaces: bool = True) -> Path:
+        """`path` resolved (symlinks followed); refused when it lies inside the store, or, when the output
+        replaces what is at `path` (`replaces`), when the store lies inside it. Every command that writes
+        outside the store calls this first: an export must never overwrite shards, results or the catalog."""
+        out = Path(path).resolve()
+        inside = out == self.root or self.root in out.parents
+        if inside or (replaces and out in self.root.parents):
+            where = "inside the store" if inside else "a folder that holds the store"
+            raise StoreError(f"{flag} {path} resolves to {out}, {where} {self.root}; write it outside the store")
+        return out
 
     def ingest_tmp_dir(self, run_id: str) -> Path:
         """A fresh folder for an ingest run's temporary parts (removed by `recover` if the run dies)."""
@@ -323,12 +432,16 @@ class Store:
                 self._refresh_views(con, temp=False, only=views)
                 con.execute("COMMIT")
             except BaseException:
-                con.execute("ROLLBACK")
+                # a failed COMMIT (disk full, an immutable file) has already ended the transaction: a second
+                # error from ROLLBACK ("no transaction is active") must not hide the first
+                with contextlib.suppress(duckdb.Error):
+                    con.execute("ROLLBACK")
                 raise
-        except duckdb.IOException as e:
+        except (duckdb.IOException, duckdb.FatalException, duckdb.TransactionException) as e:
             raise _catalog_error(self.root / CATALOG_FILE, e) from None
         finally:
-            con.close()
+            with contextlib.suppress(duckdb.Error):
+                con.close()
 
     def _open_catalog(self, write: bool) -> duckdb.DuckDBPyConnection:
         """Open catalog.duckdb, waiting while another process has it open for a moment.
@@ -367,12 +480,15 @@ class Store:
         file is closed before use. The copy costs time in proportion to the catalog, not the corpora."""
         con = self._open_catalog(write=False)
         try:
-            tables = [r[0] for r in con.execute(
-                "SELECT table_name FROM duckdb_tables() WHERE database_name = 'catalog_file'").fetchall()]
-            for t in tables:
-                limit = " LIMIT 0" if t in skip else ""
-                con.execute(f'CREATE TABLE memory.main."{t}" AS SELECT * FROM catalog_file.main."{t}"{limit}')
-            con.execute("DETACH catalog_file")
+            try:
+                tables = [r[0] for r in con.execute(
+                    "SELECT table_name FROM duckdb_tables() WHERE database_name = 'catalog_file'").fetchall()]
+                for t in tables:
+                    limit = " LIMIT 0" if t in skip else ""
+                    con.execute(f'CREATE TABLE memory.main."{t}" AS SELECT * FROM catalog_file.main."{t}"{limit}')
+                con.execute("DETACH catalog_file")
+            except duckdb.Error as e:  # e.g. a catalog cut short: its pages cannot be read
+                raise _catalog_error(self.root / CATALOG_FILE, e) from None
             if not tables:  # an empty catalog file (a store created by another version): empty tables
                 con.execute(_CATALOG_DDL)
             yield con
@@ -391,11 +507,21 @@ class Store:
             "SELECT view_name FROM duckdb_views() WHERE NOT internal AND temporary = ?", [temp]).fetchall()}
         tables = sorted(p.name for p in results.iterdir()) if results.exists() else []
         for table in tables if only is None else [t for t in only if t != "documents"]:
-            parts = sorted(str(p) for p in (results / table).glob("*.parquet"))
+            if not _NAME_RE.fullmatch(table):  # a folder someone made by hand under results/
+                continue
+            # a writer (in a transaction, which one failed statement would abort) reads every footer first;
+            # a reader tries the cheap check and reads footers only when DuckDB cannot open a part
+            parts = _usable_parts(sorted((results / table).glob("*.parquet")), deep=not temp)
             if parts:
-                lst = "[" + ", ".join(_sql_str(p) for p in parts) + "]"
-                con.execute(f"{create} {table} AS SELECT * FROM read_parquet({lst}, union_by_name=true)")
-            elif table in existing:
+                try:
+                    _create_result_view(con, create, table, parts)
+                except duckdb.Error:
+                    if not temp:
+                        raise
+                    parts = _usable_parts(parts, deep=True)
+                    if parts:
+                        _create_result_view(con, create, table, parts)
+            if not parts and table in existing:
                 con.execute(f"DROP VIEW IF EXISTS {table}")
         if only is None:
             for stale in existing - set(tables) - {"documents"}:
@@ -467,13 +593,16 @@ class Store:
         for shard in self.shards(corpus):
             yield from read_shard_batches(shard.path, columns, batch_size)
 
-    def sql(self, query: str, params: list | None = None) -> pa.Table:
+    def sql(self, query: str, params: list | None = None, limits: SqlLimits | None = None) -> pa.Table:
         """Run one read-only query (SELECT, or EXPLAIN of a SELECT) over the catalog and every view.
 
         SQL text is hostile: the query runs on an in-memory copy of the catalog that can read only the
         store's shard and result files, with extensions and settings locked; what a statement does is
         checked first (by DuckDB's parser), so writes, COPY, ATTACH, SET, PRAGMA, CALL, LOAD, EXPORT and
-        more than one statement are refused before anything runs."""
+        more than one statement are refused before anything runs. `limits` caps rows, time and memory
+        (default: none, for library code; the `sql` command passes SqlLimits() unless told otherwise), and
+        Ctrl-C stops the query at once."""
+        limits = limits or NO_LIMITS
         with self._snapshot() as con:
             _check_read_only(con, query)
             self._refresh_views(con, temp=True, only=None)
@@ -481,12 +610,11 @@ class Store:
             results = self.root / "results"
             readable += [str(p) for p in results.glob("*/*.parquet")] if results.exists() else []
             con.execute("SET allowed_paths = " + "[" + ", ".join(_sql_str(p) for p in readable) + "]")
+            if limits.memory_mb:
+                con.execute(f"SET memory_limit = '{int(limits.memory_mb)}MB'")
             con.execute("SET enable_external_access = false")
             con.execute("SET lock_configuration = true")
-            try:
-                return con.sql(query, params=params or None).to_arrow_table()
-            except duckdb.Error as e:
-                raise StoreError(f"SQL error: {str(e).splitlines()[0]}") from None
+            return _run_guarded(con, query, params, limits)
 
     def catalog_rows(self, query: str, params: list | None = None) -> list[tuple]:
         """Rows of a query on catalog tables and `documents` (for library code; no statement check)."""
@@ -628,7 +756,7 @@ class Store:
     # ------------------------------------------------------------------ result tables
     def _result_path(self, table: str, part: str) -> Path:
         _check_name(table, "result table")
-        if not _PART_RE.match(part):
+        if not isinstance(part, str) or not _PART_RE.fullmatch(part):
             raise StoreError(f"invalid result part {part!r}: letters, digits, '_', '.', '=', '-' only")
         return self.root / "results" / table / f"{part}.parquet"
 
@@ -661,7 +789,8 @@ class Store:
                 pass  # refreshes the persisted view of this table
 
     def has_result(self, table: str, part: str) -> bool:
-        return self._result_path(table, part).exists()
+        path = self._result_path(table, part)
+        return path.exists() and bool(_usable_parts([path]))
 
     def result_parts(self, table: str) -> list[str]:
         _check_name(table, "result table")
@@ -672,11 +801,20 @@ class Store:
         """One part, or all parts of a result table; None when there is none."""
         if part is not None:
             path = self._result_path(table, part)
-            return _read_part(path) if path.exists() else None
-        parts = [self._result_path(table, p) for p in self.result_parts(table)]
-        if not parts:
-            return None
-        return pl.concat([_read_part(p) for p in parts], how="diagonal_relaxed")
+            if not path.exists():
+                return None
+            try:
+                return _read_part(path)
+            except (OSError, pl.exceptions.PolarsError) as e:  # damaged: as if absent, so a step rewrites it
+                _report_damaged(path, str(e).splitlines()[0] if str(e) else type(e).__name__)
+                return None
+        frames = []
+        for p in _usable_parts([self._result_path(table, p) for p in self.result_parts(table)]):
+            try:
+                frames.append(_read_part(p))
+            except (OSError, pl.exceptions.PolarsError) as e:
+                _report_damaged(p, str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return pl.concat(frames, how="diagonal_relaxed") if frames else None
 
     def delete_result(self, table: str, part: str) -> None:
         path = self._result_path(table, part)
@@ -690,12 +828,105 @@ class Store:
     def artifact_dir(self, kind: str, name: str, create: bool = True) -> Path:
         """A directory a step owns for files that are not tables (token streams, checkpoints, caches)."""
         _check_name(kind, "artifact kind")
-        if not _PART_RE.match(name):
+        if not isinstance(name, str) or not _PART_RE.fullmatch(name):
             raise StoreError(f"invalid artifact name {name!r}")
         d = self.root / "artifacts" / kind / name
         if create:
             d.mkdir(parents=True, exist_ok=True)
         return d
+
+
+def _default_memory_mb() -> int:
+    """Half the machine's memory, at most 4 GiB: a query that needs more is almost always a mistake (a
+    cross join, a recursive CTE without an end), and it must not take the whole machine from its user."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") >> 20
+    except (ValueError, OSError):
+        total = 8192
+    return int(max(256, min(4096, total // 2)))
+
+
+@dataclasses.dataclass(frozen=True)
+class SqlLimits:
+    """Guards on one user query (0: no limit). The defaults protect an interactive user; scripts that
+    want everything pass 0 (`sql --max-rows 0 --timeout 0 --memory-limit 0`)."""
+    max_rows: int = 1_000_000  # rows in the result (more: an error, never a silent cut)
+    timeout_s: float = 600.0  # wall time of the query
+    memory_mb: int = dataclasses.field(default_factory=_default_memory_mb)  # DuckDB's memory and the result's
+
+
+NO_LIMITS = SqlLimits(max_rows=0, timeout_s=0, memory_mb=0)
+
+
+def _run_guarded(con: duckdb.DuckDBPyConnection, query: str, params: list | None, limits: SqlLimits) -> pa.Table:
+    """Run a query in a helper thread while this thread waits: DuckDB does not return to Python until a
+    query ends, so Ctrl-C (and the time limit) could not stop it otherwise; here they interrupt it."""
+    box: dict = {}
+
+    def work() -> None:
+        reader = None
+        try:
+            with warnings.catch_warnings():  # DuckDB suggests con.sql, whose pending result Ctrl-C cannot free
+                warnings.simplefilter("ignore", UserWarning)
+                reader = con.execute(query, params or []).to_arrow_reader(8192)
+            batches, n_rows, n_bytes = [], 0, 0
+            for batch in reader:
+                n_rows += batch.num_rows
+                n_bytes += batch.nbytes
+                if limits.max_rows and n_rows > limits.max_rows:
+                    box["over"] = (f"the result has more than {limits.max_rows:,} rows; add a LIMIT or an "
+                                   "aggregate, or pass --max-rows N (0: no cap)")
+                    return
+                if limits.memory_mb and n_bytes > limits.memory_mb << 20:
+                    box["over"] = (f"the result is larger than {limits.memory_mb:,} MB; select fewer rows or "
+                                   "columns, or pass --memory-limit MB (0: no cap)")
+                    return
+                batches.append(batch)
+            box["table"] = pa.Table.from_batches(batches, schema=reader.schema)
+        except BaseException as e:  # handed to the waiting thread, without the frames that hold the result
+            box["error"] = e.with_traceback(None)
+        finally:
+            if reader is not None:  # a pending result keeps the connection busy: it could not be closed
+                reader.close()
+            del reader
+
+    # Ctrl-C: our own handler, not KeyboardInterrupt. DuckDB notices a pending KeyboardInterrupt inside
+    # the query's thread, stops the query there and leaves the connection busy (it can then not even be
+    # closed, and the process aborts at exit); the handler only flags it, and this thread interrupts.
+    stop = threading.Event()
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    if main and previous is signal.default_int_handler:
+        signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    thread = threading.Thread(target=work, name="synthmix-sql", daemon=True)
+    deadline = time.monotonic() + limits.timeout_s if limits.timeout_s else None
+    try:
+        thread.start()
+        while thread.is_alive() and not stop.is_set():
+            thread.join(0.05)
+            if deadline is not None and time.monotonic() > deadline and thread.is_alive():
+                con.interrupt()
+                thread.join()
+                raise StoreError(f"the query ran longer than {limits.timeout_s:g} s and was stopped; narrow it "
+                                 "or add a LIMIT, or pass --timeout S (0: no limit)")
+        if stop.is_set():
+            con.interrupt()
+            thread.join()
+            raise KeyboardInterrupt
+    finally:
+        if main and previous is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous)
+    if "over" in box:
+        raise StoreError(box["over"])
+    e = box.get("error")
+    if isinstance(e, duckdb.OutOfMemoryException):
+        raise StoreError(f"the query needs more than {limits.memory_mb:,} MB of memory and was stopped; narrow "
+                         "it, or pass --memory-limit MB (0: DuckDB's default)") from None
+    if isinstance(e, duckdb.Error):
+        raise StoreError(f"SQL error: {str(e).splitlines()[0]}") from None
+    if e is not None:
+        raise e
+    return box["table"]
 
 
 _EXPLAIN_RE = re.compile(r"^\s*EXPLAIN\s+(?P<analyze>ANALY[SZ]E\s+)?(?P<options>\([^)]*\)\s*)?(?P<inner>.*)$",

@@ -687,6 +687,7 @@ def build_sections(store: Store) -> list[Section]:
 def build_report(store: Store, out: str | Path, title: str = "synthmix study report",
                  study: dict | None = None) -> Path:
     """Render the report to `out` (atomically) and return its path."""
+    store.check_outside(out)  # a report path inside the store could replace a shard or a result part
     out = Path(out)
     sections = build_sections(store)
     try:

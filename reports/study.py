@@ -61,7 +61,150 @@ def load_study(path: str | Path | None) -> StudyConfig:
     unknown = set(doc) - known
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+    validate_study(doc, path)
     return StudyConfig(**doc)
+
+
+# ------------------------------------------------------------------------------------ study-file checks
+@dataclasses.dataclass(frozen=True)
+class Section:
+    """How one section of a study file is checked, before any step runs. Its keys are the fields of
+    `config` ("module:Class", a dataclass: the step's config) less `exclude` (fields the study sets
+    itself), plus `keys` (name -> type, e.g. "int | None", "list[float]"); `ranges` bound numbers (and every
+    number of a list) with (low, high), None for open; `check` (name of a function in this module) runs
+    last for what a table cannot say. Adding a section to the study format is one entry in SECTIONS."""
+    config: str | None = None
+    exclude: tuple[str, ...] = ()
+    keys: dict = dataclasses.field(default_factory=dict)
+    ranges: dict = dataclasses.field(default_factory=dict)
+    check: str | None = None
+
+
+_POSITIVE = (1, None)
+SECTIONS: dict[str, Section] = {
+    "": Section(keys={"name": "str", "store": "str", "report": "str", "demo": "bool", "source": "str",
+                      "tests": "list[str]", "types": "list[str]"}),
+    "generate": Section("synth.generate:GenerateConfig", exclude=("type", "source", "out", "progress"),
+                        ranges={"limit": _POSITIVE, "max_new_tokens": _POSITIVE, "temperature": (0, None),
+                                "top_p": (0, 1), "batch_size": _POSITIVE, "max_chunk_tokens": _POSITIVE,
+                                "max_chunks": _POSITIVE, "n_topics": (0, None), "shard_docs": _POSITIVE,
+                                "max_retries": (0, None), "concurrency": _POSITIVE, "timeout_s": (0, None),
+                                "tensor_parallel_size": _POSITIVE, "num_threads": (0, None), "workers": (0, None)}),
+    "unigram": Section("stats.unigram:UnigramConfig", exclude=("train", "test", "progress"),
+                       ranges={"alpha": (0, None), "top": _POSITIVE, "workers": (0, None), "threads": (0, None),
+                               "batch_size": _POSITIVE, "n_subsamples": _POSITIVE}),
+    "dedup": Section("stats.dedup:DedupConfig",
+                     ranges={"threshold": (0, 1), "num_perm": _POSITIVE, "ngram": _POSITIVE,
+                             "lsh_fn_weight": (0, 1), "bands": (0, None), "rows": (0, None),
+                             "max_bucket": _POSITIVE, "threads": (0, None), "workers": (0, None),
+                             "batch_docs": _POSITIVE}),
+    "scaling": Section("stats.scaling:ScalingConfig",
+                       ranges={"n_boot": _POSITIVE, "ci": (0, 1), "n_starts": _POSITIVE, "n_starts_boot": _POSITIVE,
+                               "max_iter": _POSITIVE, "max_exponent": (0, None), "ratio_degree": (0, None),
+                               "huber_delta": (0, None), "budgets": (0, None)}),
+    "evidence": Section("stats.evidence:EvidenceConfig",
+                        ranges={"n_boot": _POSITIVE, "ci": (0, 1), "min_pairs": _POSITIVE, "alpha": (0, 1),
+                                "collapse_rounds": _POSITIVE, "collapse_limit": _POSITIVE}),
+    "tokenizer": Section(keys={"name": "str", "vocab_size": "int", "corpora": "list[str]"},
+                         ranges={"vocab_size": (256, None)}),
+    "mixtures": Section("train.data:MixtureConfig", exclude=("name", "parts"), keys={"ratios": "list[float]"},
+                        ranges={"ratios": (0, 1), "seq_len": _POSITIVE, "max_epochs": (0, None)}),
+    "sweep": Section(keys={"grid": "dict", "run": "dict", "val_tokens": "int | str"}, check="_check_sweep"),
+}
+
+
+class StudyFileError(ValueError):
+    """A study file that does not pass the checks; the message names the file, section and key."""
+
+
+def validate_study(doc: dict, path: str | Path) -> None:
+    """Check every declared section of a parsed study file before the first step: unknown keys, wrong
+    types and values out of range are one StudyFileError naming the file, section and key."""
+    for name, section in SECTIONS.items():
+        table = doc if name == "" else doc.get(name, {})
+        where = f"{path}: [{name}]" if name else f"{path}:"
+        if not isinstance(table, dict):
+            raise StudyFileError(f"{where} must be a table ([{name}] with key = value lines)")
+        types = _section_types(section)
+        for key, value in table.items():
+            if name == "" and isinstance(value, dict) and key in SECTIONS:
+                continue  # a section, checked as its own entry
+            if name == "" and key not in types:
+                continue  # a section that declares no checks of its own (StudyConfig already knows its name)
+            if key not in types:
+                raise StudyFileError(f"{where} unknown key {key!r}; allowed: {', '.join(sorted(types))}")
+            if not _has_type(value, types[key]):
+                raise StudyFileError(f"{where} {key} = {value!r} must be {types[key]}")
+            low, high = section.ranges.get(key, (None, None))
+            for x in value if isinstance(value, list) else [value]:
+                if isinstance(x, (int, float)) and not isinstance(x, bool) and \
+                        ((low is not None and x < low) or (high is not None and x > high)):
+                    bound = f"between {low} and {high}" if low is not None and high is not None else \
+                        (f"at least {low}" if low is not None else f"at most {high}")
+                    raise StudyFileError(f"{where} {key} = {value!r} must be {bound}")
+        if section.check:
+            globals()[section.check](doc, table, where)
+
+
+def _section_types(section: Section) -> dict[str, str]:
+    types = {}
+    if section.config:
+        import importlib
+
+        module, cls = section.config.split(":")
+        for f in dataclasses.fields(getattr(importlib.import_module(module), cls)):
+            if f.name not in section.exclude:
+                types[f.name] = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    types.update(section.keys)
+    return types
+
+
+def _has_type(value, spec: str) -> bool:
+    """Whether a TOML value fits a type as dataclasses spell it ("int", "str | None", "list[str]", ...)."""
+    for alt in (a.strip() for a in spec.split("|")):
+        if alt == "None":
+            continue  # TOML has no null: an optional key is simply left out
+        base, _, inner = alt.partition("[")
+        if base in ("list", "tuple"):
+            item = inner.rstrip("]").split(",")[0].strip() or "str"
+            if isinstance(value, list) and all(_has_type(v, item) for v in value):
+                return True
+        elif base == "dict" and isinstance(value, dict):
+            return True
+        elif base == "int" and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        elif base == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        elif base in ("str", "Path") and isinstance(value, str):
+            return True
+        elif base == "bool" and isinstance(value, bool):
+            return True
+        elif base not in ("list", "tuple", "dict", "int", "float", "str", "Path", "bool"):
+            return True  # a type this table cannot check: the step's own config checks it
+    return False
+
+
+def _check_sweep(doc: dict, table: dict, where: str) -> None:
+    """The sweep grid as the sweep parser reads it, budgets that parse, and model presets that exist
+    (a bad preset would otherwise surface only after generation, minutes in)."""
+    import train.loop
+    from train.model import PRESETS
+    from train.sweep import SweepError, parse_sweep
+
+    study = StudyConfig(**doc)
+    try:
+        parse_sweep(sweep_document(study), where=where.rstrip(":"))
+    except (SweepError, ValueError, TypeError) as e:
+        raise StudyFileError(str(e) if str(e).startswith(str(where).split(":")[0]) else f"{where} {e}") from None
+    models = (table.get("grid") or {}).get("models", [])
+    for model in models if isinstance(models, list) else [models]:
+        if model not in PRESETS:
+            raise StudyFileError(f"{where} grid.models: unknown model preset {model!r}; choose one of: "
+                                 f"{', '.join(PRESETS)}")
+    run_keys = {f.name for f in dataclasses.fields(train.loop.RunConfig)}
+    for key in table.get("run") or {}:
+        if key not in run_keys:
+            raise StudyFileError(f"{where} unknown key {key!r} in [sweep.run]; allowed: {', '.join(sorted(run_keys))}")
 
 
 def mixture_name(stype: str | None, ratio: float) -> str:

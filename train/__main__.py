@@ -295,25 +295,33 @@ COMMANDS = {"mix": cmd_mix, "tokenizer": cmd_tokenizer, "presets": cmd_presets, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from corpora.exits import exit_on_early_interrupt
+
+    exit_on_early_interrupt("python -m train")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    from corpora.exits import run_command
-    from corpora.store import Store, resolve_store_path
-    from train.model import UnknownPreset
+    from corpora.exits import CommandError, run_command
 
     def command() -> int:
-        if args.command == "presets":
-            return COMMANDS[args.command](args, None)
-        store = Store(resolve_store_path(args.store))
-        if args.command in ("mix", "tokenizer"):  # run and sweep take the lock after their checks
-            with store.writer(f"python -m train {args.command} {args.name}"):
-                return COMMANDS[args.command](args, store)
-        return COMMANDS[args.command](args, store)
+        # heavy imports (torch, DuckDB) inside run_command, so that a Ctrl-C while they load is one line
+        from corpora.store import Store, resolve_store_path
+        from train.model import UnknownPreset
+
+        try:
+            if args.command == "presets":
+                return COMMANDS[args.command](args, None)
+            store = Store(resolve_store_path(args.store))
+            if args.command in ("mix", "tokenizer"):  # run and sweep take the lock after their checks
+                with store.writer(f"python -m train {args.command} {args.name}"):
+                    return COMMANDS[args.command](args, store)
+            return COMMANDS[args.command](args, store)
+        except UnknownPreset as e:
+            raise CommandError(str(e)) from None
 
     # what the user can fix is one line; anything else is a bug: traceback
-    return run_command(f"python -m train {args.command}", command, user_errors=(UnknownPreset,))
+    return run_command(f"python -m train {args.command}", command)
 
 
 if __name__ == "__main__":

@@ -125,7 +125,7 @@ def export_mixture(store: Store, cfg: ExportConfig, progress: bool = True) -> di
                           f"`python -m train mix {cfg.mixture} ... --force`")
     stream = np.load(mix_dir / "train.npy", mmap_mode="r").reshape(-1)
     vocab_size, eot_id = int(meta["vocab_size"]), int(meta["eot_id"])
-    out = Path(cfg.out)
+    out = store.check_outside(cfg.out, replaces=False)  # files written into --out must not land in the store
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{cfg.mixture}_text_document" if cfg.format == "megatron" else cfg.mixture
     data_path = out / f"{stem}.bin"
