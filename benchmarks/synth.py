@@ -32,6 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from machine import cpu_info, describe  # noqa: E402  (benchmarks/machine.py: lscpu model and flags)
 from synth.backends import (SamplingParams, TransformersBackend, default_cache_dir, default_generator,  # noqa: E402
                             generator_name)
 from synth.chunking import HFEncoder, chunk_documents  # noqa: E402
@@ -115,7 +116,8 @@ def main() -> int:
     report = {
         "source": source, "n_prompts": len(prompts), "generator": generator_name(args.generator or
                                                                                    default_generator()),
-        "device": args.device, "cpu_has_bf16": cpu_has_bf16(), "torch_threads": torch.get_num_threads(),
+        "device": args.device, "cpu": describe(cpu_info()), "cpu_flags": cpu_info()["flags"],
+        "torch": torch.__version__, "cpu_has_bf16": cpu_has_bf16(), "torch_threads": torch.get_num_threads(),
         "max_new_tokens": args.max_new_tokens, "max_chunk_tokens": args.max_chunk_tokens, "repeats": args.repeats,
         "prompt_tokens_min_median_max": [min(n_prompt_tokens), int(statistics.median(n_prompt_tokens)),
                                          max(n_prompt_tokens)],
@@ -124,6 +126,9 @@ def main() -> int:
         f"ratio_vs_{dtypes[0]}/{modes[0]}": {f"{d}/{m}": round(v / base, 2) for (d, m), v in med.items()},
         # prefill counted too: with long prompts and few new tokens, prefill dominates and batching
         # (which mostly speeds up decoding) gains little
+        # fp32 and bf16 side by side per mode (bf16 / fp32 tokens/s; > 1: bf16 faster)
+        "bf16_vs_fp32": {m: round(med[("bf16", m)] / med[("fp32", m)], 2) for m in modes
+                         if ("bf16", m) in med and ("fp32", m) in med},
         "prompt_and_completion_tokens_per_s": {f"{d}/{m}": round(statistics.median(
             r["prompt_and_completion_tokens_per_s"] for r in v), 1) for (d, m), v in runs.items()},
         "elapsed_s": {f"{d}/{m}": [round(r["elapsed_s"], 2) for r in v] for (d, m), v in runs.items()},
