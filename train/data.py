@@ -15,6 +15,12 @@ budget, a tokenizer, a sequence length and a seed. `build_mixture` turns it into
    unigram count tokenizes only documents not cached yet. When a part needs more tokens than its corpus
    has, the whole corpus is tokenized and further epochs follow, each a fresh seeded order (the repetition
    is logged as a warning and recorded in the `mixtures` table).
+   A budget that is small next to its corpus is drawn so that its I/O follows the budget, not the corpus
+   size (`_order_by_row_groups`): row groups in a seeded order, and in each the documents whose key is
+   below a fraction chosen so that the groups read hold ~GROUP_OVERSAMPLE times the text taken (and at
+   least MIN_ROW_GROUPS groups); the part's stream orders the taken documents by their key, so it is
+   shuffled across groups. Shares are exact either way; the chosen documents' length and source
+   distributions match the corpus's (tests/train/test_mixture_sampling.py).
 3. *interleave*: each drawn document gets a key (its position in its part's stream, as a fraction, plus
    seeded jitter) and all documents are ordered by key, so every part is spread evenly over the whole
    stream and epochs stay in order.
