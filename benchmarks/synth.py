@@ -7,8 +7,9 @@ prefix prefilled once against every prompt prefilled whole; same documents.
     python benchmarks/synth.py --dtypes fp32 --batch-sizes 32 --no-single --n-docs 96 --max-new-tokens 96 --compare-prefix
 
 Each dtype (`--dtypes`, default fp32,bf16) loads the model once (bf16: weights and activations, what
-`TransformersBackend(dtype="auto")` picks on CPUs with AMX / AVX512-BF16) and runs every mode; the ratios
-are against fp32 at the first batch size, all measured in this one process. On a CPU without bf16
+`TransformersBackend(dtype="auto")` picks on CPUs with AMX / AVX512-BF16); repeats alternate dtypes and
+modes; the ratios are against fp32 at the first batch size, all measured in this one process, and
+`bf16_vs_fp32` puts the two side by side per mode. The CPU's model and flags (lscpu) are printed. On a CPU without bf16
 hardware (e.g. AMD Zen 3, AVX2 only) bf16 is emulated and slower: the report says which this CPU is.
 
 Both modes run the same `TransformersBackend` (same prompts: the HQ template on the first <=320-token
@@ -32,6 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from machine import cpu_info, describe  # noqa: E402  (benchmarks/machine.py: lscpu model and flags)
 from synth.backends import (SamplingParams, TransformersBackend, default_cache_dir, default_generator,  # noqa: E402
                             generator_name)
 from synth.chunking import HFEncoder, chunk_documents  # noqa: E402
@@ -52,12 +54,15 @@ def load_texts(n: int) -> tuple[list[str], str]:
 
 def run(backend, prompts, params, seeds, batch_size: int, reuse_prefix: bool = True) -> dict:
     backend.batch_size, backend.reuse_prefix = batch_size, reuse_prefix
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     results = backend.generate(prompts, params, seeds)
-    elapsed_s = time.perf_counter() - t0
+    elapsed_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
     n_tokens = sum(r.n_completion_tokens for r in results)
     n_all = n_tokens + sum(r.n_prompt_tokens for r in results)
+    # tokens per CPU-second of this process: steadier than wall time on a shared machine (waiting for a
+    # core is not counted)
     return {"elapsed_s": elapsed_s, "n_completion_tokens": n_tokens, "tokens_per_s": n_tokens / elapsed_s,
+            "tokens_per_cpu_s": n_tokens / max(cpu_s, 1e-9),
             "prompt_and_completion_tokens_per_s": n_all / elapsed_s,
             "texts": [r.text for r in results]}
 
@@ -91,31 +96,34 @@ def main() -> int:
     if args.compare_prefix:
         modes += [f"batch{b}_whole_prompts" for b in batch_sizes]
     params = SamplingParams(args.max_new_tokens, temperature=0.7, top_p=0.95)
-    runs, load_s, prompts, seeds, n_prompt_tokens = {}, {}, None, None, None
-    for dtype in dtypes:
+    runs, load_s, backends = {}, {}, {}
+    for dtype in dtypes:  # every dtype loaded up front, so that repeats can alternate dtypes too
         t0 = time.perf_counter()
-        backend = TransformersBackend(args.generator or default_generator(), device=args.device,
-                                      cache_dir=default_cache_dir(), num_threads=args.num_threads, dtype=dtype)
+        backends[dtype] = TransformersBackend(args.generator or default_generator(), device=args.device,
+                                              cache_dir=default_cache_dir(), num_threads=args.num_threads,
+                                              dtype=dtype)
         load_s[dtype] = round(time.perf_counter() - t0, 2)
-        if prompts is None:
-            chunks = chunk_documents(texts, HFEncoder(backend.tokenizer), args.max_chunk_tokens)
-            template = load_prompt("hq")
-            prompts = [template.render(text=c[0]) for c in chunks if c]
-            seeds = list(range(len(prompts)))
-            n_prompt_tokens = [len(backend.encode_chat(p)) for p in prompts]
-        for _ in range(args.repeats):   # repeats alternate the modes so machine noise hits all alike
+    backend = backends[dtypes[0]]
+    chunks = chunk_documents(texts, HFEncoder(backend.tokenizer), args.max_chunk_tokens)
+    template = load_prompt("hq")
+    prompts = [template.render(text=c[0]) for c in chunks if c]
+    seeds = list(range(len(prompts)))
+    n_prompt_tokens = [len(backend.encode_chat(p)) for p in prompts]
+    for _ in range(args.repeats):   # repeats alternate dtypes and modes so machine noise hits all alike
+        for dtype in dtypes:
             for mode in modes:
                 b = 1 if mode == "one_at_a_time" else int(mode[5:].split("_")[0])
-                runs.setdefault((dtype, mode), []).append(run(backend, prompts, params, seeds, b,
+                runs.setdefault((dtype, mode), []).append(run(backends[dtype], prompts, params, seeds, b,
                                                               reuse_prefix=not mode.endswith("_whole_prompts")))
-        del backend
+    del backends, backend
     med = {k: statistics.median(r["tokens_per_s"] for r in v) for k, v in runs.items()}
     base = med[(dtypes[0], modes[0])]
     first = {k: v[0]["texts"] for k, v in runs.items()}
     report = {
         "source": source, "n_prompts": len(prompts), "generator": generator_name(args.generator or
                                                                                    default_generator()),
-        "device": args.device, "cpu_has_bf16": cpu_has_bf16(), "torch_threads": torch.get_num_threads(),
+        "device": args.device, "cpu": describe(cpu_info()), "cpu_flags": cpu_info()["flags"],
+        "torch": torch.__version__, "cpu_has_bf16": cpu_has_bf16(), "torch_threads": torch.get_num_threads(),
         "max_new_tokens": args.max_new_tokens, "max_chunk_tokens": args.max_chunk_tokens, "repeats": args.repeats,
         "prompt_tokens_min_median_max": [min(n_prompt_tokens), int(statistics.median(n_prompt_tokens)),
                                          max(n_prompt_tokens)],
@@ -124,6 +132,11 @@ def main() -> int:
         f"ratio_vs_{dtypes[0]}/{modes[0]}": {f"{d}/{m}": round(v / base, 2) for (d, m), v in med.items()},
         # prefill counted too: with long prompts and few new tokens, prefill dominates and batching
         # (which mostly speeds up decoding) gains little
+        # fp32 and bf16 side by side per mode (bf16 / fp32 tokens/s; > 1: bf16 faster)
+        "bf16_vs_fp32": {m: round(med[("bf16", m)] / med[("fp32", m)], 2) for m in modes
+                         if ("bf16", m) in med and ("fp32", m) in med},
+        "tokens_per_cpu_s": {f"{d}/{m}": round(statistics.median(r["tokens_per_cpu_s"] for r in v), 2)
+                             for (d, m), v in runs.items()},
         "prompt_and_completion_tokens_per_s": {f"{d}/{m}": round(statistics.median(
             r["prompt_and_completion_tokens_per_s"] for r in v), 1) for (d, m), v in runs.items()},
         "elapsed_s": {f"{d}/{m}": [round(r["elapsed_s"], 2) for r in v] for (d, m), v in runs.items()},

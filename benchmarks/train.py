@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from machine import cpu_info, describe  # noqa: E402  (benchmarks/machine.py: lscpu model and flags)
 from train.model import PRESETS, Transformer, build_model_config, cpu_has_bf16  # noqa: E402
 
 VARIANTS = ["hf", "ours", "ours_compiled", "hf_compiled", "ours_bf16", "ours_compiled_bf16"]
@@ -188,6 +189,16 @@ def bench_gpu_preset(preset: str, args) -> dict:
             "mfu": med * fpt / peak if peak else None}
 
 
+def print_bf16_table(c: dict) -> None:
+    """fp32 and bf16 side by side for each variant measured in both, and which is faster."""
+    med = c["tokens_per_s_median"]
+    for fp32 in [n for n in med if not n.endswith("_bf16") and f"{n}_bf16" in med]:
+        bf16 = f"{fp32}_bf16"
+        ratio = c["speedup"].get(f"{bf16}_vs_{fp32}", {}).get("median_of_ratios", med[bf16] / med[fp32])
+        print(f"  fp32 vs bf16 {fp32:14s} {med[fp32]:9.0f} vs {med[bf16]:9.0f} tokens/s: bf16 {ratio:.2f}x "
+              f"-> {'bf16' if ratio > 1 else 'fp32'} is faster")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", type=lambda v: v.split(","), default=["debugmodel", "cpu-1m", "cpu-4m"],
@@ -215,10 +226,13 @@ def main(argv=None) -> int:
     bad = [v for v in args.variants if v not in VARIANTS]
     if bad:
         p.error(f"unknown variant(s) {', '.join(bad)}; choose from {', '.join(VARIANTS)}")
-    result = {"cpu_has_bf16": cpu_has_bf16(), "cpu": bench_cpu(args), "gpu": bench_gpu(args)}
+    result = {"machine": cpu_info(), "torch": torch.__version__, "cpu_has_bf16": cpu_has_bf16(),
+              "cpu": bench_cpu(args), "gpu": bench_gpu(args)}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
+    print(describe(result["machine"]))
+    print(f"flags: {result['machine']['flags']}")
     print(f"this CPU {'has' if result['cpu_has_bf16'] else 'lacks'} bf16 hardware (AMX / AVX512-BF16): the "
           f"trainer's default dtype here is {'bf16' if result['cpu_has_bf16'] else 'fp32'}")
     for c in result["cpu"]:
@@ -228,6 +242,7 @@ def main(argv=None) -> int:
         for name, v in c["tokens_per_s_median"].items():
             print(f"  {name:14s} {v:10.0f} tokens/s   {c['achieved_flops_per_s'][name] / 1e9:7.2f} GFLOP/s   "
                   f"{c['tokens_per_cpu_s_median'][name]:8.0f} tokens/CPU-s   (warmup {c['warmup_s'][name]:.1f} s)")
+        print_bf16_table(c)
         for key, r in c["speedup"].items():
             print(f"  {key:30s} {r['of_medians']:.2f}x (ratio of medians)  {r['median_of_ratios']:.2f}x "
                   f"(median of per-repeat ratios)  {r['cpu_time']:.2f}x (tokens per CPU-second)")

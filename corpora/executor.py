@@ -20,17 +20,23 @@ store's catalog. Engines:
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
+import logging
 import multiprocessing as mp
 import os
 import pickle
 import signal
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+log = logging.getLogger(__name__)
 
 ENGINES = ("local", "ray")
 ENGINE_ENV = "SYNTHMIX_ENGINE"
@@ -130,6 +136,8 @@ class Executor:
 
 
 # ------------------------------------------------------------------------------------------------ local
+# A local worker that dies while running an item is replaced and the item retried this many times (like Ray).
+LOCAL_MAX_RETRIES = 3
 _worker_fn: Callable[[Any], Any] | None = None
 
 
@@ -146,7 +154,12 @@ def _call_worker(job: tuple[int, Any]) -> tuple[int, Any]:
 
 
 class LocalExecutor(Executor):
-    """In-process for one worker, else a pool of worker processes on this machine."""
+    """In-process for one worker, else a pool of worker processes on this machine.
+
+    A worker that dies while it runs an item (killed, out of memory) is replaced and its item run again,
+    up to LOCAL_MAX_RETRIES times per item, as Ray retries a lost task; the pool keeps exactly `workers`
+    items in flight, so only the items that were running when a worker died are charged an attempt. An
+    exception raised by the step itself is not retried: it stops the pool and reaches the driver as itself."""
 
     name = "local"
 
@@ -163,21 +176,55 @@ class LocalExecutor(Executor):
             ctx.set_forkserver_preload(list(preload))
         else:
             ctx = mp.get_context("spawn")
-        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(pickle.dumps(fn),))
-        try:
-            yield from pool.imap_unordered(_call_worker, [(i, items[i]) for i in order])
-            pool.close()
-        except BaseException:
-            pool.terminate()  # Ctrl-C, or a step's error: no worker keeps running, none prints a traceback
-            raise
-        finally:
-            pool.join()
+        payload = pickle.dumps(fn)
+        pending, attempts = collections.deque(order), collections.Counter()
+        while pending:  # one pool per round; a round ends when a worker dies (the pool is then broken)
+            pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(payload,))
+            running: dict[Future, int] = {}
+            try:
+                lost: list[int] = []
+                while (pending or running) and not lost:
+                    while pending and len(running) < workers:
+                        i = pending.popleft()
+                        running[pool.submit(_call_worker, (i, items[i]))] = i
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        i = running.pop(future)
+                        if isinstance(future.exception(), BrokenProcessPool):
+                            lost.append(i)
+                        else:
+                            yield future.result()  # the step's own exception is raised here
+                if lost:  # a worker died: every item still running is charged an attempt and queued again
+                    _kill_workers(pool)
+                    for i in sorted(set(lost) | set(running.values()), key=order.index, reverse=True):
+                        attempts[i] += 1
+                        if attempts[i] > LOCAL_MAX_RETRIES:
+                            raise EngineError(f"a worker died running item {i} ({items[i]!r:.80}) "
+                                              f"{attempts[i]} times (killed, or out of memory?); gave up "
+                                              f"after {LOCAL_MAX_RETRIES} retries")
+                        pending.appendleft(i)
+                    log.warning("a local worker died; retrying %d item(s) in a new pool", len(lost) + len(running))
+                pool.shutdown(wait=True)
+            except BaseException:
+                _kill_workers(pool)  # Ctrl-C, or a step's error: no worker keeps running, none prints a traceback
+                raise
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool's workers now (ProcessPoolExecutor has no public way to before Python 3.14)."""
+    if hasattr(pool, "terminate_workers"):  # Python >= 3.14
+        pool.terminate_workers()
+        return
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        if proc.is_alive():
+            proc.kill()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 # -------------------------------------------------------------------------------------------------- ray
 # A worker that dies (killed, out of memory, node lost) is retried by Ray this many times; an exception
 # raised by the step itself is not retried (it would fail again) and reaches the driver as itself.
-RAY_MAX_RETRIES = 3
+RAY_MAX_RETRIES = LOCAL_MAX_RETRIES
 # Object store of a Ray started here: items and results are small (paths in, counts/paths out), and the
 # machine may be shared, so not Ray's default of 30% of memory.
 RAY_OBJECT_STORE_BYTES = 1 << 30

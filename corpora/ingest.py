@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from corpora.executor import check_engine, get_executor
 from corpora.readers import (FileResult, InputError, ReaderConfig, detect_format, read_hf_folder,
                              read_to_parts_job)
-from corpora.store import Store
+from corpora.store import ROW_GROUP_BYTES, Store
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,8 @@ class IngestConfig:
     engine: str | None = None  # where readers run: local | ray (None: $SYNTHMIX_ENGINE, else local)
     ray_address: str | None = None  # join this Ray cluster (None: $RAY_ADDRESS, else a local Ray)
     part_bytes: int = 128 << 20  # text bytes per shard
-    row_group_bytes: int = 8 << 20  # text bytes a worker holds before writing them out; bounds its memory
+    row_group_bytes: int = ROW_GROUP_BYTES  # text per row group a worker writes (bounds its memory; a mixture
+                                            # reads whole row groups, so smaller ones let its I/O follow its budget)
     meta: dict | None = None  # the corpus's meta when this ingest creates it (e.g. a dataset card's header)
 
 

@@ -53,6 +53,10 @@ CATALOG_FILE = "catalog.duckdb"
 LOCK_FILE = ".writer.lock"
 KINDS = ("natural", "synthetic")
 ROLES = ("train", "test", "both")
+# Text per Parquet row group of a shard (append_shard, ingest): the unit a mixture's draw reads, so its I/O
+# follows its token budget rather than the corpus size (train.data); small enough that a 5M-token mixture
+# spreads over dozens of row groups.
+ROW_GROUP_BYTES = 1 << 20
 
 # fullmatch, not match with "$": "$" also matches before a final newline, so "g\n" would pass as a name
 _NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
@@ -666,8 +670,11 @@ class Store:
             return None
         staging = self.root / "shards" / corpus / f".staging-{os.getpid()}.parquet"
         staging.parent.mkdir(parents=True, exist_ok=True)
-        # row groups of 16k documents: readers stream a shard a row group at a time
-        pq.write_table(table, staging, compression="zstd", row_group_size=16384)
+        # row groups of ~ROW_GROUP_BYTES of text (at most 16k documents): readers stream a shard a row group
+        # at a time, and a mixture reads only the row groups it draws documents from (train.data)
+        n_bytes = pc.sum(table.column("n_bytes")).as_py() or 0
+        rows_per_group = max(1, min(16384, int(ROW_GROUP_BYTES * table.num_rows / max(n_bytes, 1))))
+        pq.write_table(table, staging, compression="zstd", row_group_size=rows_per_group)
         return self.adopt_shard(corpus, staging)
 
     def adopt_shard(self, corpus: str, path: Path) -> ShardInfo:

@@ -251,9 +251,12 @@ def read_shard_tokens(shard: ShardInfo, shard_dir: Path, itemsize: int) -> Shard
 class TokenCache:
     """The driver side: which documents are tokenized, tokenizing the missing ones, locating tokens."""
 
-    def __init__(self, store: Store, tokenizer):
+    def __init__(self, store: Store, tokenizer, *, workers: int = 0, engine: str | None = None,
+                 ray_address: str | None = None):
+        """workers/engine/ray_address: where `ensure` tokenizes when its call does not say (see there)."""
         self.store = store
         self.tokenizer = tokenizer
+        self.workers, self.engine, self.ray_address = workers, engine, ray_address
         self.root = store.artifact_dir("tokens", tokenizer_key(tokenizer), create=False)
         self._index: dict[str, ShardTokens] = {}
         self.n_docs_tokenized = 0  # by this cache object: how much work the cache saved shows here
@@ -272,8 +275,11 @@ class TokenCache:
                engine: str | None = None, progress: bool = True, desc: str = "tokenize") -> int:
         """Tokenize every requested row (None: the whole shard) not cached yet; returns documents tokenized.
 
-        One job per shard (a pure map), run by the executor: in-process unless `workers` > 1."""
-        from corpora.executor import Stateful, cpu_count, get_executor
+        One job per shard (a pure map), run by the executor: in-process unless `workers` > 1 or the engine
+        is Ray (`engine`, else the cache's, else $SYNTHMIX_ENGINE; workers 0 on Ray: the cluster's CPUs)."""
+        from corpora.executor import Stateful, cpu_count, get_executor, resolve_engine
+
+        workers, engine = workers or self.workers, resolve_engine(engine or self.engine)
 
         jobs, shards, sizes, n_missing = [], [], [], 0
         for shard, rows in requests:
@@ -294,16 +300,18 @@ class TokenCache:
         # as fast as the bare tokenizer), while each worker process would hold its own tokenizer and Parquet
         # buffers (two workers + driver passed 1 GB at 500 MB). workers=n (or a Ray cluster) for more.
         cores = cpu_count()
-        n_workers = max(1, min(workers or 1, len(jobs)))
-        tok = self.tokenizer.with_threads(max(1, cores // n_workers))
-        step = Stateful(TokenizeStep, tok) if n_workers > 1 else TokenizeStep(tok)
+        on_ray = engine == "ray"
+        n_workers = max(1, min(workers or (len(jobs) if on_ray else 1), len(jobs)))
+        tok = self.tokenizer.with_threads(1 if on_ray else max(1, cores // n_workers))
+        step = Stateful(TokenizeStep, tok) if n_workers > 1 or on_ray else TokenizeStep(tok)
         log.info("tokenizing %d documents (%.1f MB) of %d shards with %d process(es)",
                  n_missing, sum(sizes) / 1e6,
                  len(jobs), n_workers)
         n_docs = 0
         try:
             # in-process work stays local; a pool follows --engine/$SYNTHMIX_ENGINE (local processes or Ray)
-            with get_executor("local" if n_workers == 1 else engine, workers=n_workers) as ex:
+            with get_executor(engine if n_workers > 1 or on_ray else "local", workers=n_workers,
+                              ray_address=self.ray_address) as ex:
                 for i, piece in ex.map(step, jobs, desc=desc if progress else None, sizes=sizes,
                                        max_workers=n_workers):
                     self._adopt(shards[i], jobs[i].out_dir, piece)

@@ -16,7 +16,7 @@ import pytest
 from corpora.executor import EngineError, LocalExecutor, RayExecutor, Stateful, get_executor
 from corpora.store import Store
 from tests.conftest import REPO, add_corpus, missing, require
-from tests.corpora.test_executor import fail_on_three, square
+from tests.corpora.test_executor import die_once, fail_on_three, square
 
 require("ray", "the Ray engine is the optional extra .[ray] (scripts/setup.sh installs it)")
 
@@ -29,15 +29,6 @@ def ray_engine():
 
 
 # ------------------------------------------------------------------------------------------- the executor
-def die_once(job: tuple[int, str]) -> int:
-    """Kills its worker process the first time it meets item 2 (a marker file remembers)."""
-    x, marker = job
-    if x == 2 and not os.path.exists(marker):
-        Path(marker).touch()
-        os._exit(1)
-    return x * x
-
-
 def node_of(x: int) -> str:
     """The Ray node that ran this item (benchmarks and the two-node check)."""
     import time

@@ -12,6 +12,8 @@ import json
 import logging
 import sys
 
+from corpora.executor import add_engine_args
+
 EXAMPLES = {
     "mix": "python -m train mix cc_hq --parts cc=0.67,hq=0.33 --tokens 20M --seed 0 --tokenizer demo_bpe",
     "tokenizer": "python -m train tokenizer demo_bpe --corpora cc,wiki --vocab 8192",
@@ -76,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-epochs", type=float, default=16.0,
                    help="refuse to repeat any part more often than this (default 16)")
     p.add_argument("--force", action="store_true", help="rebuild a mixture that exists with another config")
+    p.add_argument("--workers", type=int, default=0,
+                   help="tokenizing processes (default: one, whose tokenizer threads use every core; on Ray: "
+                        "the cluster's CPUs)")
+    add_engine_args(p)
 
     p = add("tokenizer", "Train a byte-level BPE tokenizer on store corpora and register it in the store.")
     p.add_argument("name", help="tokenizer name (then usable as --tokenizer NAME)")
@@ -180,7 +186,8 @@ def cmd_mix(args, store) -> int:
 
     cfg = MixtureConfig(name=args.name, parts=args.parts, tokens=args.tokens, seed=args.seed,
                         tokenizer=args.tokenizer, seq_len=args.seq_len, max_epochs=args.max_epochs)
-    rows = build_mixture(store, cfg, overwrite=args.force, progress=not args.quiet).to_dicts()
+    rows = build_mixture(store, cfg, overwrite=args.force, progress=not args.quiet, workers=args.workers,
+                         engine=args.engine, ray_address=args.ray_address).to_dicts()
     if args.json:
         _json(rows)
         return 0

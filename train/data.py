@@ -15,6 +15,12 @@ budget, a tokenizer, a sequence length and a seed. `build_mixture` turns it into
    unigram count tokenizes only documents not cached yet. When a part needs more tokens than its corpus
    has, the whole corpus is tokenized and further epochs follow, each a fresh seeded order (the repetition
    is logged as a warning and recorded in the `mixtures` table).
+   A budget that is small next to its corpus is drawn so that its I/O follows the budget, not the corpus
+   size (`_order_by_row_groups`): row groups in a seeded order, and in each the documents whose key is
+   below a fraction chosen so that the groups read hold ~GROUP_OVERSAMPLE times the text taken (and at
+   least MIN_ROW_GROUPS groups); the part's stream orders the taken documents by their key, so it is
+   shuffled across groups. Shares are exact either way; the chosen documents' length and source
+   distributions match the corpus's (tests/train/test_mixture_sampling.py).
 3. *interleave*: each drawn document gets a key (its position in its part's stream, as a fraction, plus
    seeded jitter) and all documents are ordered by key, so every part is spread evenly over the whole
    stream and epochs stay in order.
@@ -41,9 +47,12 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from corpora.store import CorpusInfo, ShardInfo, Store, StoreError, atomic_path
-from corpora.tokens import TokenCache, read_doc_list, seeded_keys, tokenizer_key  # noqa: F401 (re-export)
+from corpora.tokens import (TokenCache, doc_id_hashes, read_doc_list, seeded_keys,  # noqa: F401 (re-export)
+                            tokenizer_key)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +72,11 @@ PILOT_BYTES = 1 << 20  # text per shard of the corpus that the pilot measures by
 # of bytes per token is off by a few percent (measured: 3% on 400 documents).
 THRESHOLD_MARGIN = 1.06
 MIN_ROUND_SHARE = 0.05  # a further round asks for at least this share of the quota, so rounds stay few
+# Budget-proportional draws (`_order_by_row_groups`): a part reads row groups holding about this many times
+# the text it takes, and at least MIN_ROW_GROUPS of them, taking a seeded 1/GROUP_OVERSAMPLE (or less) of
+# each one's documents, so its documents come from many places in the corpus while its I/O follows its budget.
+GROUP_OVERSAMPLE = 4
+MIN_ROW_GROUPS = 16
 
 
 class MixtureError(StoreError, ValueError):
@@ -270,9 +284,109 @@ def _pilot_bytes_per_token(cache: TokenCache, shards: list[ShardInfo], corpus: s
     return (int(n_bytes.sum()) + len(rows)) / int(lengths.sum())
 
 
+@dataclasses.dataclass(frozen=True)
+class RowGroup:
+    shard: int  # index into the part's shards
+    index: int  # row group within the shard
+    start: int  # its first row in the shard
+    n_rows: int
+    n_bytes: float  # text bytes, estimated from the shard's mean document size (footer only, no data read)
+
+
+def _row_groups(shards: list[ShardInfo], seed: int, corpus: str) -> list[RowGroup]:
+    """Every row group of the shards, in a seeded order (a key per group from its shard's content hash
+    and its index, so the order does not depend on where the shard sits in the corpus); footers only."""
+    groups, names = [], []
+    for i, shard in enumerate(shards):
+        meta = pq.ParquetFile(shard.path).metadata
+        start, per_row = 0, shard.n_bytes / max(shard.n_docs, 1)
+        for g in range(meta.num_row_groups):
+            n = meta.row_group(g).num_rows
+            groups.append(RowGroup(i, g, start, n, n * per_row))
+            names.append(f"{shard.content_hash}/{g}")
+            start += n
+    keys = seeded_keys(doc_id_hashes(pa.array(names, pa.string())), seed, corpus, "row-groups")
+    return [groups[i] for i in np.argsort(keys, kind="stable")]
+
+
+def _group_docs(shard: ShardInfo, groups: list[RowGroup], seed: int, corpus: str, key_hi: int):
+    """(keys, rows, n_bytes) of the documents of one shard's `groups` whose epoch-0 key is below key_hi:
+    reads the doc_id and n_bytes columns of those row groups only."""
+    table = pq.ParquetFile(shard.path).read_row_groups([g.index for g in groups], columns=["doc_id", "n_bytes"])
+    rows = np.concatenate([np.arange(g.start, g.start + g.n_rows, dtype=np.int64) for g in groups])
+    keys = seeded_keys(doc_id_hashes(table.column("doc_id")), seed, corpus, 0)
+    sel = np.flatnonzero(keys < np.uint64(key_hi)) if key_hi < 1 << 64 else np.arange(len(keys))
+    n_bytes = table.column("n_bytes").to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    return keys[sel], rows[sel], n_bytes[sel]
+
+
+def _order_by_row_groups(cache: TokenCache, shards: list[ShardInfo], corpus: str, n_tokens: int, seed: int,
+                         progress: bool) -> PartOrder | None:
+    """Epoch 0 of a part whose budget is small next to its corpus, reading only what the budget needs.
+
+    Row groups are taken in a seeded order (`_row_groups`) and, within each, the documents whose epoch-0
+    key lies below a fraction `f` of the key range: `f` is set from the budget so that the groups read hold
+    GROUP_OVERSAMPLE times the text taken (at least MIN_ROW_GROUPS groups). Rounds add groups until the
+    documents cover n_tokens. The set taken is canonical: the documents in (group order, key order) up to
+    the quota, whatever the rounds were; the part's stream then orders them by their key alone, so a part's
+    documents, from many groups, are shuffled (no run of one row group in the stream). Returns None when
+    the corpus is too small for this (it would read more than half of it) or the groups run out: the
+    caller then orders every document (`order_part`)."""
+    n_docs = sum(s.n_docs for s in shards)
+    total_bytes = sum(s.n_bytes for s in shards) + n_docs
+    groups = _row_groups(shards, seed, corpus)
+    need_bytes = n_tokens * BYTES_PER_TOKEN_GUESS  # the most text the budget should need
+    read_bytes = max(GROUP_OVERSAMPLE * need_bytes, MIN_ROW_GROUPS * total_bytes / max(len(groups), 1))
+    if read_bytes > total_bytes / 2:
+        return None
+    fraction = need_bytes / read_bytes
+    key_hi = math.ceil(fraction * 2.0**64)
+    found, g, bytes_per_token = [], 0, BYTES_PER_TOKEN_GUESS
+    got_tokens = got_bytes = 0
+    while got_tokens < n_tokens:
+        if g >= len(groups):
+            return None
+        want_bytes = max(n_tokens - got_tokens, MIN_ROUND_SHARE * n_tokens) * bytes_per_token * THRESHOLD_MARGIN
+        first, expected = g, 0.0
+        while g < len(groups) and expected < want_bytes:
+            expected += groups[g].n_bytes * fraction
+            g += 1
+        by_shard: dict[int, list[tuple[int, RowGroup]]] = {}
+        for rank in range(first, g):
+            by_shard.setdefault(groups[rank].shard, []).append((rank, groups[rank]))
+        for i, ranked in sorted(by_shard.items()):
+            ranked.sort(key=lambda x: x[1].index)
+            keys, rows, n_bytes = _group_docs(shards[i], [r[1] for r in ranked], seed, corpus, key_hi)
+            starts = np.array([r[1].start for r in ranked])
+            ranks = np.array([r[0] for r in ranked])[np.searchsorted(starts, rows, side="right") - 1]
+            found.append([keys, np.full(len(rows), i, dtype=np.int64), rows, n_bytes, ranks])
+        new = found[len(found) - len(by_shard):]
+        cache.ensure([(shards[f[1][0]], f[2]) for f in new if len(f[2])], progress=progress,
+                     desc=f"tokenize {corpus}")
+        for f in new:
+            f.append(_lengths(cache, shards, f[1], f[2]))
+            got_tokens += int(f[5].sum())
+            got_bytes += int(f[3].sum()) + len(f[2])
+        if got_tokens:
+            bytes_per_token = got_bytes / got_tokens
+    keys, shard_idx, rows, _, ranks, lengths = (np.concatenate(x) for x in zip(*found))
+    canonical = np.lexsort((rows, shard_idx, keys, ranks))
+    n = int(np.searchsorted(np.cumsum(lengths[canonical]), n_tokens)) + 1
+    kept = canonical[:n]
+    kept = kept[np.lexsort((rows[kept], shard_idx[kept], keys[kept]))]
+    log.info("part %s: %d documents from %d of %d row groups (%.3f of each), %.2f bytes per token, %d tokenized "
+             "by this build", corpus, len(kept), g, len(groups), fraction, got_bytes / max(got_tokens, 1),
+             cache.n_docs_tokenized)
+    n_unique = got_tokens + round((total_bytes - got_bytes) * got_tokens / max(got_bytes, 1))
+    return PartOrder(shards, shard_idx[kept], rows[kept], lengths[kept], n_unique, False, False)
+
+
 def order_part(cache: TokenCache, shards: list[ShardInfo], corpus: str, n_tokens: int, seed: int,
                repeat: bool = True, max_epochs: float = math.inf, refuse=None, progress: bool = True) -> PartOrder:
     """The documents a part takes, in order, tokenizing only those (see the module docstring).
+
+    A budget that is small next to the corpus is drawn from a seeded choice of row groups
+    (`_order_by_row_groups`), so its I/O follows the budget; otherwise, as follows.
 
     Epoch 0 orders the corpus by a seeded key per document (from its doc_id) and takes documents until
     their tokens reach n_tokens. Only documents whose key falls below a threshold are tokenized; the
@@ -280,6 +394,9 @@ def order_part(cache: TokenCache, shards: list[ShardInfo], corpus: str, n_tokens
     measured bytes per token, until it covers n_tokens (or the whole corpus). When epoch 0 is the whole
     corpus and `repeat`, further epochs follow, each a fresh seeded order of every document, as many as
     needed; `refuse(epochs)` is called first when that is more than `max_epochs`."""
+    grouped = _order_by_row_groups(cache, shards, corpus, n_tokens, seed, progress)
+    if grouped is not None:
+        return grouped
     n_docs = sum(s.n_docs for s in shards)
     total_bytes = sum(s.n_bytes for s in shards) + n_docs  # + 1 per document for its end-of-text token
     bytes_per_token = _pilot_bytes_per_token(cache, shards, corpus, seed, n_tokens, total_bytes, progress)
@@ -398,8 +515,10 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
-def build_mixture(store: Store, cfg: MixtureConfig, overwrite: bool = False, progress: bool = True) -> pl.DataFrame:
-    """Materialise a mixture (see the module docstring); returns its `mixtures` table rows.
+def build_mixture(store: Store, cfg: MixtureConfig, overwrite: bool = False, progress: bool = True, *,
+                  workers: int = 0, engine: str | None = None, ray_address: str | None = None) -> pl.DataFrame:
+    """Materialise a mixture (see the module docstring); returns its `mixtures` table rows. workers, engine
+    and ray_address say where documents are tokenized (`TokenCache.ensure`); the array does not depend on them.
 
     Rebuilding an existing mixture with the same config on unchanged corpora returns its rows without
     work; a different config under an existing name needs `overwrite=True`."""
@@ -422,7 +541,7 @@ def build_mixture(store: Store, cfg: MixtureConfig, overwrite: bool = False, pro
                                "pass --force to rebuild it, or choose another name")
 
     # Each part: its documents in order, tokenizing only what it takes; then its quota's worth of them.
-    cache = TokenCache(store, tokenizer)
+    cache = TokenCache(store, tokenizer, workers=workers, engine=engine, ray_address=ray_address)
     draws = []
     for plan in plans:
         def refuse(epochs: float, plan=plan) -> None:

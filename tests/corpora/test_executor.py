@@ -115,3 +115,36 @@ def test_ctrl_c_stops_pool_without_worker_tracebacks(tmp_path):
 def sleepy(x: int) -> int:
     time.sleep(20)
     return x
+
+
+def die_once(job: tuple[int, str]) -> int:
+    """Kills its own worker (kill -9) the first time it meets item 2: a marker file remembers across workers
+    (the Ray engine's tests use it too)."""
+    x, marker = job
+    if x == 2 and not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x * x
+
+
+def die_always(x: int) -> int:
+    if x == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def test_a_killed_worker_is_replaced_and_its_item_retried(tmp_path, caplog):
+    marker = str(tmp_path / "died")
+    with LocalExecutor(2) as ex:
+        got = dict(ex.map(die_once, [(x, marker) for x in range(5)]))
+    assert os.path.exists(marker)  # the worker did die
+    assert got == {x: x * x for x in range(5)}
+    assert "a local worker died; retrying" in caplog.text
+
+
+def test_a_worker_that_dies_every_time_fails_after_bounded_retries(monkeypatch):
+    import corpora.executor
+
+    monkeypatch.setattr(corpora.executor, "LOCAL_MAX_RETRIES", 1)  # one retry: two pools, not four
+    with pytest.raises(EngineError, match="died running item 1 .* 2 times .*gave up after 1 retries"):
+        dict(LocalExecutor(2).map(die_always, range(2)))
