@@ -321,13 +321,15 @@ def parse_sweep(doc: dict, where: str = "<grid>") -> Sweep:
     if not isinstance(anneal_points, list) or not all(isinstance(m, str) for m in anneal_points):
         raise SweepError(f"{where}: anneal_points must be a list of mixture names")
     val_corpora = doc.get("val_corpora")
-    runs = []
+    runs, seen = [], set()
     for m, p, t, lr, s, f in itertools.product(
             _as_list(grid["mixtures"], f"{where}: grid.mixtures"), _as_list(grid["models"], f"{where}: grid.models"),
             tokens, _as_list(grid.get("lr", [None]), f"{where}: grid.lr"),
             _as_list(grid.get("seed", [0]), f"{where}: grid.seed"), anneal):
-        if f and m == anneal_from:
-            continue   # a cooldown on the trunk's own mixture is the static run
+        f = 0.0 if m == anneal_from else f   # a cooldown on the trunk's own mixture is the static run
+        if (m, p, t, lr, s, f) in seen:
+            continue
+        seen.add((m, p, t, lr, s, f))
         run_options = {**options, "phases": anneal_phases(anneal_from, m, f)} if f else options
         runs.append(RunSpec(mixture=m, model=p, tokens=t, lr=lr, seed=int(s), options=run_options,
                             val_tokens=val_tokens, val_corpora=list(val_corpora) if val_corpora is not None else None,
