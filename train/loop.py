@@ -346,6 +346,7 @@ def check_config(saved: dict, cfg: RunConfig, path, branch: bool = False,
     A branch gives `upto` = (branch step, tokens per step, sequences per step): its schedule must read the
     trunk's data in the steps before the branch point (same mixtures, same stream positions)."""
     free = _BRANCH_CHANGES if branch else _RESUMABLE_CHANGES
+    saved = {"phases": [], **saved}   # checkpoints from before phase schedules: static runs
     changed = []
     if branch and upto is not None:
         step, tokens_per_step, seqs_per_step = upto
@@ -661,6 +662,9 @@ def build_parser() -> argparse.ArgumentParser:
         if f.name == "branch_tokens":   # a list of counts, kept as text
             p.add_argument(flag, default=f.default, help=f"RunConfig.{f.name} (comma-separated budgets)")
             continue
+        if f.name == "phases":   # mixture:until pairs, parsed by RunConfig
+            p.add_argument(flag, default="", help="RunConfig.phases, e.g. cc:0.8,cc67_hq33:1 (default: none)")
+            continue
         help_text = f"RunConfig.{f.name} (default: {f.default})"
         if f.type in (bool, "bool"):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
@@ -694,9 +698,11 @@ def main(argv: list[str] | None = None) -> int:
         if rank != 0:
             dist.barrier()
         data = open_mixture(store, cfg.mixture, val_names, args.val_tokens, progress=rank == 0)
+        phase_data = {m: open_mixture(store, m, val_names, args.val_tokens, progress=False).train
+                      for m in phasing.phase_mixtures(cfg.phases, cfg.mixture) if m != cfg.mixture}
         if rank == 0 and dist_info()[1] > 1:
             dist.barrier()
-        row = train_run(store, cfg, data.train, data.val_sets, data.tokenizer, data.vocab_size)
+        row = train_run(store, cfg, data.train, data.val_sets, data.tokenizer, data.vocab_size, phase_data)
         if dist.is_initialized():
             # Free the sharded model (FSDP2 keeps it in reference cycles) while the group is alive, and let
             # every rank finish before any tears the group down: a rank that left early once aborted in

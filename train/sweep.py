@@ -178,7 +178,8 @@ def make_run_id(store: Store, spec: RunSpec) -> str:
     cfg = dataclasses.asdict(_run_config_class()(**_config_values(spec)))
     fingerprint = _mixture_fingerprint(store, spec.mixture) if not cfg["phases"] else \
         {m: _mixture_fingerprint(store, m) for m in phase_mixtures(cfg["phases"], cfg["mixture"])}
-    key = {"config": {k: v for k, v in cfg.items() if k not in _not_in_run_id()},
+    # a static run leaves `phases` out, so its id is the one it had before phase schedules existed
+    key = {"config": {k: v for k, v in cfg.items() if k not in _not_in_run_id() and (k != "phases" or v)},
            "mixture_fingerprint": fingerprint,
            "val_tokens": spec.val_tokens, "val_corpora": spec.val_corpora}
     digest = hashlib.blake2b(json.dumps(key, sort_keys=True, default=str).encode(), digest_size=4).hexdigest()

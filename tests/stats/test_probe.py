@@ -35,7 +35,8 @@ def test_probe_ranks_candidates_links_rows_to_trunks_and_reuses_runs(probe_store
     cfg = ProbeConfig(trunk="cc", candidates=["hq", "qa"], share=0.3, cooldown=0.25, seeds=[0, 1],
                       tokens=STEPS * BATCH * SEQ_LEN, mixture_tokens="8k", tokenizer="lee512", seq_len=SEQ_LEN,
                       val_tokens=512, options={"batch_size": BATCH, "eval_tokens": 256, "num_threads": 1,
-                                               "log_every_steps": 4})
+                                               "log_every_steps": 4,
+                                               "eval_every_tokens": STEPS // 2 * BATCH * SEQ_LEN})
     probes, decisions = run_probe(probe_store, cfg, progress=False)
     runs = probe_store.read_result("runs").unique("run_id", keep="last")
     by_id = {r["run_id"]: r for r in runs.iter_rows(named=True)}

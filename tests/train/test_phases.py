@@ -156,3 +156,30 @@ def test_phases_in_a_run_config_keep_the_mixture_the_last_phases():
     assert c.mixture == "anneal" and dataclasses.asdict(c)["phases"][1]["until"] == 1.0
     with pytest.raises(ValueError, match="not the last phase"):
         RunConfig(mixture="web", phases="web:0.8,anneal:1")
+
+
+def test_sweep_grid_varies_the_schedule_and_anneals_off_one_trunk(phase_store):
+    from reports.section_schedules import section_schedules, static_vs_annealed
+    from train.sweep import SweepError, parse_sweep, run_sweep
+
+    doc = {"name": "sched", "schedule": "wsd-branches", "anneal_from": "web", "val_corpora": ["val"],
+           "val_tokens": 1024, "grid": {"mixtures": ["web", "anneal"], "models": ["debugmodel"],
+                                        "tokens": [N_STEPS * STEP], "anneal": [0.0, 0.2]},
+           "run": {"batch_size": BATCH, "eval_tokens": 512, "num_threads": 1, "eval_every_tokens": 10 * STEP}}
+    sweep = parse_sweep(doc)
+    assert [(r.mixture, bool(r.options.get("phases"))) for r in sweep.runs] == \
+        [("web", False), ("anneal", False), ("anneal", True)]          # no cooldown of web on web
+    results = run_sweep(phase_store, sweep, progress=False)
+    assert [r["action"] for r in results] == ["started", "branched", "started"]   # trunk, its cooldown, static
+    trunk, branch = results[0], results[1]
+    assert branch["trunk_run"] == trunk["run_id"] and branch["branch_step"] == 16
+    assert branch["mixture"] == "web:0.8,anneal:1" and branch["tokens_seen"] == trunk["tokens_seen"]
+    sva = static_vs_annealed(phase_store)
+    assert sva.height == 1 and sva["n_pairs"][0] == 1 and sva["verdict"][0] == "inconclusive (within noise)"
+    section = section_schedules(phase_store)
+    assert section.empty is None and len(section.tables) == 2
+    for grid, match in (({"anneal": [1.0]}, "cooldown fractions in"), ({"anneal": ["x"]}, "cooldown fractions")):
+        with pytest.raises(SweepError, match=match):
+            parse_sweep({**doc, "grid": {**doc["grid"], **grid}})
+    with pytest.raises(SweepError, match="needs anneal_from"):
+        parse_sweep({k: v for k, v in doc.items() if k != "anneal_from"})
