@@ -293,7 +293,8 @@ def step_report(store: Store, study: StudyConfig, progress: bool) -> dict:
 
 STEPS = (("demo store", step_demo), ("generate", step_generate), ("generation rounds", step_rounds),
          ("unigram", step_unigram), ("near-duplicates", step_dedup), ("tokenizer", step_tokenizer),
-         ("mixtures + sweep", step_sweep), ("anneal probe", step_probe), ("scaling fits", step_scaling), ("evidence", step_evidence),
+         ("mixtures + sweep", step_sweep), ("anneal probe", step_probe), ("scaling fits", step_scaling),
+         ("evidence", step_evidence),
          ("report", step_report))
 
 

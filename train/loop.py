@@ -567,7 +567,8 @@ def train_run(store: Store, cfg: RunConfig, train_tokens: np.ndarray, val_sets: 
             span = phasing.span_at(plan, step)
             tokens = streams[span.mixture]
             for micro in range(cfg.grad_accum):
-                start = span.position(progress["sequences_seen"], seqs_per_step) + (micro * world + rank) * cfg.batch_size
+                start = (span.position(progress["sequences_seen"], seqs_per_step)
+                         + (micro * world + rank) * cfg.batch_size)
                 x, y = get_batch(tokens, sequence_indices(start, cfg.batch_size, len(tokens), cfg.seed), device)
                 # DDP all-reduces gradients only on the last micro-batch of a step.
                 last = micro == cfg.grad_accum - 1

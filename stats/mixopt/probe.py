@@ -322,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     from corpora.exits import run_command
 
     parser = argparse.ArgumentParser(prog="python -m stats.mixopt probe", description=__doc__.splitlines()[0],
-                                     epilog=f"example:\n  {EXAMPLE}", formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     epilog=f"example:\n  {EXAMPLE}",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(parser)
     args = parser.parse_args(argv)
     return run_command("python -m stats.mixopt probe", lambda: run(args))

@@ -106,7 +106,8 @@ def test_two_phase_run_resumes_exactly_and_counts_tokens_per_phase(phase_store, 
         assert same_weights(phase_store, "two", "two", other)
 
     phases = json.loads(phase_store.read_result("runs", "two")["phase_tokens"][-1])
-    assert [(p["mixture"], p["steps"], p["tokens"]) for p in phases] == [("web", 16, 16 * STEP), ("anneal", 4, 4 * STEP)]
+    assert [(p["mixture"], p["steps"], p["tokens"]) for p in phases] == \
+        [("web", 16, 16 * STEP), ("anneal", 4, 4 * STEP)]
     # phase 2 reads the anneal stream exactly once: its sources are the configured shares of the stream
     assert phases[1]["sources"] == dict(zip(["cc", "hq"], allocate_tokens([0.6, 0.4], ANNEAL_ROWS * (SEQ_LEN + 1))))
     assert phases[0]["sources"] == {"cc": 16 * BATCH * (SEQ_LEN + 1)}
