@@ -33,7 +33,7 @@ def probe_store(tmp_path_factory, lee_texts):
 
 def test_probe_ranks_candidates_links_rows_to_trunks_and_reuses_runs(probe_store):
     options = {"batch_size": BATCH, "eval_tokens": 256, "num_threads": 1, "log_every_steps": 4,
-               "eval_every_tokens": STEPS // 2 * BATCH * SEQ_LEN}
+               "eval_every_tokens": STEPS // 2 * BATCH * SEQ_LEN, "checkpoint_every_tokens": 1 << 30}
     cfg = ProbeConfig(trunk="cc", candidates=["hq", "qa"], share=0.3, cooldown=0.25, seeds=[0, 1],
                       tokens=STEPS * BATCH * SEQ_LEN, mixture_tokens="8k", tokenizer="lee512", seq_len=SEQ_LEN,
                       val_tokens=512, val_corpora=["val"], options=options)
