@@ -40,6 +40,12 @@ COLUMNS: dict[str, tuple[str, ...]] = {
                   "n_agree", "accuracy", "n_flip", "flip_share"),
     "learning_check": ("sweep", "run_id", "mixture", "model", "tokens", "seed", "domain", "loss", "unigram_loss",
                        "uniform_loss", "below_unigram", "alpha"),
+    # stats.mixopt.probe
+    "probes": ("probe", "domain", "trunk_run", "trunk_mixture", "candidate", "mixture", "share", "cooldown", "seed",
+               "model", "tokens", "run_id", "branch_step", "probe_loss", "reference_loss", "delta", "full_run",
+               "full_loss", "probe_rank", "full_rank"),
+    "probe_decisions": ("probe", "domain", "model", "tokens", "seed", "n_pairs", "n_agree", "accuracy", "n_flip",
+                        "flip_share"),
     "collapse_rounds": ("corpus", "synthetic_type", "round", "root_corpus", "tokenizer", "budget_tokens",
                         "types_at_budget", "entropy_at_budget_nats", "test", "kl_nats", "n_docs",
                         "root_jaccard_mean", "root_near_dup_share"),

@@ -24,6 +24,7 @@ import polars as pl
 from corpora.results import COLUMNS, CREATED_AT
 from corpora.store import Store, atomic_path
 from reports import figures
+from reports.section_schedules import section_schedules
 from stats import evidence
 
 log = logging.getLogger(__name__)
@@ -669,7 +670,7 @@ def findings(store: Store, n_boot: int = 2000, seed: int = 0) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------- build
 SECTIONS = (section_inventory, section_unigram, section_dedup, section_training, section_learning, section_scaling,
-            section_speedups, section_ratios, section_decisions, section_collapse)
+            section_speedups, section_ratios, section_decisions, section_collapse, section_schedules)
 
 
 def build_sections(store: Store) -> list[Section]:

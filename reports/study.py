@@ -44,6 +44,12 @@ class StudyConfig:
     sweep: dict = dataclasses.field(default_factory=dict)  # [grid] models/tokens, [run] options
     scaling: dict = dataclasses.field(default_factory=dict)  # stats.scaling.ScalingConfig fields
     evidence: dict = dataclasses.field(default_factory=dict)  # stats.evidence.EvidenceConfig fields (all optional)
+    probe: dict = dataclasses.field(default_factory=dict)  # an anneal probe after the sweep (PROBE_KEYS; {}: none)
+
+
+# [probe]: key -> accepted types; every key is optional (defaults: `probe_config`)
+PROBE_KEYS = {"trunk": (str,), "candidates": (list,), "share": (float, int), "cooldown": (float, int),
+              "seeds": (list,), "model": (str,), "tokens": (str, int)}
 
 
 def load_study(path: str | Path | None) -> StudyConfig:
@@ -337,7 +343,36 @@ def sweep_document(study: StudyConfig) -> dict:
         doc["run"] = dict(study.sweep["run"])
     if "val_tokens" in study.sweep:
         doc["val_tokens"] = study.sweep["val_tokens"]
+    probe = probe_config(study)
+    if probe is not None:   # its trunks keep the checkpoint its cooldown branches start from
+        doc["anneal_points"] = [probe.trunk]
     return doc
+
+
+def probe_config(study: StudyConfig):
+    """The [probe] section as a stats.mixopt.probe.ProbeConfig whose runs are the sweep's where they can be:
+    trunk = the baseline mixture, candidates = the synthetic types, budget = the largest, the sweep's seeds,
+    first model, lr and [run] options; None without a [probe] section."""
+    if not study.probe:
+        return None
+    for key, value in study.probe.items():
+        if key not in PROBE_KEYS:
+            raise ValueError(f"study {study.name}: unknown key {key!r} in [probe]; known: {', '.join(PROBE_KEYS)}")
+        if isinstance(value, bool) or not isinstance(value, PROBE_KEYS[key]):
+            raise ValueError(f"study {study.name}: [probe] {key} = {value!r} should be "
+                             f"{' or '.join(t.__name__ for t in PROBE_KEYS[key])}")
+    from stats.mixopt.probe import ProbeConfig
+
+    grid, p = study.sweep.get("grid", {}), study.probe
+    return ProbeConfig(
+        trunk=p.get("trunk", mixture_name(None, 0)), candidates=list(p.get("candidates", study.types)),
+        share=float(p.get("share", 0.33)), cooldown=float(p.get("cooldown", 0.2)),
+        seeds=[int(x) for x in p.get("seeds", grid.get("seed", [0]))],
+        model=p.get("model", grid.get("models", ["debugmodel"])[0]),
+        tokens=_count(p.get("tokens", max(_count(t) for t in grid.get("tokens", ["50k", "100k"])))),
+        lr=grid.get("lr", [None])[0], options=dict(study.sweep.get("run", {})),
+        val_tokens=_count(study.sweep.get("val_tokens", 200_000)), val_corpora=list(study.tests),
+        name=f"{study.name}_probe")
 
 
 def _count(value) -> int:
@@ -353,6 +388,22 @@ def step_sweep(store: Store, study: StudyConfig, progress: bool) -> dict:
     status = [r.get("status") for r in results]
     return {"runs": len(results), "done": status.count("done"), "skipped": status.count("skipped"),
             "failed": status.count("failed")}
+
+
+def step_probe(store: Store, study: StudyConfig, progress: bool) -> dict:
+    """An anneal probe over the study's synthetic types: cooldown branches off the sweep's baseline trunks,
+    ranked against the sweep's full runs on the same mixtures (docs/schedules.md)."""
+    from stats.mixopt.probe import ranking, run_probe
+
+    cfg = probe_config(study)
+    if cfg is None:
+        return {"probe": None}
+    probes, decisions = run_probe(store, cfg, progress=progress)
+    r = ranking(probes)
+    mean = decisions.filter((decisions["seed"] == "mean") & (decisions["domain"] == r["domain"])) \
+        if decisions.height else decisions
+    return {"probe": cfg.name, "domain": r.get("domain"), "probe_ranking": r.get("probe"),
+            "full_ranking": r.get("full"), "accuracy": mean["accuracy"][0] if mean.height else None}
 
 
 def step_scaling(store: Store, study: StudyConfig, progress: bool) -> dict:
@@ -385,7 +436,8 @@ def step_report(store: Store, study: StudyConfig, progress: bool) -> dict:
 
 STEPS = (("demo store", step_demo), ("generate", step_generate), ("generation rounds", step_rounds),
          ("unigram", step_unigram), ("near-duplicates", step_dedup), ("tokenizer", step_tokenizer),
-         ("mixtures + sweep", step_sweep), ("scaling fits", step_scaling), ("evidence", step_evidence),
+         ("mixtures + sweep", step_sweep), ("anneal probe", step_probe), ("scaling fits", step_scaling),
+         ("evidence", step_evidence),
          ("report", step_report))
 
 

@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vocabulary size for the total parameter count (default 8192)")
 
     p = add("run", "Train one model on a mixture; validates on every test-role corpus.")
-    p.add_argument("--mixture", required=True, help="a mixture built with `python -m train mix`")
+    p.add_argument("--mixture", help="a mixture built with `python -m train mix` (with --phases: optional, the "
+                                     "last phase's)")
     p.add_argument("--model", required=True, help="model preset (see `python -m train presets`)")
     p.add_argument("--tokens", type=_count, required=True, help="training token budget, e.g. 5M")
     p.add_argument("--lr", "--lr-peak", dest="lr", type=float, default=None,
@@ -135,6 +136,8 @@ _RUN_HELP = {
     "weights_dtype": "dtype of the finished run's model.safetensors: fp32 or bf16",
     "branch_from": "wsd: start from this run's stable-phase checkpoint at this run's decay start",
     "branch_tokens": "wsd: smaller budgets (e.g. 64k,128k) that will branch off this run",
+    "phases": "a phase schedule, mixture:until pairs, e.g. cc:0.8,cc67_hq33:1 (the data switches to cc67_hq33 "
+              "for the last 20%% of the steps; docs/schedules.md)",
 }
 
 
@@ -236,12 +239,19 @@ def cmd_presets(args, store) -> int:
 
 
 def cmd_run(args, store) -> int:
-    from train.sweep import RunSpec, execute_run
+    from train.phases import parse_phases
+    from train.sweep import RunSpec, SweepError, execute_run
 
-    spec = RunSpec(mixture=args.mixture, model=args.model, tokens=args.tokens, lr=args.lr, seed=args.seed,
+    mixture = args.mixture
+    if getattr(args, "phases", None):
+        phases = parse_phases(args.phases)   # PhaseError: one line, exit 2
+        mixture = mixture or phases[-1]["mixture"]
+    if not mixture:
+        raise SweepError("give --mixture NAME (or a schedule with --phases cc:0.8,cc67_hq33:1)")
+    spec = RunSpec(mixture=mixture, model=args.model, tokens=args.tokens, lr=args.lr, seed=args.seed,
                    options=_run_options(args), val_tokens=args.val_tokens, val_corpora=args.val_corpora)
     _check_one_step(store, spec)
-    with store.writer(f"python -m train run --mixture {args.mixture} --model {args.model}"):
+    with store.writer(f"python -m train run --mixture {mixture} --model {args.model}"):
         result = execute_run(store, spec, progress=not args.quiet)
     if args.json:
         _json(result)

@@ -45,7 +45,9 @@ import torch.distributed as dist
 from torch import nn
 
 from corpora.store import Store, StoreError, atomic_path
+from train import phases as phasing
 from train.model import Transformer, build_model_config, dtype_name, resolve_dtype
+from train.phases import parse_phases
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,10 @@ class RunConfig:
     weights_dtype: str = "fp32"             # dtype of the finished run's model.safetensors: 'fp32' or 'bf16'
     branch_from: str | None = None          # wsd: start from this run's stable-phase checkpoint at our decay start
     branch_tokens: str = ""                 # wsd: smaller budgets ("64k,128k") branching off this run: keep a
-                                            # stable-phase checkpoint at each one's decay start
+                                            # stable-phase checkpoint at each one's decay start (its own
+                                            # budget too: the anneal point of cooldowns on other mixtures)
+    phases: list = dataclasses.field(default_factory=list)  # [{until, mixture}, ...]: the data changes at
+                                            # phase boundaries (train.phases); mixture: the last phase's
 
     def __post_init__(self):
         if self.schedule not in ("cosine", "wsd"):
@@ -100,6 +105,12 @@ class RunConfig:
                              "warmup_steps, the same for the trunk and its branches")
         if min(self.tokens, self.batch_size, self.grad_accum) < 1:
             raise ValueError("tokens, batch_size and grad_accum must be positive")
+        self.phases = parse_phases(self.phases)
+        if self.phases:
+            if self.mixture and self.mixture != self.phases[-1]["mixture"]:
+                raise ValueError(f"mixture {self.mixture!r} is not the last phase's ({self.phases[-1]['mixture']!r});"
+                                 " with phases, leave mixture out or name the last phase's mixture")
+            self.mixture = self.phases[-1]["mixture"]
         if not self.run_id:
             self.run_id = f"{self.mixture}.{self.model}.{self.tokens}.s{self.seed}"
 
@@ -110,8 +121,10 @@ class RunConfig:
 _RESUMABLE_CHANGES = {"stop_after_steps", "compile", "device", "num_threads", "progress", "log_every_steps",
                       "checkpoint_every_tokens", "sweep", "keep_optimizer", "weights_dtype", "branch_from",
                       "branch_tokens"}
-# Fields in which a branch differs from its trunk (all others must match for the branch to be exact).
-_BRANCH_CHANGES = _RESUMABLE_CHANGES | {"run_id", "tokens"}
+# Fields in which a branch differs from its trunk (all others must match for the branch to be exact); its
+# mixture and phases may differ too when the data of the steps before the branch point is the same
+# (`check_config` compares what the two schedules read up to there).
+_BRANCH_CHANGES = _RESUMABLE_CHANGES | {"run_id", "tokens", "mixture", "phases"}
 
 
 def get_lr(step: int, cfg: RunConfig, n_steps: int) -> float:
@@ -346,14 +359,26 @@ def load_final_weights(store: Store, run_id: str) -> Transformer:
     return model.eval()
 
 
-def check_config(saved: dict, cfg: RunConfig, path, branch: bool = False) -> None:
-    """Refuse to resume (or branch from) a checkpoint made with a config that computes something else."""
+def check_config(saved: dict, cfg: RunConfig, path, branch: bool = False,
+                 upto: tuple[int, int, int] | None = None) -> None:
+    """Refuse to resume (or branch from) a checkpoint made with a config that computes something else.
+    A branch gives `upto` = (branch step, tokens per step, sequences per step): its schedule must read the
+    trunk's data in the steps before the branch point (same mixtures, same stream positions)."""
     free = _BRANCH_CHANGES if branch else _RESUMABLE_CHANGES
+    saved = {"phases": [], **saved}   # checkpoints from before phase schedules: static runs
+    changed = []
+    if branch and upto is not None:
+        step, tokens_per_step, seqs_per_step = upto
+        theirs, ours = (phasing.prefix(phasing.spans(c.get("phases") or [], c.get("mixture"),
+                                                     c["tokens"] // tokens_per_step, seqs_per_step), step)
+                        for c in (saved, dataclasses.asdict(cfg)))
+        if theirs != ours:
+            changed.append("data before the branch point")
     saved = {k: v for k, v in saved.items() if k not in free}
     now = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in free}
-    changed = sorted(k for k in now if saved.get(k) != now[k])
+    changed += sorted(k for k in now if saved.get(k) != now[k])
     if changed:
-        diff = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
+        diff = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" if k in now else k for k in changed)
         if branch:
             raise StoreError(f"run {cfg.run_id!r} cannot branch from {path}: the trunk ran with another config "
                              f"({diff}); give the branch the trunk's options")
@@ -361,11 +386,12 @@ def check_config(saved: dict, cfg: RunConfig, path, branch: bool = False) -> Non
                          "use a new run_id, or delete that directory to start over")
 
 
-def load_checkpoint(path, model, optimizer, cfg: RunConfig, branch: bool = False) -> dict:
-    """Restore model, optimizer and RNG states; returns the checkpoint's progress fields. `branch`: the
-    checkpoint is a wsd trunk's stable-phase state, whose config may differ only in budget and run id."""
+def load_checkpoint(path, model, optimizer, cfg: RunConfig, branch: tuple[int, int, int] | None = None) -> dict:
+    """Restore model, optimizer and RNG states; returns the checkpoint's progress fields. `branch` (branch
+    step, tokens per step, sequences per step): the checkpoint is a wsd trunk's stable-phase state, whose
+    config may differ only in budget, run id and the data after the branch point."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    check_config(ckpt["config"], cfg, path, branch)
+    check_config(ckpt["config"], cfg, path, branch is not None, branch)
     if cfg.fsdp and dist_info()[1] > 1:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
@@ -399,20 +425,30 @@ def _write_metrics(store: Store, run_id: str, rows: list[dict]) -> None:
 def _write_run(store: Store, row: dict) -> None:
     store.put_result("runs", row["run_id"], pl.DataFrame([row], schema_overrides={
         "sweep": pl.Utf8, "final_train_loss": pl.Float64, "error": pl.Utf8, "finished_at": pl.Datetime("us", "UTC"),
-        "started_at": pl.Datetime("us", "UTC")}))
+        "started_at": pl.Datetime("us", "UTC"), "phases": pl.Utf8, "trunk_run": pl.Utf8, "branch_step": pl.Int64,
+        "phase_tokens": pl.Utf8}))
 
 
 # ------------------------------------------------------------------------------------------ training
 def train_run(store: Store, cfg: RunConfig, train_tokens: np.ndarray, val_sets: dict[str, np.ndarray],
-              tokenizer_name: str, vocab_size: int) -> dict:
+              tokenizer_name: str, vocab_size: int, phase_data: dict[str, np.ndarray] | None = None) -> dict:
     """Train (or resume, or return a finished) run; returns its `runs` row as a dict.
 
     `train_tokens` is the mixture's (n_sequences, seq_len + 1) stream, `val_sets` maps validation corpus
-    names to streams of the same width. Under torchrun every rank calls this with the same arguments.
+    names to streams of the same width. A run with phases also gets `phase_data`: every phase mixture's
+    stream by name (the same tokenizer and width; the validation sets serve every phase). Under torchrun
+    every rank calls this with the same arguments.
     """
     rank, world = dist_info()
-    if train_tokens.ndim != 2 or train_tokens.shape[1] < 2:
-        raise ValueError(f"train_tokens must be (n_sequences, seq_len + 1), got shape {train_tokens.shape}")
+    streams = {cfg.mixture: train_tokens, **(phase_data or {})}
+    missing = [m for m in phasing.phase_mixtures(cfg.phases, cfg.mixture) if m not in streams]
+    if missing:
+        raise ValueError(f"run {cfg.run_id!r}: no token stream for phase mixture(s) {', '.join(missing)}")
+    for name, stream in streams.items():
+        if stream.ndim != 2 or stream.shape[1] != train_tokens.shape[1] or stream.shape[1] < 2:
+            raise ValueError(f"the token stream of mixture {name!r} has shape {stream.shape}; every phase's must "
+                             f"be (n_sequences, seq_len + 1) with the width of {cfg.mixture!r}'s "
+                             f"{train_tokens.shape[1]} (build the mixtures with one tokenizer and seq_len)")
     seq_len = train_tokens.shape[1] - 1
     if cfg.seq_len is not None and cfg.seq_len != seq_len:
         raise ValueError(f"run asks for seq_len={cfg.seq_len} but mixture {cfg.mixture!r} has {seq_len}; "
@@ -440,6 +476,7 @@ def train_run(store: Store, cfg: RunConfig, train_tokens: np.ndarray, val_sets: 
     eval_every = cfg.eval_every_tokens or max(tokens_per_step, n_steps * tokens_per_step // 10)
     ckpt_every = cfg.checkpoint_every_tokens or eval_every
     seqs_per_step = cfg.batch_size * cfg.grad_accum * world
+    plan = phasing.spans(cfg.phases, cfg.mixture, n_steps, seqs_per_step)   # a static run: one span
 
     torch.manual_seed(cfg.seed)   # identical initialisation on every rank
     model = Transformer(model_cfg).to(device)
@@ -465,7 +502,7 @@ def train_run(store: Store, cfg: RunConfig, train_tokens: np.ndarray, val_sets: 
     branch_points = set()
     for budget in filter(None, cfg.branch_tokens.split(",")):
         n_branch = parse_count(budget) // tokens_per_step
-        if 1 <= n_branch < n_steps:
+        if 1 <= n_branch <= n_steps:
             branch_points.add(wsd_decay_start(cfg, n_branch))
     if path.exists():
         progress = load_checkpoint(path, model, optimizer, cfg)
@@ -480,7 +517,7 @@ def train_run(store: Store, cfg: RunConfig, train_tokens: np.ndarray, val_sets: 
             raise StoreError(f"run {cfg.run_id!r} branches from run {cfg.branch_from!r} at step {start}, but "
                              f"{source} does not exist; train that run first with branch_tokens including "
                              f"{cfg.tokens}, or drop branch_from to train this run from scratch")
-        progress = load_checkpoint(source, model, optimizer, cfg, branch=True)
+        progress = load_checkpoint(source, model, optimizer, cfg, branch=(start, tokens_per_step, seqs_per_step))
         # the branch's own cost is its cooldown: the shared stable phase was paid by the trunk
         progress.update(elapsed_s=0.0, train_s=0.0, tokens_trained=0)
         trunk = store.read_result("run_metrics", cfg.branch_from)
@@ -497,7 +534,15 @@ def train_run(store: Store, cfg: RunConfig, train_tokens: np.ndarray, val_sets: 
         "dtype": compute_dtype,
         "config": json.dumps(dataclasses.asdict(cfg), sort_keys=True),
         "model_config": json.dumps(model_cfg.to_dict(), sort_keys=True), "started_at": started_at,
+        # lineage: the schedule (a phased run's mixture is its label, e.g. "cc:0.8,cc67_hq33:1") and, for
+        # a branch, the trunk and the step it starts from
+        "phases": json.dumps(cfg.phases) if cfg.phases else None,
+        "trunk_run": cfg.branch_from, "branch_step": wsd_decay_start(cfg, n_steps) if cfg.branch_from else None,
     }
+    if cfg.phases:
+        base["mixture"] = phasing.format_phases(cfg.phases)
+    sources = {m: phasing.load_row_sources(store, m, streams[m]) for m in {s.mixture for s in plan}} \
+        if rank == 0 else {}
 
     def run_row(status: str, error: str | None = None) -> dict:
         train_losses = [m["loss"] for m in metrics if m["split"] == "train"]
@@ -510,6 +555,8 @@ def train_run(store: Store, cfg: RunConfig, train_tokens: np.ndarray, val_sets: 
                 "final_train_loss": train_losses[-1] if train_losses else None,
                 "final_val_loss": json.dumps(last_val, sort_keys=True),
                 "elapsed_s": progress["elapsed_s"],
+                "phase_tokens": json.dumps(phasing.phase_tokens(plan, progress["step"], seqs_per_step, seq_len,
+                                                                cfg.seed, sources)),
                 "tokens_per_s": progress["tokens_trained"] / progress["train_s"] if progress["train_s"] else None,
                 "error": error, "finished_at": _now() if status != "running" else None}
 
@@ -536,10 +583,12 @@ def train_run(store: Store, cfg: RunConfig, train_tokens: np.ndarray, val_sets: 
             lr = get_lr(step, cfg, n_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            span = phasing.span_at(plan, step)
+            tokens = streams[span.mixture]
             for micro in range(cfg.grad_accum):
-                start = progress["sequences_seen"] + (micro * world + rank) * cfg.batch_size
-                x, y = get_batch(train_tokens, sequence_indices(start, cfg.batch_size, len(train_tokens), cfg.seed),
-                                 device)
+                start = (span.position(progress["sequences_seen"], seqs_per_step)
+                         + (micro * world + rank) * cfg.batch_size)
+                x, y = get_batch(tokens, sequence_indices(start, cfg.batch_size, len(tokens), cfg.seed), device)
                 # DDP all-reduces gradients only on the last micro-batch of a step.
                 last = micro == cfg.grad_accum - 1
                 sync = train_model.no_sync() if (world > 1 and not last and hasattr(train_model, "no_sync")) \
@@ -634,6 +683,9 @@ def build_parser() -> argparse.ArgumentParser:
         if f.name == "branch_tokens":   # a list of counts, kept as text
             p.add_argument(flag, default=f.default, help=f"RunConfig.{f.name} (comma-separated budgets)")
             continue
+        if f.name == "phases":   # mixture:until pairs, parsed by RunConfig
+            p.add_argument(flag, default="", help="RunConfig.phases, e.g. cc:0.8,cc67_hq33:1 (default: none)")
+            continue
         help_text = f"RunConfig.{f.name} (default: {f.default})"
         if f.type in (bool, "bool"):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
@@ -667,9 +719,11 @@ def main(argv: list[str] | None = None) -> int:
         if rank != 0:
             dist.barrier()
         data = open_mixture(store, cfg.mixture, val_names, args.val_tokens, progress=rank == 0)
+        phase_data = {m: open_mixture(store, m, val_names, args.val_tokens, progress=False).train
+                      for m in phasing.phase_mixtures(cfg.phases, cfg.mixture) if m != cfg.mixture}
         if rank == 0 and dist_info()[1] > 1:
             dist.barrier()
-        row = train_run(store, cfg, data.train, data.val_sets, data.tokenizer, data.vocab_size)
+        row = train_run(store, cfg, data.train, data.val_sets, data.tokenizer, data.vocab_size, phase_data)
         if dist.is_initialized():
             # Free the sharded model (FSDP2 keeps it in reference cycles) while the group is alive, and let
             # every rank finish before any tears the group down: a rank that left early once aborted in

@@ -58,13 +58,15 @@ from pathlib import Path
 from corpora.store import Store, StoreError
 from train.data import (MixtureConfig, MixtureError, build_mixture, check_mixture_config, format_count,
                         mixture_config, open_mixture, parse_count, read_mixture_meta)
+from train.phases import PhaseError, format_phases, parse_phases, phase_mixtures, prefix, spans
 
 log = logging.getLogger(__name__)
 
 DEFAULT_VAL_TOKENS = 200_000
-_TOP_KEYS = {"name", "val_tokens", "val_corpora", "grid", "run", "mixtures", "schedule"}
+_TOP_KEYS = {"name", "val_tokens", "val_corpora", "grid", "run", "mixtures", "schedule", "anneal_from",
+             "anneal_points"}
 BRANCHES = "wsd-branches"
-_GRID_KEYS = {"mixtures", "models", "tokens", "lr", "seed"}
+_GRID_KEYS = {"mixtures", "models", "tokens", "lr", "seed", "anneal"}
 _GRID_OWNED = {"run_id", "mixture", "model", "tokens", "seed", "lr_peak", "sweep"}  # RunConfig fields
 _BRANCH_OWNED = {"branch_from", "branch_tokens"}  # set by schedule = "wsd-branches", not in [run]
 _MIXTURE_KEYS = {f.name for f in dataclasses.fields(MixtureConfig)} - {"name"}
@@ -95,6 +97,8 @@ class Sweep:
     mixtures: dict[str, MixtureConfig]  # mixtures to build when missing
     path: str | None = None
     branches: bool = False              # schedule = "wsd-branches"
+    anneal_points: list[str] = dataclasses.field(default_factory=list)  # trunks on these mixtures keep the
+                                        # stable checkpoint at their own decay start (for later anneal probes)
 
 
 # ---------------------------------------------------------------------------------------- run config
@@ -116,9 +120,11 @@ def _run_fields() -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(_run_config_class())}
 
 
-def check_run_spec(store: Store, spec: RunSpec, check_mixture: bool = True) -> None:
-    """Everything that can be checked before training: preset, budget, options, and that the mixture
-    exists (unless `check_mixture` is False: a sweep that will build it checks its config instead)."""
+def check_run_spec(store: Store, spec: RunSpec, check_mixture: bool = True,
+                   planned: dict[str, MixtureConfig] | None = None) -> None:
+    """Everything that can be checked before training: preset, budget, options, and that the mixture (each
+    phase's) exists with one tokenizer and seq_len (`planned`: mixtures a sweep will build, checked by
+    their config; `check_mixture` False: skip the run's mixtures that do not exist yet)."""
     from train.model import PRESETS, UnknownPreset
 
     if spec.model not in PRESETS:
@@ -135,11 +141,20 @@ def check_run_spec(store: Store, spec: RunSpec, check_mixture: bool = True) -> N
     if owned:
         raise SweepError(f"option(s) {', '.join(owned)} are set by the grid or the command line, not by [run]")
     try:
-        _run_config_class()(**_config_values(spec))
+        cfg = _run_config_class()(**_config_values(spec))
     except (TypeError, ValueError) as e:
         raise SweepError(f"bad trainer option: {e}") from None
-    if check_mixture:
-        mixture_config(store, spec.mixture)  # raises naming the built mixtures
+    configs = {}
+    for name in phase_mixtures(cfg.phases, cfg.mixture):
+        if planned and name in planned:
+            configs[name] = planned[name]
+        elif check_mixture or read_mixture_meta(store, name) is not None:
+            configs[name] = mixture_config(store, name)  # raises naming the built mixtures
+    kinds = {(c.tokenizer, c.seq_len) for c in configs.values()}
+    if len(kinds) > 1:
+        detail = ", ".join(f"{n}: {c.tokenizer} / seq_len {c.seq_len}" for n, c in configs.items())
+        raise SweepError(f"the phases of run {format_phases(cfg.phases)} read mixtures with different tokenizers "
+                         f"or sequence lengths ({detail}); build them with one tokenizer and seq_len")
 
 
 def _mixture_fingerprint(store: Store, name: str) -> str:
@@ -161,8 +176,11 @@ def make_run_id(store: Store, spec: RunSpec) -> str:
     the result (the full trainer config with its defaults, the mixture's config and content, the
     validation sets), so a changed run gets a new id and an unchanged one is found again."""
     cfg = dataclasses.asdict(_run_config_class()(**_config_values(spec)))
-    key = {"config": {k: v for k, v in cfg.items() if k not in _not_in_run_id()},
-           "mixture_fingerprint": _mixture_fingerprint(store, spec.mixture),
+    fingerprint = _mixture_fingerprint(store, spec.mixture) if not cfg["phases"] else \
+        {m: _mixture_fingerprint(store, m) for m in phase_mixtures(cfg["phases"], cfg["mixture"])}
+    # a static run leaves `phases` out, so its id is the one it had before phase schedules existed
+    key = {"config": {k: v for k, v in cfg.items() if k not in _not_in_run_id() and (k != "phases" or v)},
+           "mixture_fingerprint": fingerprint,
            "val_tokens": spec.val_tokens, "val_corpora": spec.val_corpora}
     digest = hashlib.blake2b(json.dumps(key, sort_keys=True, default=str).encode(), digest_size=4).hexdigest()
     return f"{spec.mixture}.{spec.model}.{format_count(spec.tokens)}.s{spec.seed}.{digest}"
@@ -196,6 +214,9 @@ def execute_run(store: Store, spec: RunSpec, progress: bool = True) -> dict:
     action = "resumed" if _has_checkpoint(store, run_id) else "started"
     data = open_mixture(store, spec.mixture, spec.val_corpora, spec.val_tokens, progress=progress)
     cfg = run_config(store, spec, progress)
+    # every phase validates on the same sets (one tokenizer and seq_len): only the train streams differ
+    phase_data = {m: open_mixture(store, m, spec.val_corpora, spec.val_tokens, progress=progress).train
+                  for m in phase_mixtures(cfg.phases, cfg.mixture) if m != cfg.mixture}
     if cfg.branch_from and action == "started":
         from train.loop import stable_checkpoint_path, wsd_decay_start
 
@@ -211,7 +232,7 @@ def execute_run(store: Store, spec: RunSpec, progress: bool = True) -> dict:
             raise SweepError(f"run {run_id} branches from run {cfg.branch_from}, which is not finished; "
                              "rerun the sweep to resume it first")
     log.info("run %s: %s", run_id, action)
-    result = train_run(store, cfg, data.train, data.val_sets, data.tokenizer, data.vocab_size)
+    result = train_run(store, cfg, data.train, data.val_sets, data.tokenizer, data.vocab_size, phase_data)
     return {**(result or {}), "run_id": run_id, "action": action}
 
 
@@ -284,64 +305,138 @@ def parse_sweep(doc: dict, where: str = "<grid>") -> Sweep:
         options["schedule"] = "wsd"
     elif "schedule" in doc:
         raise SweepError(f"{where}: top-level schedule must be {BRANCHES!r}; set other schedules in [run]")
+    try:
+        if "phases" in options:
+            options["phases"] = parse_phases(options["phases"])
+    except PhaseError as e:
+        raise SweepError(f"{where}: [run] phases: {e}") from None
+    anneal = _as_list(grid.get("anneal", [0.0]), f"{where}: grid.anneal")
+    anneal_from = doc.get("anneal_from")
+    for f in anneal:
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f < 1:
+            raise SweepError(f"{where}: grid.anneal holds cooldown fractions in [0, 1) (0: static), not {f!r}")
+    if any(anneal) and (not isinstance(anneal_from, str) or "phases" in options):
+        raise SweepError(f"{where}: grid.anneal needs anneal_from = \"MIXTURE\" (the mixture before the "
+                         "cooldown) and no [run] phases")
+    anneal_points = doc.get("anneal_points", [])
+    if not isinstance(anneal_points, list) or not all(isinstance(m, str) for m in anneal_points):
+        raise SweepError(f"{where}: anneal_points must be a list of mixture names")
     val_corpora = doc.get("val_corpora")
-    runs = [
-        RunSpec(mixture=m, model=p, tokens=t, lr=lr, seed=int(s), options=options, val_tokens=val_tokens,
-                val_corpora=list(val_corpora) if val_corpora is not None else None, sweep=name)
-        for m, p, t, lr, s in itertools.product(
+    runs, seen = [], set()
+    for m, p, t, lr, s, f in itertools.product(
             _as_list(grid["mixtures"], f"{where}: grid.mixtures"), _as_list(grid["models"], f"{where}: grid.models"),
             tokens, _as_list(grid.get("lr", [None]), f"{where}: grid.lr"),
-            _as_list(grid.get("seed", [0]), f"{where}: grid.seed"))
-    ]
-    return Sweep(name=name, runs=runs, mixtures=mixtures, path=where, branches=branches)
+            _as_list(grid.get("seed", [0]), f"{where}: grid.seed"), anneal):
+        f = 0.0 if m == anneal_from else f   # a cooldown on the trunk's own mixture is the static run
+        if (m, p, t, lr, s, f) in seen:
+            continue
+        seen.add((m, p, t, lr, s, f))
+        run_options = {**options, "phases": anneal_phases(anneal_from, m, f)} if f else options
+        runs.append(RunSpec(mixture=m, model=p, tokens=t, lr=lr, seed=int(s), options=run_options,
+                            val_tokens=val_tokens, val_corpora=list(val_corpora) if val_corpora is not None else None,
+                            sweep=name))
+    return Sweep(name=name, runs=runs, mixtures=mixtures, path=where, branches=branches,
+                 anneal_points=list(anneal_points))
+
+
+def anneal_phases(trunk: str, mixture: str, cooldown: float) -> list[dict]:
+    """The schedule that reads `trunk` and then, for the last `cooldown` of the steps, `mixture`."""
+    return [{"until": round(1.0 - cooldown, 9), "mixture": trunk}, {"until": 1.0, "mixture": mixture}]
 
 
 # ------------------------------------------------------------------------------------ budget branches
+def _trunk_mixture(spec: RunSpec) -> str:
+    phases = spec.options.get("phases")
+    return phases[0]["mixture"] if phases else spec.mixture
+
+
 def _group_key(spec: RunSpec) -> tuple:
-    return spec.mixture, spec.model, spec.lr, spec.seed
+    return _trunk_mixture(spec), spec.model, spec.lr, spec.seed
 
 
-def plan_branches(store: Store, specs: list[RunSpec]) -> list[RunSpec]:
-    """wsd-branches: per (mixture, model, lr, seed), the largest budget first as the trunk (keeping
-    stable-phase checkpoints for the others), then the smaller budgets as branches from it, all with the
-    trunk's warmup_steps. The mixtures must be built (the step count needs their seq_len)."""
+def _steps(store: Store, spec: RunSpec, options: dict) -> tuple[int, int]:
+    """(optimizer steps, sequences per step) of a spec on one process."""
     fields = _run_fields()
+    batch = options.get("batch_size", fields["batch_size"].default)
+    accum = options.get("grad_accum", fields["grad_accum"].default)
+    return spec.tokens // (batch * accum * mixture_config(store, spec.mixture).seq_len), batch * accum
+
+
+def plan_branches(store: Store, specs: list[RunSpec], anneal_points: list[str] = ()) -> list[RunSpec]:
+    """wsd-branches: per (trunk mixture, model, lr, seed), the largest static budget first as the trunk
+    (keeping stable-phase checkpoints for the others), then the smaller budgets as branches from it, and
+    the anneal runs (phases that leave the trunk's mixture exactly at their decay start) as cooldown
+    branches on their own mixture, all with the trunk's warmup_steps. A trunk on a mixture in
+    `anneal_points` also keeps the checkpoint at its own decay start. Anneal runs whose switch point is
+    not their decay start, or that have no static trunk in the sweep, train from scratch. The mixtures
+    must be built (the step count needs their seq_len)."""
+    from train.loop import RunConfig, wsd_decay_start
+
     groups: dict[tuple, list[RunSpec]] = {}
     for spec in specs:
         groups.setdefault(_group_key(spec), []).append(spec)
     out = []
     for group in groups.values():
-        budgets = sorted({s.tokens for s in group})
-        trunk_spec = next(s for s in group if s.tokens == budgets[-1])
+        static = [s for s in group if not s.options.get("phases")]
+        if not static:
+            out += group
+            continue
+        top = max(s.tokens for s in static)
+        trunk_spec = next(s for s in static if s.tokens == top)
         options = dict(trunk_spec.options)
         if options.get("warmup_steps") is None:
-            seq_len = mixture_config(store, trunk_spec.mixture).seq_len
-            batch = options.get("batch_size", fields["batch_size"].default)
-            accum = options.get("grad_accum", fields["grad_accum"].default)
-            options["warmup_steps"] = max(1, round(0.05 * (budgets[-1] // (batch * accum * seq_len))))
-        trunk = dataclasses.replace(trunk_spec, options={
-            **options, "branch_tokens": ",".join(str(b) for b in budgets[:-1])})
+            n_steps, _ = _steps(store, trunk_spec, options)
+            options["warmup_steps"] = max(1, round(0.05 * n_steps))
+        branches, scratch = [], []
+        for s in sorted(group, key=lambda s: s.tokens):
+            if s is trunk_spec:
+                continue
+            spec = dataclasses.replace(s, options={**options, **({"phases": s.options["phases"]}
+                                                                  if s.options.get("phases") else {})})
+            if spec.options.get("phases"):
+                cfg = RunConfig(**_config_values(spec, progress=False))
+                n_steps, per_step = _steps(store, spec, spec.options)
+                start = wsd_decay_start(cfg, n_steps)
+                plan = spans(cfg.phases, cfg.mixture, n_steps, per_step)
+                if s.tokens > top or prefix(plan, start) != [(_trunk_mixture(s), 0, start, 0)]:
+                    log.info("run %s: its data switch is not at its decay start; it trains from scratch",
+                             format_phases(cfg.phases))
+                    scratch.append(s)
+                    continue
+            branches.append(spec)
+        budgets = sorted({b.tokens for b in branches} | ({top} if trunk_spec.mixture in anneal_points else set()))
+        trunk = dataclasses.replace(trunk_spec, options={**options, "branch_tokens": ",".join(map(str, budgets))})
         trunk_id = make_run_id(store, trunk)
         out.append(trunk)
-        out += [dataclasses.replace(s, options={**options, "branch_from": trunk_id})
-                for s in sorted(group, key=lambda s: s.tokens) if s.tokens != budgets[-1]]
+        out += [dataclasses.replace(b, options={**b.options, "branch_from": trunk_id}) for b in branches]
+        out += scratch
     return out
 
 
-def _drop_stable_checkpoints(store: Store, trunk: RunSpec, branches: list[RunSpec]) -> None:
-    """Once every branch of a trunk is done, its stable-phase checkpoints have served (keep_optimizer keeps them)."""
+def _drop_stable_checkpoints(store: Store, trunk: RunSpec, branches: list[RunSpec], anneal_points=()) -> None:
+    """Once every branch of a trunk is done, its stable-phase checkpoints have served (keep_optimizer keeps
+    them; a trunk on an `anneal_points` mixture keeps the one at its own decay start)."""
     if trunk.options.get("keep_optimizer") or any(run_status(store, make_run_id(store, b)) != "done"
                                                   for b in branches):
         return
+    keep = None
+    if trunk.mixture in anneal_points:
+        from train.loop import RunConfig, stable_checkpoint_path, wsd_decay_start
+
+        n_steps, _ = _steps(store, trunk, trunk.options)
+        keep = stable_checkpoint_path(store, make_run_id(store, trunk),
+                                      wsd_decay_start(RunConfig(**_config_values(trunk, False)), n_steps))
     for path in store.artifact_dir("runs", make_run_id(store, trunk)).glob("stable-*.pt"):
-        path.unlink()
+        if path != keep:
+            path.unlink()
 
 
 def run_sweep(store: Store, sweep: Sweep, dry_run: bool = False, progress: bool = True) -> list[dict]:
     """Build missing mixtures, check every run, then train the runs that are not done, in grid order."""
     from train.model import UnknownPreset
 
-    needed = {name: cfg for name, cfg in sweep.mixtures.items() if any(r.mixture == name for r in sweep.runs)}
+    used = {m for r in sweep.runs for m in phase_mixtures(r.options.get("phases"), r.mixture)}
+    needed = {name: cfg for name, cfg in sweep.mixtures.items() if name in used}
     try:  # every error a user can fix shows before the first mixture is built or run started
         for cfg in needed.values():
             check_mixture_config(store, cfg)
@@ -350,7 +445,7 @@ def run_sweep(store: Store, sweep: Sweep, dry_run: bool = False, progress: bool 
                 raise SweepError(f"mixture {cfg.name!r} exists with another config than [mixtures.{cfg.name}]; "
                                  "rename it in the grid, or rebuild it with `python -m train mix ... --force`")
         for spec in sweep.runs:
-            check_run_spec(store, spec, check_mixture=spec.mixture not in needed)
+            check_run_spec(store, spec, planned=needed)
     except (StoreError, UnknownPreset) as e:
         raise SweepError(f"{sweep.path}: {e}") from None
     if not dry_run:
@@ -359,8 +454,8 @@ def run_sweep(store: Store, sweep: Sweep, dry_run: bool = False, progress: bool 
         for spec in sweep.runs:
             check_run_spec(store, spec)
     specs = sweep.runs
-    if sweep.branches and all(read_mixture_meta(store, s.mixture) is not None for s in specs):
-        specs = plan_branches(store, specs)
+    if sweep.branches and all(read_mixture_meta(store, m) is not None for m in used):
+        specs = plan_branches(store, specs, sweep.anneal_points)
     results = []
     for i, spec in enumerate(specs):
         built = read_mixture_meta(store, spec.mixture) is not None
@@ -381,5 +476,5 @@ def run_sweep(store: Store, sweep: Sweep, dry_run: bool = False, progress: bool 
     if sweep.branches and not dry_run and specs is not sweep.runs:
         for trunk in (s for s in specs if s.options.get("branch_tokens")):
             _drop_stable_checkpoints(store, trunk, [s for s in specs if _group_key(s) == _group_key(trunk)
-                                                    and s is not trunk])
+                                                    and s is not trunk], sweep.anneal_points)
     return results

@@ -11,11 +11,12 @@ import pytest
 from corpora.demo import build_demo
 from reports.browser import check_page, find_chromium
 from reports.build import SECTIONS, build_report, findings
+from stats.mixopt.probe import ProbeConfig, run_probe
 from stats.unigram import UnigramConfig, run_unigram
 from tests.conftest import missing
 
 SECTION_IDS = ["findings", "inventory", "unigram", "dedup", "training", "learning", "scaling", "speedups", "ratios",
-               "decisions", "collapse"]
+               "decisions", "collapse", "schedules"]
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +172,10 @@ def full_store(tmp_path_factory, lee_texts):
     decisions(store, "s")
     learning_check(store, "s")
     collapse_rounds(store, ["wiki"])
+    # an anneal probe (stats/mixopt/probe.py): wsd trunks on base, cooldowns on hq50 (= base + 50% hq)
+    run_probe(store, ProbeConfig(trunk="base", candidates=["hq"], share=0.5, cooldown=0.25, seeds=[0, 1],
+                                 tokens=2048, val_tokens=2048, val_corpora=["wiki"], options=doc["run"]),
+              progress=False)
     return store
 
 

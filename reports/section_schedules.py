@@ -1,0 +1,116 @@
+"""The report section on mixtures that change during training (docs/schedules.md): static vs annealed
+runs at equal total tokens with the noise-aware verdict, anneal probes against full runs, and the
+per-phase token accounting of phased runs. Reads the `runs`, `run_metrics`, `probes` and
+`probe_decisions` tables; computes nothing but paired differences and their verdicts."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+
+from stats import evidence
+
+INTRO = ("A phase schedule changes a run's data at phase boundaries; an anneal run reads its trunk mixture and "
+         "then, for the last part of the steps (the learning-rate cooldown), another mixture. Static vs "
+         "annealed: at the same model, budget and seed, the static run on a mixture against the run that spends "
+         "that mixture only in the cooldown (the rest on the trunk mixture). Anneal probes value candidate "
+         "corpora by such cooldowns off one trunk per seed; their ranking is checked against full runs on the "
+         "same mixtures (pairwise decision accuracy).")
+
+
+def _latest_runs(store) -> pl.DataFrame | None:
+    runs = store.read_result("runs")
+    if runs is None or not runs.height or "phases" not in runs.columns:
+        return None
+    return runs.sort("created_at").unique("run_id", keep="last").filter(pl.col("status") == "done")
+
+
+def static_vs_annealed(store, n_boot: int = 2000, seed: int = 0) -> pl.DataFrame:
+    """Per (domain, trunk mixture, cooldown mixture, cooldown fraction): paired differences static - annealed
+    final loss (> 0: annealing is better) over (model, tokens, lr, seed), with `evidence.paired_verdict`."""
+    runs, pts = _latest_runs(store), evidence.final_points(store)
+    if runs is None or pts is None:
+        return pl.DataFrame()
+    loss = {(r["run_id"], r["domain"]): r["loss"] for r in pts.iter_rows(named=True)}
+    domains = sorted(set(pts["domain"]))
+    key = ("model", "tokens", "lr_peak", "seed")
+    static = {(r["mixture"], *(r[k] for k in key)): r["run_id"] for r in runs.filter(pl.col("phases").is_null())
+              .iter_rows(named=True)}
+    groups: dict[tuple, list] = {}
+    for r in runs.filter(pl.col("phases").is_not_null()).iter_rows(named=True):
+        phases = json.loads(r["phases"])
+        if len(phases) != 2:
+            continue
+        other = static.get((phases[1]["mixture"], *(r[k] for k in key)))
+        if other is None:
+            continue
+        for d in domains:
+            a, s = loss.get((r["run_id"], d)), loss.get((other, d))
+            if a is not None and s is not None:
+                g = (d, phases[0]["mixture"], phases[1]["mixture"], round(1 - phases[0]["until"], 6))
+                groups.setdefault(g, []).append((s - a, r["model"]))
+    rows = []
+    for (d, trunk, mixture, cooldown), pairs in sorted(groups.items()):
+        v = evidence.paired_verdict([p[0] for p in pairs], [p[1] for p in pairs], n_boot=n_boot, seed=seed)
+        rows.append({"domain": d, "trunk_mixture": trunk, "mixture": mixture, "cooldown": cooldown,
+                     "n_pairs": v["n_pairs"], "mean_static_minus_annealed": v["mean"], "lo": v["lo"], "hi": v["hi"],
+                     "verdict": v["verdict"], "counts": evidence.counts_text(v)})
+    return pl.DataFrame(rows)
+
+
+def phase_token_rows(runs: pl.DataFrame) -> pl.DataFrame:
+    rows = []
+    for r in runs.filter(pl.col("phases").is_not_null()).iter_rows(named=True):
+        for p in json.loads(r["phase_tokens"] or "[]"):
+            rows.append({"run_id": r["run_id"], "phase": p["phase"], "mixture": p["mixture"], "steps": p["steps"],
+                         "tokens": p["tokens"], "sources": json.dumps(p["sources"]) if p["sources"] else None})
+    return pl.DataFrame(rows)
+
+
+def section_schedules(store):
+    from reports import figures
+    from reports.build import Figure, Section, Table, _figure_domain, _table
+
+    s = Section("schedules", "Phase schedules and anneal probes", INTRO)
+    runs = _latest_runs(store)
+    probes, decisions = _table(store, "probes"), _table(store, "probe_decisions")
+    if (runs is None or runs["phases"].is_null().all()) and probes is None:
+        s.empty = ("No phased runs or anneal probes yet: add `anneal = [0.0, 0.2]` and `anneal_from = \"MIXTURE\"` to "
+                   "a sweep grid, give `python -m train run --phases cc:0.8,cc67_hq33:1`, or run `python -m "
+                   "stats.mixopt probe --trunk cc --candidates hq,qa --share 0.3 --cooldown 0.2 --seeds 0,1,2`.")
+        return s
+    if probes is not None:
+        dom = _figure_domain(probes)
+        g = probes.filter((pl.col("domain") == dom) & (pl.col("candidate") != "(trunk)"))
+        if g.height:
+            s.figures.append(Figure(
+                figures.bars(g.with_columns(pl.col("seed").cast(pl.Utf8)), "candidate", "delta",
+                             f"Anneal probe: cooldown loss minus the trunk's own cooldown ({dom})", hue="seed",
+                             ylabel="loss difference (nats)", ref=0.0),
+                "Per candidate and seed: the final validation loss of the cooldown on the candidate mixture minus "
+                "that of the trunk's own cooldown; below 0 the candidate helps."))
+        summary = (probes.group_by("probe", "domain", "candidate")
+                   .agg(pl.col("delta").mean().alias("delta_mean"), pl.col("full_loss").mean().alias("full_loss_mean"),
+                        pl.col("probe_rank").first(), pl.col("full_rank").first(), pl.len().alias("n_seeds"),
+                        pl.col("trunk_run").first()))
+        s.tables.append(Table.from_df(summary, "Anneal probes: seed means per candidate, the probe's ranking (by "
+                                               "delta) and the full runs' ranking (by final loss), 1 = best.",
+                                      sort=("probe", "domain", "probe_rank")))
+    if decisions is not None:
+        s.tables.append(Table.from_df(decisions, "Does the probe order the candidates as full runs do? Pairwise "
+                                                 "decision accuracy of the probe (model 'probe') against the full "
+                                                 "runs (seed mean; per seed: that seed's probe order).",
+                                      columns=("probe", "domain", "model", "seed", "n_pairs", "n_agree", "accuracy",
+                                               "n_flip", "flip_share"), sort=("probe", "domain", "model", "seed")))
+    sva = static_vs_annealed(store)
+    if sva.height:
+        s.tables.append(Table.from_df(sva, "Static vs annealed at equal total tokens: the static run's final loss "
+                                           "minus the annealed run's, paired by (model, budget, lr, seed); > 0 "
+                                           f"means annealing is better. Rule: {evidence.VERDICT_RULE}."))
+    if runs is not None and not runs["phases"].is_null().all():
+        s.tables.append(Table.from_df(phase_token_rows(runs), "Per-phase token accounting of phased runs: trained "
+                                                              "tokens, and the stream tokens per source corpus of "
+                                                              "the rows each phase read (exact counts).",
+                                      sort=("run_id", "phase")))
+    return s
