@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from corpora.store import Store
 from stats.mixopt.io import AVG, MixoptError, Swarm, read_csv_swarm, read_store_swarm, write_csv_swarm
-from stats.mixopt.propose import Bounds, bootstrap, mixture_spec, optimize
+from stats.mixopt.propose import Bounds, bootstrap, effective_caps, mixture_spec, optimize
 from stats.mixopt.regressors import Boosted, LogLinear, unigram_predictor
 
 log = logging.getLogger(__name__)
@@ -119,9 +119,10 @@ def _bounds(swarm: Swarm, cfg: FitConfig, store: Store | None) -> Bounds:
         if missing:
             raise MixoptError(f"--max-epochs: source {missing[0]!r} is not a corpus of {store.root}; drop "
                               "--max-epochs or cap it with --upper")
-        caps = repetition_caps(source_tokens(store, swarm.sources), swarm.sources, target, cfg.max_epochs)
+        n_tokens = source_tokens(store, swarm.sources, *([swarm.tokenizer] if swarm.tokenizer else []))
+        caps = repetition_caps(n_tokens, swarm.sources, target, cfg.max_epochs)
     lower = np.array([cfg.lower.get(s, 0.0) for s in swarm.sources])
-    upper = np.minimum([cfg.upper.get(s, 1.0) for s in swarm.sources], caps)
+    upper = np.minimum([cfg.upper.get(s, 1.0) for s in swarm.sources], effective_caps(caps))
     return Bounds(list(swarm.sources), lower, upper, caps)
 
 
@@ -225,7 +226,8 @@ def fit_swarm(swarm: Swarm, cfg: FitConfig, store: Store | None = None, name: st
     predicted = float(sign * models[chosen].predict(w[None])[0])
     lo = hi = np.full(len(w), np.nan)
     if cfg.n_boot:
-        boots = bootstrap(factories[chosen][0], X, Y, bounds, prior, cfg.kl_weight, cfg.n_boot, cfg.seed)
+        make = getattr(models[chosen], "warm", None) or factories[chosen][0]
+        boots = bootstrap(make, X, Y, bounds, prior, cfg.kl_weight, cfg.n_boot, cfg.seed, start=w)
         q = [(1 - cfg.ci) / 2 * 100, (1 + cfg.ci) / 2 * 100]
         lo, hi = np.percentile(boots, q, axis=0)
     spec = mixture_spec(swarm.sources, w)
@@ -356,6 +358,8 @@ def run(args) -> int:
         from stats.mixopt.validate import format_validation, validate_config, validate_fit
 
         vcfg = validate_config(args, swarm, store)  # checked before any fitting
+        if cfg.target_tokens is None:  # repetition caps for the budget the proposal will train at
+            cfg.target_tokens = vcfg.tokens
     with store.writer("python -m stats.mixopt fit") if store is not None else contextlib.nullcontext():
         fit = fit_swarm(swarm, cfg, store, name, write=store is not None, progress=not args.quiet)
         if args.export:

@@ -40,6 +40,7 @@ class Swarm:
     origin: str  # "sweep NAME" or the CSV paths
     model: str | None = None
     tokens: int | None = None
+    tokenizer: str | None = None  # the mixtures' tokenizer (store swarms)
 
     def objective(self, name: str) -> tuple[np.ndarray, list[str]]:
         """The values to minimise for objective `name` and the metric columns they average: 'avg' is the
@@ -191,6 +192,9 @@ def read_store_swarm(store: Store, sweep: str, sources: list[str] | None = None)
         raise MixoptError(f"--sweep {sweep}: mixture {extra[0]!r} has parts outside the sources "
                           f"{', '.join(sources)}")
     domains = [c for c in wide.columns if c != "mixture"]
+    from train.data import mixture_config
+
+    tokenizer = mixture_config(store, wide["mixture"][0]).tokenizer
     return Swarm(runs=wide["mixture"].to_list(), sources=list(sources), weights=weights / weights.sum(1, keepdims=True),
                  metrics={d: wide[d].to_numpy().astype(float) for d in domains}, origin=f"sweep {sweep}",
-                 model=model, tokens=int(tokens))
+                 model=model, tokens=int(tokens), tokenizer=tokenizer)

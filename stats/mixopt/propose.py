@@ -3,7 +3,7 @@
 The feasible set is {w : lower <= w <= upper, sum w = 1}, where each source's upper bound is the smaller of
 its `--upper` and its repetition cap (at most `max_epochs` passes over its tokens at the target budget).
 The search is RegMix's and olmix's: score many random mixtures drawn over the feasible set (flat and
-sparse Dirichlet draws, the corners and the prior, each projected onto the set), then refine the best few
+sparse Dirichlet draws and the corners, each projected onto the set), then refine the best few
 with SLSQP (bounds plus the sum constraint), which helps smooth regressors and leaves trees where they are.
 The score is the predicted objective plus `kl_weight * KL(w || prior)`, olmix's pull towards the prior.
 The bootstrap resamples runs with replacement, refits the regressor and proposes again; the percentile
@@ -21,6 +21,15 @@ from scipy.optimize import minimize
 from stats.mixopt.io import MixoptError
 
 _BISECT_STEPS = 60  # halvings of the threshold interval: far below float resolution of the weights
+# A binding repetition cap is lowered by this much share, so a mixture written with 4 decimals (mixture_spec)
+# never repeats a source beyond max_epochs, which train mix would refuse.
+CAP_MARGIN = 1e-3
+
+
+def effective_caps(caps: np.ndarray) -> np.ndarray:
+    """Caps below 1 less CAP_MARGIN (not below 0); a cap of 1 binds nothing and stays."""
+    caps = np.asarray(caps, dtype=float)
+    return np.where(caps < 1, np.maximum(caps - CAP_MARGIN, 0.0), 1.0)
 
 
 @dataclasses.dataclass
@@ -68,19 +77,24 @@ def kl_to_prior(W: np.ndarray, prior: np.ndarray) -> np.ndarray:
     return terms.sum(axis=1)
 
 
-def candidates(bounds: Bounds, prior: np.ndarray | None, n: int, rng: np.random.Generator) -> np.ndarray:
+def candidates(bounds: Bounds, n: int, rng: np.random.Generator) -> np.ndarray:
+    """The corners, the centre, flat and sparse Dirichlet draws, projected onto the feasible set. The prior
+    plays no part here (only in the KL term), so a swarm read from CSVs searches exactly like the same
+    swarm read from the store."""
     k = len(bounds.sources)
-    draws = [np.eye(k), np.full((1, k), 1 / k), rng.dirichlet(np.ones(k), n // 2), rng.dirichlet(np.full(k, 0.3), n // 4)]
-    if prior is not None:
-        draws += [prior[None], rng.dirichlet(prior * k * 2 + 1e-3, n - n // 2 - n // 4)]
+    draws = [np.eye(k), np.full((1, k), 1 / k), rng.dirichlet(np.ones(k), n - n // 3), rng.dirichlet(np.full(k, 0.3), n // 3)]
     return project(np.vstack(draws), bounds.lower, bounds.upper)
 
 
 def optimize(predict: Callable[[np.ndarray], np.ndarray], bounds: Bounds, prior: np.ndarray | None = None,
-             kl_weight: float = 0.0, seed: int = 0, n_candidates: int = 4096, n_refine: int = 4) -> np.ndarray:
-    """The feasible mixture with the lowest predicted objective (+ kl_weight * KL(w || prior))."""
+             kl_weight: float = 0.0, seed: int = 0, n_candidates: int = 4096, n_refine: int = 4,
+             start: np.ndarray | None = None) -> np.ndarray:
+    """The feasible mixture with the lowest predicted objective (+ kl_weight * KL(w || prior)); `start`, a
+    mixture to consider besides the random ones (a bootstrap refit starts from the full fit's optimum)."""
     rng = np.random.default_rng(seed)
-    W = candidates(bounds, prior, n_candidates, rng)
+    W = candidates(bounds, n_candidates, rng)
+    if start is not None:
+        W = np.vstack([project(start, bounds.lower, bounds.upper), W])
 
     def score(W):
         s = predict(W)
@@ -100,15 +114,17 @@ def optimize(predict: Callable[[np.ndarray], np.ndarray], bounds: Bounds, prior:
 
 
 def bootstrap(make: Callable[[], object], X: np.ndarray, Y: np.ndarray, bounds: Bounds, prior: np.ndarray | None,
-              kl_weight: float, n_boot: int, seed: int, n_candidates: int = 1024) -> np.ndarray:
-    """(n_boot, k) proposals from refits on runs resampled with replacement."""
+              kl_weight: float, n_boot: int, seed: int, start: np.ndarray | None = None,
+              n_candidates: int = 512) -> np.ndarray:
+    """(n_boot, k) proposals from refits on runs resampled with replacement (`make` builds an unfitted
+    regressor, warm-started where it can)."""
     rng = np.random.default_rng(seed + 1)
     out = np.empty((n_boot, X.shape[1]))
     for b in range(n_boot):
         idx = rng.integers(0, len(X), len(X))
         model = make().fit(X[idx], Y[idx])
         out[b] = optimize(model.predict, bounds, prior, kl_weight, seed=seed + 2 + b, n_candidates=n_candidates,
-                          n_refine=2)
+                          n_refine=2, start=start)
     return out
 
 

@@ -31,17 +31,25 @@ class LogLinear:
     name = "loglinear"
     backend = "scipy.optimize.least_squares"
 
+    def __init__(self, init: list[np.ndarray] | None = None):
+        self.init = init  # per-metric starting parameters (a bootstrap refit starts from the full fit)
+
     def fit(self, X: np.ndarray, Y: np.ndarray) -> "LogLinear":
         Y = Y.reshape(len(Y), -1)
-        self.params = [self._fit_one(X, Y[:, i]) for i in range(Y.shape[1])]
+        starts = self.init or [None] * Y.shape[1]
+        self.params = [self._fit_one(X, Y[:, i], starts[i]) for i in range(Y.shape[1])]
         return self
+
+    def warm(self) -> "LogLinear":
+        """An unfitted copy that starts from this fit's parameters: one local solve instead of three."""
+        return LogLinear(self.params)
 
     @staticmethod
     def _law(p: np.ndarray, X: np.ndarray) -> np.ndarray:
         return p[0] + np.exp(p[1] + X @ p[2:])
 
     @staticmethod
-    def _fit_one(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def _fit_one(X: np.ndarray, y: np.ndarray, init: np.ndarray | None = None) -> np.ndarray:
         k = X.shape[1]
         spread = max(float(np.ptp(y)), 1e-6)
 
@@ -53,11 +61,16 @@ class LogLinear:
             return np.column_stack([np.ones_like(e), e, e[:, None] * X])
 
         best = None
-        for gap in (0.1, 1.0, 10.0):  # where c starts below the best run: near, one spread, far
-            c0 = float(y.min()) - gap * spread
-            p0 = np.r_[c0, np.log(float(y.mean()) - c0), np.zeros(k)]
-            lower = np.r_[-np.inf, -np.inf, np.full(k, -50.0)]
-            upper = np.r_[float(y.min()) - 1e-9 * spread, np.inf, np.full(k, 50.0)]
+        lower = np.r_[-np.inf, -np.inf, np.full(k, -50.0)]
+        upper = np.r_[float(y.min()) - 1e-9 * spread, np.inf, np.full(k, 50.0)]
+        starts = []
+        if init is not None:
+            starts.append(np.clip(init, lower, np.nextafter(upper, -np.inf)))
+        else:
+            for gap in (0.1, 1.0, 10.0):  # where c starts below the best run: near, one spread, far
+                c0 = float(y.min()) - gap * spread
+                starts.append(np.r_[c0, np.log(float(y.mean()) - c0), np.zeros(k)])
+        for p0 in starts:
             try:
                 r = least_squares(resid, p0, jac=jac, bounds=(lower, upper), method="trf", max_nfev=200 * (k + 2))
             except (ValueError, FloatingPointError):

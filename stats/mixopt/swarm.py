@@ -22,7 +22,7 @@ import polars as pl
 
 from corpora.store import Store
 from stats.mixopt.io import MixoptError
-from stats.mixopt.propose import project
+from stats.mixopt.propose import effective_caps, project
 from train.data import DEFAULT_TOKENIZER, format_count, parse_count
 from train.sweep import DEFAULT_VAL_TOKENS
 
@@ -106,7 +106,7 @@ def round_weights(W: np.ndarray, digits: int = 4) -> np.ndarray:
 def design_swarm(cfg: SwarmConfig, prior: np.ndarray, caps: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """(n, k) mixture weights and each one's kind (natural, uniform, dirichlet); caps hold on every row."""
     k = len(cfg.sources)
-    lower, upper = np.zeros(k), caps
+    lower, upper = np.zeros(k), effective_caps(caps)
     if upper.sum() < 1:
         raise MixoptError(f"the repetition caps at {format_count(cfg.tokens)} tokens ({', '.join(f'{s}<={c:.3g}' for s, c in zip(cfg.sources, caps))}) "
                           "sum to less than 1; raise --max-epochs or lower --tokens")

@@ -22,7 +22,7 @@ import polars as pl
 from corpora.store import Store
 from stats.evidence import EvidenceConfig, counts_text, decision_table, final_points, paired_verdict
 from stats.mixopt.io import AVG, MixoptError
-from stats.mixopt.propose import mixture_spec, project
+from stats.mixopt.propose import effective_caps, mixture_spec, project
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ class ValidateConfig:
     seq_len: int = 512
     max_epochs: float = 16.0
     run: dict = dataclasses.field(default_factory=dict)  # trainer options (train.loop.RunConfig)
+    lr: float | None = None  # peak learning rate (default: the trainer's)
     val_tokens: int | None = None
     evidence: EvidenceConfig = dataclasses.field(default_factory=EvidenceConfig)
 
@@ -62,10 +63,9 @@ def _swarm_mixture_config(store: Store, swarm):
         row = runs.filter(pl.col("mixture") == swarm.runs[0]).tail(1)
         if row.height:
             conf = json.loads(row["config"][0] or "{}")
-            options = {k: conf[k] for k in ("batch_size", "grad_accum", "eval_tokens", "weights_dtype", "lr_peak",
-                                            "warmup_steps") if conf.get(k) is not None}
-            if options.get("warmup_steps") is not None and "schedule" not in options:
-                options.pop("warmup_steps")  # a wsd trunk's warmup is the sweep's; let the trainer choose
+            # what the swarm's runs were trained with and the target's should be too (the grid sets lr_peak)
+            options = {k: conf[k] for k in ("batch_size", "grad_accum", "eval_tokens", "weights_dtype", "lr_peak")
+                       if conf.get(k) is not None}
     return cfg, options
 
 
@@ -83,7 +83,7 @@ def validate_fit(store: Store, fit, cfg: ValidateConfig, progress: bool = True) 
     best_row = int(np.argmin(sign * y))
     weights = {PROPOSAL: np.array(list(fit.proposal["weights"].values())), BEST: swarm.weights[best_row],
                NATURAL: np.eye(k)[swarm.sources.index(natural)],
-               UNIFORM: project(np.full(k, 1 / k), np.zeros(k), fit.bounds.caps)[0]}
+               UNIFORM: project(np.full(k, 1 / k), np.zeros(k), effective_caps(fit.bounds.caps))[0]}
     specs, same_as = {}, {}
     for role, w in weights.items():
         spec = mixture_spec(swarm.sources, w)
@@ -97,7 +97,7 @@ def validate_fit(store: Store, fit, cfg: ValidateConfig, progress: bool = True) 
     parts = {role: {p.split("=")[0]: float(p.split("=")[1]) for p in spec.split(",")} for role, spec in specs.items()}
     doc = {"name": name,
            "grid": {"mixtures": list(mix_name.values()), "models": [cfg.model], "tokens": [cfg.tokens],
-                    "seed": list(cfg.seeds)},
+                    "seed": list(cfg.seeds), **({"lr": [cfg.lr]} if cfg.lr is not None else {})},
            "mixtures": {mix_name[r]: {"parts": parts[r], "tokens": cfg.tokens, "tokenizer": cfg.tokenizer,
                                       "seq_len": cfg.seq_len, "max_epochs": cfg.max_epochs} for r in specs}}
     if set(cols) - {AVG}:
@@ -115,19 +115,18 @@ def validate_fit(store: Store, fit, cfg: ValidateConfig, progress: bool = True) 
     if target is None or not target.height:
         raise MixoptError(f"validation {name}: no finished run; see the runs table for the failures")
     per_role = {r: g.sort("seed") for (r,), g in target.partition_by("mixture", as_dict=True).items()}
-    for role, twin in same_as.items():
-        per_role[role] = per_role.get(twin)
-    means = {r: float(g["loss"].mean()) for r, g in per_role.items() if g is not None}
+    if PROPOSAL not in per_role:
+        raise MixoptError(f"validation {name}: the proposal's runs did not finish; see the runs table")
+    means = {r: float(g["loss"].mean()) for r, g in per_role.items()}  # unique mixtures only (twins share)
     order = sorted(means, key=lambda r: means[r])
     rank = {r: 1 + sum(means[o] < means[r] for o in means) for r in means}
-    if PROPOSAL not in means:
-        raise MixoptError(f"validation {name}: the proposal's runs did not finish; see the runs table")
-    best_other = min((r for r in means if r != PROPOSAL and same_as.get(r) != PROPOSAL), key=lambda r: means[r],
-                     default=None)
-    regret = max(0.0, means[PROPOSAL] - min(means.values()))
+    for role, twin in same_as.items():
+        rank[role], means[role] = rank.get(twin), means.get(twin)
+    best_other = min((r for r in per_role if r != PROPOSAL), key=lambda r: means[r], default=None)
+    regret = max(0.0, means[PROPOSAL] - min(means[r] for r in per_role))
     ev = cfg.evidence
     verdicts = {}
-    for role in means:
+    for role in per_role:
         if role == PROPOSAL:
             continue
         a = dict(per_role[role].select("seed", "loss").iter_rows())
@@ -137,15 +136,15 @@ def validate_fit(store: Store, fit, cfg: ValidateConfig, progress: bool = True) 
                                         min_pairs=ev.min_pairs)
     headline = verdicts.get(best_other) if best_other else None
 
-    # proxy -> target decision accuracy: the swarm's runs of the baselines, and the regressor over all four
+    # proxy -> target decision accuracy over the distinct mixtures: the swarm's own runs of those it holds
+    # (stats.evidence.decision_table), and the regressor's predictions of all of them
     proxy_acc, n_proxy_pairs = None, 0
     if swarm.origin.startswith("sweep "):
         proxy_role = {}
-        for role in (BEST, NATURAL, UNIFORM):
-            if role in specs:
-                hit = [i for i, w in enumerate(swarm.weights) if mixture_spec(swarm.sources, w) == specs[role]]
-                if hit:
-                    proxy_role[swarm.runs[hit[0]]] = role
+        for role, spec in specs.items():
+            hit = [i for i, w in enumerate(swarm.weights) if mixture_spec(swarm.sources, w) == spec]
+            if hit and role in per_role:
+                proxy_role[swarm.runs[hit[0]]] = role
         proxy = _objective_points(store, swarm.origin.removeprefix("sweep "), cols, sign, proxy_role)
         if proxy is not None and proxy.height:
             proxy = proxy.filter((pl.col("model") == swarm.model) & (pl.col("tokens") == swarm.tokens))
@@ -156,13 +155,13 @@ def validate_fit(store: Store, fit, cfg: ValidateConfig, progress: bool = True) 
                 proxy_acc, n_proxy_pairs = float(row["accuracy"][0]), int(row["n_pairs"][0])
     model = fit.models[fit.proposal["regressor"]]
     predicted = {r: float(sign * model.predict(weights[r][None])[0]) for r in weights}
-    pairs = [p for p in itertools.combinations(specs, 2)]
+    pairs = list(itertools.combinations(per_role, 2))
     agree = sum(1 for a, b in pairs if np.sign(sign * (predicted[a] - predicted[b])) == np.sign(means[a] - means[b]) != 0)
     reg_acc = agree / len(pairs) if pairs else None
 
     rows = []
     for role in weights:
-        g = per_role.get(role)
+        g = per_role.get(same_as.get(role, role))
         v = verdicts.get(role) if role != PROPOSAL else headline
         rows.append({"fit": fit.name, "sweep": name, "role": role, "mixture": mix_name.get(role, mix_name.get(
             same_as.get(role, ""), None)), "same_as": same_as.get(role), "spec": mixture_spec(swarm.sources, weights[role]),
@@ -181,7 +180,7 @@ def validate_fit(store: Store, fit, cfg: ValidateConfig, progress: bool = True) 
     store.put_result(VALIDATIONS_TABLE, part_name(fit.name), table)
     return {"sweep": name, "model": cfg.model, "tokens": cfg.tokens, "seeds": list(cfg.seeds),
             "objective": fit.config.objective, "rank": rank[PROPOSAL], "of": len(means), "regret": regret,
-            "order": order, "means": {r: sign * m for r, m in means.items()}, "same_as": same_as,
+            "order": order, "means": {r: sign * m for r, m in means.items() if m is not None}, "same_as": same_as,
             "verdict": headline["verdict"] if headline else None, "against": best_other,
             "verdict_detail": counts_text(headline) if headline else None,
             "verdicts": {r: v["verdict"] for r, v in verdicts.items()},
@@ -251,8 +250,9 @@ def validate_config(args, swarm, store: Store | None) -> ValidateConfig:
     if args.batch_size:
         options["batch_size"] = args.batch_size
     extra = {"tokenizer": mix.tokenizer, "seq_len": mix.seq_len, "max_epochs": mix.max_epochs} if mix else {}
+    lr = options.pop("lr_peak", None)
     return ValidateConfig(model=model, tokens=tokens, seeds=args.validate_seeds, natural=args.natural,
-                          run=options, **extra)
+                          run=options, lr=lr, **extra)
 
 
 def add_parser(sub) -> None:
