@@ -1,6 +1,6 @@
 """The columns of every result table that more than one module reads: declared once, here.
 
-A writer (stats.unigram, stats.dedup, train, stats.scaling, stats.evidence, synth) writes at least these
+A writer (stats.unigram, stats.dedup, train, stats.scaling, stats.evidence, stats.mixopt, synth) writes at least these
 columns; a reader (reports.build, stats.evidence) names a column through these declarations instead of
 spelling it again, so a renamed column fails a test instead of silently blanking a report section.
 `Store.put_result` stamps `created_at` (UTC, naive timestamp) on every part it writes, so every table has
@@ -49,6 +49,16 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "collapse_rounds": ("corpus", "synthetic_type", "round", "root_corpus", "tokenizer", "budget_tokens",
                         "types_at_budget", "entropy_at_budget_nats", "test", "kl_nats", "n_docs",
                         "root_jaccard_mean", "root_near_dup_share"),
+    # stats.mixopt
+    "mixopt_swarms": ("sweep", "mixture", "kind", "source", "weight", "prior", "cap", "model", "tokens"),
+    "mixopt_fits": ("fit", "origin", "objective", "regressor", "backend", "n_runs", "n_sources", "folds",
+                    "cv_spearman", "cv_r2", "status", "note", "chosen"),
+    "mixopt_predictions": ("fit", "regressor", "run", "fold", "observed", "predicted"),
+    "mixopt_proposals": ("fit", "objective", "regressor", "source", "weight", "lo", "hi", "lower", "upper", "cap",
+                         "prior", "predicted", "spec", "n_boot"),
+    "mixopt_validations": ("fit", "sweep", "role", "mixture", "spec", "model", "tokens", "n_seeds", "loss_mean",
+                           "predicted", "rank", "regret", "verdict", "verdict_detail", "against",
+                           "decision_accuracy_proxy", "decision_accuracy_regressor"),
 }
 
 

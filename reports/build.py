@@ -669,8 +669,11 @@ def findings(store: Store, n_boot: int = 2000, seed: int = 0) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------- build
+from reports.section_mixopt import section_mixopt  # noqa: E402 (its module imports Section from here lazily)
+
 SECTIONS = (section_inventory, section_unigram, section_dedup, section_training, section_learning, section_scaling,
-            section_speedups, section_ratios, section_decisions, section_collapse, section_schedules)
+            section_speedups, section_ratios, section_decisions, section_collapse, section_schedules,
+            section_mixopt)
 
 
 def build_sections(store: Store) -> list[Section]:

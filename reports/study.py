@@ -1,5 +1,5 @@
 """The whole study, driven by one TOML file: demo store -> generation -> unigram and near-duplicate
-analyses -> tokenizer -> mixtures -> sweep -> scaling fits -> report.
+analyses -> tokenizer -> mixtures -> sweep -> scaling fits -> evidence -> mixture choice -> report.
 
 Every step is the library call its CLI makes, and every step is resumable or cached where it lives
 (generation skips finished chunks, unigram counts and MinHash signatures are cached per corpus content,
@@ -44,6 +44,7 @@ class StudyConfig:
     sweep: dict = dataclasses.field(default_factory=dict)  # [grid] models/tokens, [run] options
     scaling: dict = dataclasses.field(default_factory=dict)  # stats.scaling.ScalingConfig fields
     evidence: dict = dataclasses.field(default_factory=dict)  # stats.evidence.EvidenceConfig fields (all optional)
+    mixopt: dict = dataclasses.field(default_factory=dict)  # mixture choice (MIXOPT_SECTION); empty: step skipped
     probe: dict = dataclasses.field(default_factory=dict)  # an anneal probe after the sweep (PROBE_KEYS; {}: none)
 
 
@@ -427,6 +428,70 @@ def step_evidence(store: Store, study: StudyConfig, progress: bool) -> dict:
             "collapse_rounds": cr.height}
 
 
+# [mixopt]: key -> (type(s), low, high), None = unbounded; the study's table-driven check can take it over
+MIXOPT_SECTION = {
+    "n": (int, 4, 1024),                   # swarm mixtures, corners included
+    "model": (str, None, None),            # proxy model preset
+    "tokens": ((int, str), None, None),    # proxy budget, e.g. "48k"
+    "seeds": (list, None, None),           # proxy training seeds
+    "seed": (int, 0, None),                # design, CV and bootstrap seed
+    "concentration": (list, None, None),   # Dirichlet concentration range [low, high]
+    "objective": (str, None, None),        # a test domain or "avg"
+    "folds": (int, 2, 50),
+    "n_boot": (int, 0, 100_000),
+    "kl_weight": ((int, float), 0, None),
+    "validate_model": (str, None, None),   # target scale of the validation (default: the proxy model)
+    "validate_tokens": ((int, str), None, None),
+    "validate_seeds": (list, None, None),
+}
+
+
+def _mixopt_settings(study: StudyConfig) -> dict:
+    for key, value in study.mixopt.items():
+        if key not in MIXOPT_SECTION:
+            raise ValueError(f"study {study.name}: unknown key [mixopt] {key}; known: {', '.join(MIXOPT_SECTION)}")
+        kind, low, high = MIXOPT_SECTION[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValueError(f"study {study.name}: [mixopt] {key} = {value!r} has the wrong type")
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ValueError(f"study {study.name}: [mixopt] {key} = {value!r} is outside [{low}, {high}]")
+    return dict(study.mixopt)
+
+
+def step_mixopt(store: Store, study: StudyConfig, progress: bool) -> dict:
+    """Mixture choice: a swarm over the source and the synthetic types, the fit, the proposal, its validation."""
+    from stats.mixopt import FitConfig, SwarmConfig, ValidateConfig, fit_swarm, read_store_swarm, run_swarm, validate_fit
+
+    m = _mixopt_settings(study)
+    if not m:
+        return {"skipped": "no [mixopt] section"}
+    options = {k: v for k, v in study.sweep.get("run", {}).items() if k != "schedule"}  # one budget: no branches
+    mix = {"tokenizer": study.tokenizer["name"], "seq_len": study.mixtures.get("seq_len", 512),
+           "max_epochs": study.mixtures.get("max_epochs", 16.0)}
+    seed = m.get("seed", 0)
+    swarm_cfg = SwarmConfig(name=f"{study.name}_swarm", sources=[study.source, *study.types], n=m.get("n", 16),
+                            model=m.get("model", "debugmodel"), tokens=m.get("tokens", "48k"), seed=seed,
+                            seeds=m.get("seeds", [0]), natural=study.source,
+                            concentration=tuple(m.get("concentration", (0.1, 5.0))), run=options,
+                            val_corpora=list(study.tests), val_tokens=study.sweep.get("val_tokens", "200k"), **mix)
+    swarm_result = run_swarm(store, swarm_cfg, progress=progress)
+    vcfg = ValidateConfig(model=m.get("validate_model", swarm_cfg.model),
+                          tokens=_count(m.get("validate_tokens", 2 * swarm_cfg.tokens)),
+                          seeds=m.get("validate_seeds", [0, 1, 2]), natural=study.source, run=options,
+                          evidence=_evidence_config(study), **mix)
+    fit_cfg = FitConfig(objective=m.get("objective", study.tests[0]), folds=m.get("folds", 4),
+                        n_boot=m.get("n_boot", 100), seed=seed, kl_weight=m.get("kl_weight", 0.0),
+                        max_epochs=mix["max_epochs"], target_tokens=vcfg.tokens,
+                        unigram_tokenizer=study.unigram.get("tokenizer"))
+    fit = fit_swarm(read_store_swarm(store, swarm_cfg.name), fit_cfg, store, f"{swarm_cfg.name}.{fit_cfg.objective}",
+                    progress=progress)
+    validation = validate_fit(store, fit, vcfg, progress=progress)
+    return {"swarm_runs": swarm_result["runs"], "failed": swarm_result["failed"],
+            "cv_spearman": {r["regressor"]: r["cv_spearman"] for r in fit.fits.to_dicts()},
+            "proposal": fit.proposal["spec"], "rank": validation["rank"], "regret": validation["regret"],
+            "verdict": validation["verdict"], "against": validation["against"]}
+
+
 def step_report(store: Store, study: StudyConfig, progress: bool) -> dict:
     from reports.build import build_report
 
@@ -437,7 +502,7 @@ def step_report(store: Store, study: StudyConfig, progress: bool) -> dict:
 STEPS = (("demo store", step_demo), ("generate", step_generate), ("generation rounds", step_rounds),
          ("unigram", step_unigram), ("near-duplicates", step_dedup), ("tokenizer", step_tokenizer),
          ("mixtures + sweep", step_sweep), ("anneal probe", step_probe), ("scaling fits", step_scaling),
-         ("evidence", step_evidence),
+         ("evidence", step_evidence), ("mixture choice", step_mixopt),
          ("report", step_report))
 
 

@@ -1,0 +1,47 @@
+"""python -m stats.mixopt {swarm,fit,validate,probe}: choose a mixture from a swarm of proxy runs.
+
+Each command is a module of this package with `add_parser(subparsers)` and `run(args) -> exit status`;
+COMMANDS lists them in help order. An optional one that is not installed (probe, until it lands) is left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+COMMANDS = ("swarm", "fit", "validate", "probe")
+OPTIONAL = {"probe"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m stats.mixopt", description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  python -m stats.mixopt swarm demo_swarm --sources cc,hq,qa,txbk --n 32\n"
+               "  python -m stats.mixopt fit --sweep demo_swarm --objective wiki --validate --json")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"stats.mixopt.{name}")
+        except ModuleNotFoundError as e:
+            if name in OPTIONAL and e.name == f"stats.mixopt.{name}":
+                continue
+            raise
+        module.add_parser(sub)
+        sub.choices[name].set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet = getattr(args, "quiet", False)
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    from corpora.exits import run_command
+
+    sys.exit(run_command("python -m stats.mixopt", main))
