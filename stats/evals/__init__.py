@@ -183,6 +183,8 @@ def evaluate_model(store: Store, spec: ModelSpec, tasks: list[Task], cfg: EvalCo
     log.info("%s: %d requests in %d batches scored (%s), the rest cached", spec.label, info["n_requests"],
              info["n_batches"], info["dtype"])
     if write and df.height:
+        from stats.evidence import _part
+
         part = _part(spec.run_id or f"model-{info['content_hash']}")
         old = store.read_result(TABLE, part)
         if old is not None:
@@ -211,9 +213,3 @@ def evaluate_sweep(store: Store, sweep: str, cfg: EvalConfig, progress: bool = T
         spec = ModelSpec(store=str(store.root), run_id=run["run_id"])
         out.append(evaluate_model(store, spec, tasks, cfg, run=run, progress=False, encodings=encodings))
     return pl.concat(out, how="diagonal_relaxed")
-
-
-def _part(key: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9_.=-]", "-", key)

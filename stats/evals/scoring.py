@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stats.evals.tasks import Item
+from stats.evals.tasks import Item, TaskError
 
 METRICS = ("acc", "acc_per_char", "correct_prob", "margin", "bpb")
 HIGHER_IS_BETTER = {"acc": True, "acc_per_char": True, "correct_prob": True, "margin": True, "bpb": False}
@@ -112,13 +112,14 @@ def encode_requests(tokenizer, requests: list[tuple[str, str]], max_seq_len: int
     enc_whole = tokenizer.encode_batch(wholes)
     enc_cont = tokenizer.encode_batch([c for _, c in requests])
     out = []
-    for ctx, whole, cont, context in zip(enc_ctx, enc_whole, enc_cont, contexts):
+    for ctx, whole, cont, context, (_, continuation) in zip(enc_ctx, enc_whole, enc_cont, contexts, requests):
         if context:
             ctx, cont = list(ctx), list(whole[len(ctx):])
         else:
             ctx, cont = [tokenizer.eot_id], list(cont)
         if not cont:
-            raise ValueError("a continuation encodes to no tokens")
+            raise TaskError(f"the continuation {continuation!r} after {context[-40:]!r} encodes to no tokens; "
+                            "give every choice some text")
         tokens = (ctx + cont)[-(max_seq_len + 1):]
         out.append((tokens, min(len(cont), len(tokens) - 1)))
     return out

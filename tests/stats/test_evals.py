@@ -104,6 +104,7 @@ def test_bad_task_files_get_one_line_errors(tmp_path, capsys, line, message):
 
 # ------------------------------------------------------------------------------------------------ reference
 @needs_olmes
+@pytest.mark.slow
 def test_loglikelihoods_equal_lm_evaluation_harness(tmp_path, smollm2_dir):
     """lm-eval's `hf` model on a local task file vs ours on the same file and model (the SmolLM2 generator):
     fp32 per request within 1e-3 nats and the same metrics. bf16 autocast (our default on CPUs with bf16
