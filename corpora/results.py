@@ -37,7 +37,11 @@ COLUMNS: dict[str, tuple[str, ...]] = {
                        "status"),
     # stats.evidence
     "decisions": ("sweep", "domain", "model", "tokens", "target_model", "target_tokens", "seed", "n_pairs",
-                  "n_agree", "accuracy", "n_flip", "flip_share"),
+                  "n_agree", "accuracy", "n_flip", "flip_share", "metric"),
+    "decision_snr": ("sweep", "domain", "metric", "model", "tokens", "n_mixtures", "n_seeds", "signal", "noise", "snr"),
+    # stats.evals
+    "evals": ("run_id", "sweep", "mixture", "model", "tokens", "seed", "content_hash", "task", "variant", "metric",
+              "value", "n", "stderr", "chance", "higher_is_better", "dtype"),
     "learning_check": ("sweep", "run_id", "mixture", "model", "tokens", "seed", "domain", "loss", "unigram_loss",
                        "uniform_loss", "below_unigram", "alpha"),
     # stats.mixopt.probe

@@ -25,6 +25,7 @@ from corpora.results import COLUMNS, CREATED_AT
 from corpora.store import Store, atomic_path
 from reports import figures
 from reports.section_schedules import section_schedules
+from reports.section_evals import section_evals
 from stats import evidence
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,14 @@ def _fmt(v, digits: int = 4) -> str:
 def _table(store: Store, name: str) -> pl.DataFrame | None:
     df = store.read_result(name)
     return df if df is not None and df.height else None
+
+
+def _loss_decisions(store: Store) -> pl.DataFrame | None:
+    """The decisions made on validation loss (downstream metrics have their own section: section_evals)."""
+    dec = _table(store, "decisions")
+    if dec is not None and "metric" in dec.columns:
+        dec = dec.filter(pl.col("metric").fill_null("loss") == "loss")
+    return dec if dec is not None and dec.height else None
 
 
 # ---------------------------------------------------------------------------------------------- sections
@@ -397,7 +406,7 @@ def section_decisions(store: Store) -> Section:
                 "scale (DataDecide, Magnusson et al. 2025, report ~80% from 150M to 1B parameters); 50% is a coin "
                 "flip. Per seed: that seed's accuracy alone, and the share of pair decisions it orders unlike the "
                 "seed mean at the same scale (flips).")
-    dec = _table(store, "decisions")
+    dec = _loss_decisions(store)
     if dec is None:
         s.empty = ("No decision table yet: it comes with the study (`python -m reports study`) or "
                    "`stats.evidence.decisions(store, SWEEP)` after a sweep.")
@@ -595,7 +604,7 @@ def findings(store: Store, n_boot: int = 2000, seed: int = 0) -> list[dict]:
     else:
         add(claim, evidence.NO_DATA, "no optimal_ratios table")
 
-    dec = _table(store, "decisions")
+    dec = _loss_decisions(store)
     claim = "Mixture rankings at small scale predict the largest scale (DataDecide: ~80% pairwise accuracy)"
     if dec is not None:
         mean = _main_domain(dec).filter(pl.col("seed") == "mean")
@@ -672,7 +681,7 @@ def findings(store: Store, n_boot: int = 2000, seed: int = 0) -> list[dict]:
 from reports.section_mixopt import section_mixopt  # noqa: E402 (its module imports Section from here lazily)
 
 SECTIONS = (section_inventory, section_unigram, section_dedup, section_training, section_learning, section_scaling,
-            section_speedups, section_ratios, section_decisions, section_collapse, section_schedules,
+            section_speedups, section_ratios, section_decisions, section_evals, section_collapse, section_schedules,
             section_mixopt)
 
 

@@ -10,6 +10,7 @@ synth, reports); the layers themselves never import upward (tests/test_layers.py
     synthmix stats dedup --corpus hq --against cc     = python -m stats.dedup ...
     synthmix stats scaling --runs cpu_sweep           = python -m stats.scaling ...
     synthmix stats mixopt fit --sweep demo_swarm      = python -m stats.mixopt fit ...
+    synthmix stats evals run --runs demo --tasks arc_easy:rc_0shot = python -m stats.evals run ...
     synthmix train mix cc_hq --parts cc=0.67,hq=0.33 --tokens 20M
     synthmix train export cc_hq --format megatron --out megatron_data
     synthmix reports study
@@ -34,6 +35,7 @@ TOOLS: dict[tuple[str, ...], tuple] = {
     ("stats", "dedup"): ("stats.dedup", "near-duplicates (MinHash LSH) in a corpus or against another"),
     ("stats", "scaling"): ("stats.scaling", "scaling-law fits, speed-ups and optimal ratios"),
     ("stats", "mixopt"): ("stats.mixopt.__main__", "mixture choice: swarm of proxy runs, fit, proposal, validation"),
+    ("stats", "evals"): ("stats.evals.__main__", "downstream evaluation (ARC, HellaSwag, ...) of runs and HF models"),
     ("train",): ("train.__main__", "mixtures, tokenizers, presets, training runs, sweeps, mixture export"),
     ("reports",): ("reports.__main__", "the study driver and the HTML report"),
 }

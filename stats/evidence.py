@@ -19,7 +19,10 @@ collapse rounds.
   their order by final loss (seed mean) at a smaller scale (model, budget) match their order at the
   largest scale of the sweep (largest model, largest budget)? Pairwise decision accuracy per smaller
   scale; per seed, the accuracy of that seed alone and the share of decisions it flips against the seed
-  mean at the same scale. Table `decisions`.
+  mean at the same scale. Table `decisions`, column `metric`: 'loss' (the final validation loss, per
+  domain) and every downstream metric of table `evals` (per task: acc, acc_per_char, correct_prob, margin,
+  bpb), so a decision can be made on the metric that is most reliable at this scale; beside it table
+  `decision_snr`: per metric and scale, the spread across mixtures over the spread across seeds.
 - **Learning check** (`learning_check`): per run and validation domain, the cross-entropy of the
   evaluated validation tokens under the training mixture's unigram distribution (counted from the
   mixture's token array, same tokenizer, additive smoothing q(v) = (c(v) + alpha) / (N + alpha V),
@@ -252,22 +255,68 @@ def decision_table(pts: pl.DataFrame) -> pl.DataFrame:
         "accuracy": pl.Float64, "n_flip": pl.Int64, "flip_share": pl.Float64})
 
 
+def eval_points(store, sweep: str) -> pl.DataFrame | None:
+    """One row per (finished run of the sweep, downstream task, metric) from table `evals`, shaped like
+    `final_points` with `loss` oriented lower-is-better (the negated value of acc, acc_per_char,
+    correct_prob and margin; bpb as is) and `domain` = the task (TASK:VARIANT)."""
+    evals = store.read_result("evals")
+    runs = store.read_result("runs")
+    if evals is None or runs is None or not evals.height or "sweep" not in runs.columns:
+        return None
+    runs = runs.filter((pl.col("status") == "done") & (pl.col("sweep") == sweep)).unique("run_id", keep="last")
+    if "n_params" not in runs.columns:
+        runs = runs.with_columns(pl.lit(None, dtype=pl.Float64).alias("n_params"))
+    ev = evals.filter(pl.col("run_id").is_not_null()).sort("created_at").unique(
+        ["run_id", "task", "variant", "metric"], keep="last")
+    pts = ev.select("run_id", "metric", pl.format("{}:{}", "task", "variant").alias("domain"),
+                    pl.when(pl.col("higher_is_better")).then(-pl.col("value")).otherwise(pl.col("value"))
+                    .cast(pl.Float64).alias("loss")).join(
+        runs.select("run_id", "sweep", "mixture", "model", pl.col("n_params").cast(pl.Float64),
+                    pl.col("tokens").cast(pl.Int64), pl.col("seed").cast(pl.Int64)), on="run_id")
+    return pts if pts.height else None
+
+
+def signal_to_noise(pts: pl.DataFrame) -> pl.DataFrame:
+    """Per (model, tokens) scale: signal = standard deviation across mixtures of the seed-mean value, noise =
+    mean over mixtures of the standard deviation across seeds, snr = signal / noise (after "Signal and
+    Noise", Heineman et al. 2025: a metric whose mixture differences stand out of its seed noise decides)."""
+    per_mix = pts.group_by("model", "tokens", "mixture").agg(
+        pl.col("loss").mean().alias("mean"), pl.col("loss").std(ddof=1).alias("seed_sd"), pl.len().alias("n_seeds"))
+    out = per_mix.group_by("model", "tokens").agg(
+        pl.col("mean").std(ddof=1).alias("signal"), pl.col("seed_sd").mean().alias("noise"),
+        pl.len().alias("n_mixtures"), pl.col("n_seeds").min().alias("n_seeds"))
+    return out.with_columns(pl.when(pl.col("noise") > 0).then(pl.col("signal") / pl.col("noise"))
+                            .otherwise(None).alias("snr")).sort("model", "tokens")
+
+
 def decisions(store, sweep: str, write: bool = True) -> pl.DataFrame:
-    """`decision_table` for every validation domain (and 'avg') of a sweep; table `decisions`."""
+    """`decision_table` for every validation domain (and 'avg') of a sweep, metric 'loss', and for every
+    downstream task and metric of table `evals` (domain = the task); table `decisions`. The signal-to-noise
+    ratio of every (metric, domain, scale) goes to table `decision_snr`."""
+    sets = []
     pts = final_points(store, sweep)
-    if pts is None:
-        return pl.DataFrame()
-    out = []
-    for (domain,), g in pts.partition_by("domain", as_dict=True, maintain_order=True).items():
-        df = decision_table(g)
-        if df.height:
-            out.append(df.with_columns(pl.lit(sweep).alias("sweep"), pl.lit(domain).alias("domain")))
+    if pts is not None:
+        sets.append(pts.with_columns(pl.lit("loss").alias("metric")))
+    ev = eval_points(store, sweep)
+    if ev is not None:
+        sets.append(ev)
+    out, snr = [], []
+    for pts in sets:
+        for (metric, domain), g in pts.partition_by(["metric", "domain"], as_dict=True,
+                                                    maintain_order=True).items():
+            df = decision_table(g)
+            keys = [pl.lit(sweep).alias("sweep"), pl.lit(domain).alias("domain"), pl.lit(metric).alias("metric")]
+            if df.height:
+                out.append(df.with_columns(*keys))
+            snr.append(signal_to_noise(g).with_columns(*keys))
     if not out:
         return pl.DataFrame()
     df = pl.concat(out)
     df = df.select(["sweep", "domain"] + [c for c in df.columns if c not in ("sweep", "domain")])
     if write:
         store.put_result("decisions", _part(sweep), df)
+        store.put_result("decision_snr", _part(sweep), pl.concat(snr).select(
+            "sweep", "domain", "metric", "model", "tokens", "n_mixtures", "n_seeds", "signal", "noise", "snr"))
     return df
 
 

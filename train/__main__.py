@@ -20,7 +20,8 @@ EXAMPLES = {
     "presets": "python -m train presets --vocab 8192 --json",
     "run": "python -m train run --mixture cc_hq --model cpu-4m --tokens 5M --lr 3e-3",
     "sweep": "python -m train sweep examples/sweep_cpu.toml",
-    "export": "python -m train export cc_hq --format megatron --out megatron_data",
+    "export": "python -m train export cc_hq --format megatron --out megatron_data   "
+              "(a run: python -m train export RUN_ID --format hf --out hf_model)",
 }
 
 
@@ -115,12 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
                                 "examples/sweep_cpu.toml)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their status; train nothing")
 
-    p = add("export", "Export a mixture for another trainer: Megatron-LM/NeMo indexed dataset or a flat token file.")
-    p.add_argument("mixture", help="a mixture built with `python -m train mix`")
-    p.add_argument("--format", choices=("megatron", "flat"), default="megatron",
+    p = add("export", "Export a mixture for another trainer (Megatron-LM/NeMo indexed dataset, flat token file) "
+                      "or a finished run as a Hugging Face LlamaForCausalLM directory.")
+    p.add_argument("mixture", metavar="NAME",
+                   help="a mixture built with `python -m train mix` (megatron, flat) or a finished run id (hf)")
+    p.add_argument("--format", choices=("megatron", "flat", "hf"), default="megatron",
                    help="megatron: NAME_text_document.bin + .idx (MMIDIDX; --data-path OUT/NAME_text_document); "
                         "flat: NAME.bin, uint16/uint32 tokens with end-of-text between documents, as nanoGPT and "
-                        "OLMo-core memory-map it. Both with a JSON sidecar (default megatron)")
+                        "OLMo-core memory-map it. Both with a JSON sidecar. hf: the run NAME as config.json + "
+                        "model.safetensors + tokenizer that transformers loads (default megatron)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--overwrite", action="store_true", help="replace files of an earlier export")
     return parser
@@ -296,6 +300,17 @@ def cmd_sweep(args, store) -> int:
 
 def cmd_export(args, store) -> int:
     from train.export import ExportConfig, export_mixture
+
+    if args.format == "hf":
+        from train.export_hf import export_run_hf
+
+        summary = export_run_hf(store, args.mixture, args.out, overwrite=args.overwrite)
+        if args.json:
+            _json(summary)
+        else:
+            print(f"run {args.mixture}: LlamaForCausalLM ({summary['dtype']}, {summary['n_params']} parameters, "
+                  f"tokenizer {summary['tokenizer']}) -> {summary['out']}: {', '.join(summary['files'])}")
+        return 0
 
     sidecar = export_mixture(store, ExportConfig(args.mixture, args.format, args.out, args.overwrite),
                              progress=not args.quiet)

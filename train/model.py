@@ -240,9 +240,9 @@ class Transformer(nn.Module):
             else:
                 nn.init.normal_(p, 0.0, std)
 
-    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None):
-        """tokens (B, T) -> logits (B, T, vocab); with targets (B, T), the mean cross-entropy instead
-        (computed by `linear_cross_entropy`, which never materialises the whole logits tensor)."""
+    def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, T) -> the final-norm hidden states (B, T, d_model) that the output layer reads
+        (an evaluator passes only the positions it scores through `output`)."""
         t = tokens.shape[1]
         if t > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {t} exceeds max_seq_len={self.cfg.max_seq_len}")
@@ -250,7 +250,12 @@ class Transformer(nn.Module):
         h = self.tok_embeddings(tokens)
         for layer in self.layers:
             h = layer(h, cos, sin)
-        h = self.norm(h)
+        return self.norm(h)
+
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None):
+        """tokens (B, T) -> logits (B, T, vocab); with targets (B, T), the mean cross-entropy instead
+        (computed by `linear_cross_entropy`, which never materialises the whole logits tensor)."""
+        h = self.hidden(tokens)
         if targets is None:
             return self.output(h)
         return linear_cross_entropy(h.reshape(-1, h.shape[-1]), self.output.weight, targets.reshape(-1))

@@ -16,7 +16,7 @@ from stats.unigram import UnigramConfig, run_unigram
 from tests.conftest import missing
 
 SECTION_IDS = ["findings", "inventory", "unigram", "dedup", "training", "learning", "scaling", "speedups", "ratios",
-               "decisions", "collapse", "schedules"]
+               "decisions", "evals", "collapse", "schedules"]
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +169,9 @@ def full_store(tmp_path_factory, lee_texts):
     results = run_sweep(store, parse_sweep(doc), progress=False)
     assert all(r.get("status") == "done" for r in results), results
     fit_sweep(store, "s", ScalingConfig(n_boot=4, n_starts=4))
+    from stats.evals import EvalConfig, evaluate_sweep  # downstream metrics: decisions per metric
+
+    evaluate_sweep(store, "s", EvalConfig(tasks=["arc_easy:rc_0shot", "piqa:rc_0shot"], limit=8), progress=False)
     decisions(store, "s")
     learning_check(store, "s")
     collapse_rounds(store, ["wiki"])
@@ -215,6 +218,9 @@ def test_report_against_a_store_with_every_analysis(full_store, tmp_path):
     assert lc["vocab_size"][0] <= 512 and (lc["unigram_loss"] < lc["uniform_loss"]).all()
     dec = full_store.read_result("decisions")
     assert set(dec["seed"]) == {"mean", "0", "1"} and dec["n_pairs"].max() == 3
+    assert {"loss", "acc", "acc_per_char", "correct_prob", "margin", "bpb"} <= set(dec["metric"])
+    evals = page.split('data-section="evals"')[1].split("</section>")[0]
+    assert evals.count("data:image/png") == 2 and "piqa:rc_0shot" in evals
     fits = full_store.read_result("fits")
     assert (fits.filter(pl.col("fit") == "data")["n_seeds"] == 2).all()
 
