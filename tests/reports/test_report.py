@@ -16,7 +16,7 @@ from stats.unigram import UnigramConfig, run_unigram
 from tests.conftest import missing
 
 SECTION_IDS = ["findings", "inventory", "unigram", "dedup", "training", "learning", "scaling", "speedups", "ratios",
-               "decisions", "evals", "collapse", "schedules"]
+               "decisions", "evals", "collapse", "schedules", "mixopt"]
 
 
 @pytest.fixture(scope="module")
