@@ -214,6 +214,4 @@ def test_cli_every_command_has_help():
     assert {"ingest", "list", "show", "sql", "export", "rm", "demo"} <= set(sub.choices)
     for name, sp in sub.choices.items():
         assert sp.description and "usage:" in sp.format_help(), f"corpora {name} has no help text"
-    proc = subprocess.run([sys.executable, "-m", "corpora", "ingest", "--help"], capture_output=True, text=True,
-                          cwd=REPO)
-    assert proc.returncode == 0 and "--text-field" in proc.stdout
+    assert "--text-field" in sub.choices["ingest"].format_help()
