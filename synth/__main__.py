@@ -60,6 +60,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--device", default=d.device, help="transformers backend: cpu, cuda or auto")
     p.add_argument("--num-threads", type=int, default=d.num_threads,
                    help="transformers backend: torch threads (0: all cores; 1 helps on a busy machine)")
+    p.add_argument("--dtype", default=d.dtype, choices=("auto", "bf16", "fp32"),
+                   help="transformers backend: auto (bf16 where the CPU/GPU has it), bf16, or fp32 (texts that do "
+                        "not depend on the batch; see docs/dtype.md)")
     p.add_argument("--cache-dir", default=d.cache_dir, help="where converted GGUF models are kept")
     p.add_argument("--workers", type=int, default=d.workers,
                    help="generator workers (processes, or Ray actors), each loading the model (default: 1)")

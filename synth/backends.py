@@ -55,6 +55,10 @@ class GenerationResult:
     n_prompt_tokens: int
     n_completion_tokens: int
     error: str | None = None
+    # (completion tokens, vocab) float32 log-softmax of the model's raw logits at each decoding step, kept
+    # only when the backend is asked to (`TransformersBackend.keep_logprobs`): for numerics checks
+    step_logprobs: Any = dataclasses.field(default=None, repr=False, compare=False)
+    completion_ids: list[int] | None = dataclasses.field(default=None, repr=False, compare=False)  # with them
 
     @classmethod
     def failed(cls, error: str) -> "GenerationResult":
@@ -209,6 +213,7 @@ class TransformersBackend(Backend):
     share (prefilled once) and their own tokens, decoding into a static KV cache."""
 
     MIN_SHARED_PREFIX = 16  # shorter shared prefixes are not worth a separate forward pass
+    keep_logprobs = False   # True: each result carries its per-step log-probabilities (`step_logprobs`)
 
     def __init__(self, model: str, batch_size: int = 16, device: str = "cpu",
                  cache_dir: str | Path | None = None, num_threads: int = 0, dtype: str = "auto",
@@ -310,7 +315,8 @@ class TransformersBackend(Backend):
             input_ids[r, width - len(ids) + n_prefix:] = torch.tensor(ids[n_prefix:])
             attention_mask[r, width - len(ids) + n_prefix:] = 1
         config = GenerationConfig(max_new_tokens=params.max_new_tokens, do_sample=False, num_beams=1,
-                                  pad_token_id=self.pad_id, eos_token_id=self.eos_ids)
+                                  pad_token_id=self.pad_id, eos_token_id=self.eos_ids,
+                                  output_logits=self.keep_logprobs, return_dict_in_generate=self.keep_logprobs)
         processors = LogitsProcessorList()
         if params.temperature > 0:
             processors.append(RowSampler(seeds, params.temperature, params.top_p))
@@ -323,17 +329,21 @@ class TransformersBackend(Backend):
                                       attention_mask=attention_mask.to(self.device),
                                       generation_config=config, logits_processor=processors,
                                       **({"cache": cache} if cache is not None else {}))
+        logprobs = None
+        if self.keep_logprobs:
+            # (steps, batch, vocab) -> per row; the raw logits, before sampling's processors
+            logprobs = torch.stack(out.logits).float().log_softmax(-1).transpose(0, 1).cpu()
+            out = out.sequences
         results = []
         eos = set(self.eos_ids)
         for r, ids in enumerate(batch):
             new = out[r, width:].tolist()
             end = next((k for k, t in enumerate(new) if t in eos), None)
-            if end is None:
-                results.append(GenerationResult(self.tokenizer.decode(new, skip_special_tokens=True),
-                                                "length", len(ids), len(new)))
-            else:
-                results.append(GenerationResult(self.tokenizer.decode(new[:end], skip_special_tokens=True),
-                                                "stop", len(ids), end + 1))
+            n_new = len(new) if end is None else end + 1
+            results.append(GenerationResult(self.tokenizer.decode(new[:end], skip_special_tokens=True),
+                                            "length" if end is None else "stop", len(ids), n_new,
+                                            step_logprobs=None if logprobs is None else logprobs[r, :n_new],
+                                            completion_ids=new[:n_new] if self.keep_logprobs else None))
         return results
 
 

@@ -78,6 +78,9 @@ class GenerateConfig:
     tensor_parallel_size: int = 1  # vllm backend
     device: str = "cpu"  # transformers backend: cpu, cuda, auto
     num_threads: int = 0  # transformers backend: torch intra-op threads (0: torch's default, the cores)
+    # transformers backend: 'auto' (bf16 on GPUs and CPUs with bf16 hardware, else fp32), 'bf16' or 'fp32'.
+    # Texts are batch-independent and prefix-reuse-exact in fp32 only (docs/dtype.md); not part of the recipe
+    dtype: str = "auto"
     cache_dir: str | None = dataclasses.field(default_factory=lambda: str(default_cache_dir()))
     workers: int = 1  # generator workers (processes / Ray actors), each with its own copy of the model
     engine: str | None = None  # local | ray (None: $SYNTHMIX_ENGINE, else local)
@@ -282,7 +285,7 @@ def _build_backend(cfg: GenerateConfig) -> Backend:
                          cache_dir=cfg.cache_dir, num_threads=cfg.num_threads, base_url=cfg.base_url,
                          api_key=os.environ.get(cfg.api_key_env), concurrency=cfg.concurrency,
                          timeout_s=cfg.timeout_s, max_retries=cfg.max_retries,
-                         tensor_parallel_size=cfg.tensor_parallel_size, seed=cfg.seed)
+                         tensor_parallel_size=cfg.tensor_parallel_size, seed=cfg.seed, dtype=cfg.dtype)
 
 
 def _worker_resources(cfg: GenerateConfig) -> dict:

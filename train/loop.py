@@ -45,7 +45,7 @@ import torch.distributed as dist
 from torch import nn
 
 from corpora.store import Store, StoreError, atomic_path
-from train.model import Transformer, build_model_config, resolve_dtype
+from train.model import Transformer, build_model_config, dtype_name, resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +223,25 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
 
 
 # --------------------------------------------------------------------------------------- evaluation
+def run_dtype(store: Store, cfg: RunConfig, device: torch.device) -> str:
+    """The autocast dtype of a run, 'bf16' or 'fp32'. `dtype='auto'` resolves on this machine for a new run;
+    a run resumed (or a branch taken from a trunk) keeps the dtype its first steps were computed in, as its
+    `runs` row records it, so resume stays bit-exact when the machine changes."""
+    if cfg.dtype == "auto":
+        for run_id in filter(None, (cfg.run_id, cfg.branch_from)):
+            prior = store.read_result("runs", run_id)
+            if prior is not None and "dtype" in prior.columns and prior["dtype"][-1] in ("bf16", "fp32"):
+                return prior["dtype"][-1]
+    return dtype_name(resolve_dtype(cfg.dtype, device))
+
+
+def autocast_for(dtype: str, device: torch.device | str):
+    """A factory of the autocast context a run computes its losses under ('bf16' / 'fp32', as `runs.dtype`
+    and `run_metrics.dtype` record it): re-evaluating a saved model under it reproduces the recorded loss."""
+    device_type = torch.device(device).type
+    return lambda: torch.autocast(device_type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, val: np.ndarray, cfg: RunConfig, device: torch.device, autocast) -> float:
     """Mean next-token loss over the first `eval_tokens` tokens (whole rows) of a validation set; the same
@@ -369,6 +388,7 @@ def _now() -> dt.datetime:
 METRIC_SCHEMA = {"run_id": pl.Utf8, "step": pl.Int64, "tokens_seen": pl.Int64, "split": pl.Utf8,
                  "domain": pl.Utf8, "loss": pl.Float64, "lr": pl.Float64, "elapsed_s": pl.Float64,
                  "tokens_per_s": pl.Float64,
+                 "dtype": pl.Utf8,   # 'bf16' / 'fp32': the autocast dtype the loss was computed under
                  "created_at": pl.Datetime("us")}  # kept for rows read back on resume; the store stamps new ones
 
 
@@ -408,10 +428,8 @@ def train_run(store: Store, cfg: RunConfig, train_tokens: np.ndarray, val_sets: 
         device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(cfg.device)
-    use_bf16 = resolve_dtype(cfg.dtype, device) == torch.bfloat16
-
-    def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    compute_dtype = run_dtype(store, cfg, device)
+    autocast = autocast_for(compute_dtype, device)
 
     tokens_per_step = cfg.batch_size * cfg.grad_accum * world * seq_len
     n_steps = cfg.tokens // tokens_per_step
@@ -476,6 +494,7 @@ def train_run(store: Store, cfg: RunConfig, train_tokens: np.ndarray, val_sets: 
         "tokens": cfg.tokens, "seq_len": seq_len, "batch_size": cfg.batch_size * cfg.grad_accum * world,
         "lr_peak": cfg.lr_peak, "seed": cfg.seed, "tokenizer": tokenizer_name, "vocab_size": vocab_size,
         "world_size": world, "n_steps": n_steps, "flops_per_token": model.flops_per_token(seq_len),
+        "dtype": compute_dtype,
         "config": json.dumps(dataclasses.asdict(cfg), sort_keys=True),
         "model_config": json.dumps(model_cfg.to_dict(), sort_keys=True), "started_at": started_at,
     }
@@ -549,7 +568,7 @@ def train_run(store: Store, cfg: RunConfig, train_tokens: np.ndarray, val_sets: 
                 tok_s = tokens_per_step / step_s
                 metrics.append({"run_id": cfg.run_id, "step": step, "tokens_seen": tokens_seen, "split": "train",
                                 "domain": None, "loss": train_loss, "lr": lr, "elapsed_s": progress["elapsed_s"],
-                                "tokens_per_s": tok_s})
+                                "tokens_per_s": tok_s, "dtype": compute_dtype})
                 if bar is not None:
                     bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tok_s:.0f}", refresh=False)
             loss_acc.zero_()
@@ -562,7 +581,8 @@ def train_run(store: Store, cfg: RunConfig, train_tokens: np.ndarray, val_sets: 
                 for name, val in val_sets.items():
                     metrics.append({"run_id": cfg.run_id, "step": step, "tokens_seen": tokens_seen, "split": "val",
                                     "domain": name, "loss": evaluate(model, val, cfg, device, autocast), "lr": lr,
-                                    "elapsed_s": time.perf_counter() - t_session, "tokens_per_s": None})
+                                    "elapsed_s": time.perf_counter() - t_session, "tokens_per_s": None,
+                                    "dtype": compute_dtype})
             if step in branch_points and not stable_checkpoint_path(store, cfg.run_id, step).exists():
                 save_checkpoint(stable_checkpoint_path(store, cfg.run_id, step), model, optimizer, cfg, progress)
             if step == n_steps:   # lean: final weights; the optimizer state only with keep_optimizer

@@ -307,15 +307,20 @@ PRESETS: dict[str, ModelConfig] = {
 
 
 # ------------------------------------------------------------------------------------------- hardware
-@functools.cache
 def cpu_has_bf16() -> bool:
-    """True when this CPU multiplies bf16 in hardware (Intel AMX-BF16 or AVX512-BF16), where bf16 autocast
-    runs 1.5-2x faster than fp32 (cpu-4m/cpu-16m, measured on a Sapphire Rapids Xeon). Elsewhere oneDNN
-    emulates bf16 matmuls with fp32 instructions, which is slower than fp32 itself, so fp32 stays the default.
-    $SYNTHMIX_CPU_BF16=0/1 overrides the detection (e.g. to force the fp32 path on such a CPU)."""
+    """True when bf16 is the CPU default: $SYNTHMIX_CPU_BF16=0/1 when set (read at every call, so a test or a
+    benchmark can switch it), else whether this CPU multiplies bf16 in hardware (`cpu_bf16_hardware`)."""
     forced = os.environ.get("SYNTHMIX_CPU_BF16")
     if forced in ("0", "1"):
         return forced == "1"
+    return cpu_bf16_hardware()
+
+
+@functools.cache
+def cpu_bf16_hardware() -> bool:
+    """Whether this CPU has Intel AMX-BF16 or AVX512-BF16, where bf16 autocast trains faster than fp32
+    (1.5-2x on a Sapphire Rapids Xeon for cpu-4m/cpu-16m; 1.2-1.5x on AMD Zen 4/5, docs/dtype.md). Elsewhere
+    oneDNN emulates bf16 matmuls with fp32 instructions, which is slower than fp32 itself."""
     if hasattr(torch.cpu, "_is_amx_tile_supported"):   # torch's own cpuinfo-based checks (torch >= 2.3)
         return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
     try:
@@ -324,6 +329,11 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """'bf16' or 'fp32': how runs, metrics and documents record the dtype they were computed in."""
+    return "bf16" if dtype == torch.bfloat16 else "fp32"
 
 
 def resolve_dtype(dtype: str, device: torch.device | str) -> torch.dtype:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from corpora.store import StoreError
 from synth.backends import GenerationResult, SamplingParams
@@ -79,33 +80,92 @@ def test_qa_and_txbk(cc_store, smollm2):
         assert m["audience"] and m["style"] and m["n_chunks"] == 1
 
 
-def test_same_seed_same_output_and_batch_independent(smollm2, short_lee_texts):
+def _tv(p, q):
+    """Total variation distance between rows of log-probabilities (steps, vocab) -> (steps,)."""
+    return 0.5 * (p.exp() - q.exp()).abs().sum(-1)
+
+
+def _agreeing_steps(x, y) -> int:
+    """Steps whose distributions are comparable: every step up to and including the first that chose
+    another token (after it the two contexts differ)."""
+    n = min(len(x.completion_ids), len(y.completion_ids))
+    first = next((k for k in range(n) if x.completion_ids[k] != y.completion_ids[k]), n - 1)
+    return first + 1
+
+
+def assert_same_generation(x, y, dtype, bound=None):
+    """fp32: the same tokens, and per-step log-probabilities equal to fp32 rounding (another batch shape sums
+    in another order: ~1e-4 nats measured, against decision margins far above it). bf16: every comparable
+    step's next-token distributions within total variation `bound` (texts may differ once a sampled token
+    differs)."""
+    if dtype == "fp32":
+        assert x.text == y.text and x.completion_ids == y.completion_ids
+        assert (x.step_logprobs - y.step_logprobs).abs().max().item() < 2e-3
+    else:
+        n = _agreeing_steps(x, y)
+        assert _tv(x.step_logprobs[:n], y.step_logprobs[:n]).max().item() <= bound
+
+
+@pytest.fixture
+def gen_in(cpu_dtype, smollm2_of):
+    """The generator as `dtype='auto'` resolves it under SYNTHMIX_CPU_BF16=0/1, keeping log-probabilities, and
+    (for bf16) the numerics bound its promises are checked against: the bf16 path may move any next-token
+    distribution by at most twice what bf16 rounding itself moves it from fp32 on the same prompts."""
+    backend = smollm2_of(cpu_dtype)
+    assert backend.dtype == (torch.bfloat16 if cpu_dtype == "bf16" else torch.float32)
+    backend.keep_logprobs = True
+    yield backend
+    backend.keep_logprobs = False
+
+
+def _bf16_bound(smollm2_of, prompts, params, seeds) -> float:
+    """2x the largest per-step TV distance between fp32 and bf16 on each prompt alone (comparable steps).
+    Measured here: ~0.02-0.04 (a wrong context, another prompt, gives ~0.43); a broken bf16 path that
+    inflated it is caught by the cap."""
+    runs = {}
+    for dtype in ("fp32", "bf16"):
+        backend = smollm2_of(dtype)
+        backend.keep_logprobs = True
+        runs[dtype] = [backend.generate([p], params, seeds=[s])[0] for p, s in zip(prompts, seeds)]
+    worst = max(_tv(f.step_logprobs[:n], b.step_logprobs[:n]).max().item()
+                for f, b in zip(runs["fp32"], runs["bf16"]) for n in [_agreeing_steps(f, b)])
+    assert worst < 0.1, f"bf16 moves next-token distributions by {worst:.3f} TV from fp32: bf16 path broken"
+    return 2 * worst
+
+
+def test_same_seed_same_output_and_batch_independent(gen_in, cpu_dtype, smollm2_of, short_lee_texts):
     prompts = [load_prompt("hq").render(text=t[:200]) for t in short_lee_texts[:3]]
     params = SamplingParams(max_new_tokens=10, temperature=1.0, top_p=0.95)
-    a = smollm2.generate(prompts, params, seeds=[1, 2, 3])
+    bound = _bf16_bound(smollm2_of, prompts[1:2], params, [2]) if cpu_dtype == "bf16" else None
+    a = gen_in.generate(prompts, params, seeds=[1, 2, 3])
     # same seed, same output, even when the prompt's batch differs: it depends on its own seed only
-    alone = smollm2.generate(prompts[1:2], params, seeds=[2])
-    assert alone[0].text == a[1].text
-    other = smollm2.generate(prompts, params, seeds=[7, 8, 9])
+    # (in bf16: the same distributions within bf16 rounding; a sampled token may then differ)
+    alone = gen_in.generate(prompts[1:2], params, seeds=[2])
+    assert_same_generation(alone[0], a[1], cpu_dtype, bound)
+    other = gen_in.generate(prompts, params, seeds=[7, 8, 9])
     assert [r.text for r in other] != [r.text for r in a]
 
 
-def test_shared_prompt_prefix_is_prefilled_once_with_the_same_outputs(smollm2, short_lee_texts):
+def test_shared_prompt_prefix_is_prefilled_once_with_the_same_outputs(gen_in, cpu_dtype, smollm2_of,
+                                                                      short_lee_texts):
     prompts = [load_prompt("hq").render(text=t[:200]) for t in short_lee_texts[:4]]
-    encoded = [smollm2.encode_chat(m) for m in prompts]
-    n_prefix = smollm2.shared_prefix(encoded)
+    encoded = [gen_in.encode_chat(m) for m in prompts]
+    n_prefix = gen_in.shared_prefix(encoded)
     # the system prompt and the template's instructions: everything before the web text
     assert n_prefix >= 100 and all(e[:n_prefix] == encoded[0][:n_prefix] for e in encoded)
-    assert smollm2.shared_prefix(encoded[:1]) == 0  # one prompt has nothing to share
-    for params in (SamplingParams(max_new_tokens=16, temperature=0.0),
-                   SamplingParams(max_new_tokens=16, temperature=1.0, top_p=0.9)):
-        reused = smollm2.generate(prompts, params, seeds=[5, 6, 7, 8])
-        smollm2.reuse_prefix = False
+    assert gen_in.shared_prefix(encoded[:1]) == 0  # one prompt has nothing to share
+    seeds = [5, 6, 7, 8]
+    greedy = SamplingParams(max_new_tokens=12, temperature=0.0)
+    bound = _bf16_bound(smollm2_of, prompts[:2], greedy, seeds) if cpu_dtype == "bf16" else None
+    for params in (greedy, SamplingParams(max_new_tokens=12, temperature=1.0, top_p=0.9)):
+        reused = gen_in.generate(prompts, params, seeds=seeds)
+        gen_in.reuse_prefix = False
         try:
-            whole = smollm2.generate(prompts, params, seeds=[5, 6, 7, 8])
+            whole = gen_in.generate(prompts, params, seeds=seeds)
         finally:
-            smollm2.reuse_prefix = True
-        assert [r.text for r in reused] == [r.text for r in whole]
+            gen_in.reuse_prefix = True
+        for r, w in zip(reused, whole):
+            assert_same_generation(r, w, cpu_dtype, bound)
         assert [r.n_prompt_tokens for r in reused] == [len(e) for e in encoded]
         assert all(r.n_completion_tokens > 0 and r.text for r in reused)
 

@@ -21,7 +21,9 @@ from synth.serve import build_server, start_server_thread
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_killed_run_resumes_without_loss_or_duplicates(cc_store, smollm2):
+def test_killed_run_resumes_without_loss_or_duplicates(cc_store, cpu_dtype, smollm2_of):
+    """Whatever the dtype: bf16 texts depend on the batch, but resume keys on the request, not the text."""
+    smollm2 = smollm2_of(cpu_dtype)   # the killed process resolves 'auto' under the same SYNTHMIX_CPU_BF16
     args = ["generate", "--type", "hq", "--source", "cc", "--out", "hq", "--store", str(cc_store.root),
             "--limit", "4", "--max-new-tokens", "10", "--batch-size", "1", "--shard-docs", "1", "--no-progress",
             "--cache-dir", str(default_cache_dir()), "--num-threads", "1"]

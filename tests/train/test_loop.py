@@ -3,7 +3,6 @@ packed into a mixture by train.data. The model is the `debugmodel` preset so eve
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
@@ -19,7 +18,7 @@ from safetensors.torch import load_file
 from tests.conftest import REPO, add_corpus
 from corpora.store import Store, StoreError
 from train.data import MixtureConfig, build_mixture, open_mixture
-from train.loop import (RunConfig, checkpoint_path, evaluate, final_weights_path, get_lr, load_final_weights,
+from train.loop import (RunConfig, autocast_for, checkpoint_path, evaluate, final_weights_path, get_lr, load_final_weights,
                         sequence_indices, stable_checkpoint_path, train_run, wsd_decay_start)
 from train.model import UnknownPreset
 from train.tokenizer import train_tokenizer
@@ -90,12 +89,12 @@ def test_sequence_order_is_a_pure_function_of_position():
     assert not np.array_equal(epoch0, sequence_indices(0, n, n, seed=4))
 
 
-def test_tiny_run_loss_falls(lee_store, lee_data):
-    steps = 80
-    row = run(lee_store, lee_data, tiny_cfg(run_id="falls", tokens=steps * 8 * SEQ_LEN,
+def test_tiny_run_loss_falls(lee_store, lee_data, cpu_dtype):
+    steps, run_id = 80, f"falls-{cpu_dtype}"
+    row = run(lee_store, lee_data, tiny_cfg(run_id=run_id, tokens=steps * 8 * SEQ_LEN,
                                             eval_every_tokens=20 * 8 * SEQ_LEN))
     assert row["status"] == "done" and row["tokens_seen"] == steps * 8 * SEQ_LEN
-    losses = train_losses(lee_store, "falls")
+    losses = train_losses(lee_store, run_id)
     assert len(losses) == steps
     assert losses[0] > 0.95 * math.log(lee_data.vocab_size)            # starts near uniform over the vocabulary
     # Stated bound: the entropy of the stream's unigram distribution, the best loss without context
@@ -104,21 +103,26 @@ def test_tiny_run_loss_falls(lee_store, lee_data):
     p = counts[counts > 0] / counts.sum()
     unigram_entropy = float(-(p * np.log(p)).sum())
     assert np.mean(losses[-5:]) < unigram_entropy, (losses[-5:], unigram_entropy)
-    m = lee_store.read_result("run_metrics", "falls").filter(pl.col("split") == "val")
+    m = lee_store.read_result("run_metrics", run_id).filter(pl.col("split") == "val")
     assert m["domain"].unique().to_list() == ["val"] and len(m) == 4   # every 20 steps
     assert m["loss"][-1] < m["loss"][0] and m["loss"][-1] < math.log(lee_data.vocab_size) - 0.9  # held-out text
-    runs = lee_store.sql("SELECT run_id, status, model, n_params, tokenizer, tokens_per_s FROM runs "
-                         "WHERE run_id = 'falls'").to_pylist()
+    runs = lee_store.read_result("runs", run_id).to_dicts()
     assert runs[0]["status"] == "done" and runs[0]["model"] == "debugmodel" and runs[0]["tokenizer"] == "lee512"
     assert runs[0]["tokens_per_s"] > 0 and runs[0]["n_params"] > 50_000
+    # 'auto' resolved under SYNTHMIX_CPU_BF16, recorded with the run and with every metric row
+    assert runs[0]["dtype"] == cpu_dtype and m["dtype"].unique().to_list() == [cpu_dtype]
     # Lean: the final weights (with the model config) stay, the optimizer state goes.
-    run_dir = lee_store.artifact_dir("runs", "falls")
+    run_dir = lee_store.artifact_dir("runs", run_id)
     assert not (run_dir / "checkpoint.pt").exists() and (run_dir / "model.safetensors").exists()
-    model = load_final_weights(lee_store, "falls")
+    model = load_final_weights(lee_store, run_id)
     assert model.cfg.vocab_size == lee_data.vocab_size and model.num_params(non_embedding=True) == runs[0]["n_params"]
-    cfg = tiny_cfg(run_id="falls", eval_tokens=1024)
-    assert evaluate(model, lee_data.val_sets["val"], cfg, torch.device("cpu"), contextlib.nullcontext) == \
-        pytest.approx(m["loss"][-1], rel=1e-6)                        # the weights of the last validation
+    cfg = tiny_cfg(run_id=run_id, eval_tokens=1024)
+    # the weights of the last validation, under the dtype the run recorded: the same loss
+    val, cpu = lee_data.val_sets["val"], torch.device("cpu")
+    again = evaluate(model, val, cfg, cpu, autocast_for(runs[0]["dtype"], cpu))
+    assert again == pytest.approx(m["loss"][-1], rel=1e-6)
+    other = "fp32" if cpu_dtype == "bf16" else "bf16"     # and the other dtype computes another number
+    assert evaluate(model, val, cfg, cpu, autocast_for(other, cpu)) != again
 
 
 def test_resume_reproduces_the_uninterrupted_curve(lee_store, lee_data, tmp_path):
@@ -167,6 +171,21 @@ def test_bf16_autocast_follows_fp32_and_resumes_exactly(lee_store, lee_data, tmp
     run(other, lee_data, dataclasses.replace(cfg, run_id="bf16", dtype="bf16", stop_after_steps=7))
     run(other, lee_data, dataclasses.replace(cfg, run_id="bf16", dtype="bf16"))
     assert train_losses(other, "bf16") == train_losses(lee_store, "bf16")
+
+
+def test_auto_dtype_resumes_in_the_dtype_the_run_started_in(lee_store, lee_data, tmp_path, monkeypatch):
+    """A run started where 'auto' means bf16 and resumed where it means fp32 (another CPU) continues in
+    bf16, bit for bit: the dtype is recorded with the run."""
+    cfg = tiny_cfg(run_id="moved", tokens=12 * 8 * SEQ_LEN, eval_every_tokens=6 * 8 * SEQ_LEN)
+    whole = Store(tmp_path / "whole", create=True)
+    run(whole, lee_data, dataclasses.replace(cfg, dtype="bf16"))
+    moved = Store(tmp_path / "moved", create=True)
+    monkeypatch.setenv("SYNTHMIX_CPU_BF16", "1")
+    run(moved, lee_data, dataclasses.replace(cfg, stop_after_steps=5))
+    monkeypatch.setenv("SYNTHMIX_CPU_BF16", "0")
+    row = run(moved, lee_data, cfg)
+    assert row["status"] == "done" and row["dtype"] == "bf16"
+    assert train_losses(moved, "moved") == train_losses(whole, "moved")
 
 
 def test_wsd_branch_is_the_from_scratch_wsd_run(lee_store, lee_data, tmp_path):

@@ -149,19 +149,17 @@ def test_init_is_seeded_and_scaled():
 
 
 def test_auto_dtype_is_bf16_only_where_the_hardware_has_it(monkeypatch):
-    from train.model import cpu_has_bf16, resolve_dtype
+    from train.model import cpu_bf16_hardware, cpu_has_bf16, resolve_dtype
 
     flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    cpu_has_bf16.cache_clear()
     monkeypatch.delenv("SYNTHMIX_CPU_BF16", raising=False)
     if flags:   # torch's detection agrees with the kernel's CPU flags
-        assert cpu_has_bf16() == ("amx_bf16" in flags.split() or "avx512_bf16" in flags.split())
+        assert cpu_bf16_hardware() == ("amx_bf16" in flags.split() or "avx512_bf16" in flags.split())
+    assert cpu_has_bf16() == cpu_bf16_hardware()
     for forced, want in (("1", torch.bfloat16), ("0", torch.float32)):
-        monkeypatch.setenv("SYNTHMIX_CPU_BF16", forced)
-        cpu_has_bf16.cache_clear()
+        monkeypatch.setenv("SYNTHMIX_CPU_BF16", forced)   # read at every call: no cache to clear
         assert resolve_dtype("auto", "cpu") == want
         assert resolve_dtype("fp32", "cpu") == torch.float32 and resolve_dtype("bf16", "cpu") == torch.bfloat16
         assert resolve_dtype("auto", "cuda") == torch.bfloat16
-    cpu_has_bf16.cache_clear()
     with pytest.raises(ValueError, match="fp16"):
         resolve_dtype("fp16", "cpu")
