@@ -23,7 +23,6 @@ def _docs(store, corpus):
             store.sql("SELECT doc_id, source_doc_id, meta FROM documents WHERE corpus = ?", [corpus]).to_pylist()}
 
 
-@pytest.mark.slow  # two generation rounds with the real SmolLM2
 def test_two_rounds_record_round_and_root(cc_store, smollm2, lee_texts):
     store = cc_store
     add_corpus(store, "wiki", lee_texts[-20:], role="test")
