@@ -16,6 +16,17 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+# A test that uses one of these fixtures generates text with the real model, starts Ray, runs the whole study
+# or trains a sweep: it joins the slow tier (`pytest -m "not slow"` leaves it out) without repeating the mark.
+SLOW_FIXTURES = frozenset({"smollm2", "smollm2_of", "ray_engine", "full_store", "sweep_store"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def missing(what: str) -> None:
     """A test cannot run here because `what` is absent: skip it, but under CI=true (where scripts/test.sh
     installs everything) fail, so a broken install shows up instead of hiding behind a skip."""

@@ -62,6 +62,24 @@ def test_synthmix_usage_and_unknown_commands(capsys):
     assert cli.main(["stats", "nope"]) == 2 and "unknown command 'stats nope'" in capsys.readouterr().err
 
 
+def test_every_tool_runs_as_a_module():
+    """Each tool's `python -m X --help` (its __main__.py, as a user runs it), all in one fresh process."""
+    modules = sorted({spec[0].removesuffix(".__main__") for spec in cli.TOOLS.values()})
+    script = ("import contextlib, io, runpy, sys\n"
+              f"for m in {modules!r}:\n"
+              "    sys.argv = [m, '--help']\n"
+              "    out = io.StringIO()\n"
+              "    try:\n"
+              "        with contextlib.redirect_stdout(out):\n"
+              "            runpy.run_module(m, run_name='__main__', alter_sys=True)\n"
+              "    except SystemExit as e:\n"
+              "        print(m, e.code, out.getvalue().startswith('usage:'))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[:-1] == [f"{m} 0 True" for m in modules]
+
+
 def test_console_script_entry_point_runs_a_command(tmp_path):
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     module, func = scripts["synthmix"].split(":")

@@ -77,12 +77,13 @@ def test_sql_is_read_only(demo_store, query):
     assert demo_store.sql("SELECT count(*) AS n FROM documents").to_pylist() == before
 
 
-def test_sql_cli_json_and_error(demo_store):
-    out = _cli("sql", "SELECT corpus, count(*) AS n FROM documents GROUP BY corpus ORDER BY corpus", "--json",
-               store=demo_store.root)
-    assert [r["corpus"] for r in json.loads(out.stdout)] == ["cc", "wiki"]
-    bad = _cli("sql", "DELETE FROM documents", store=demo_store.root, check=False)
-    assert bad.returncode == 2 and bad.stderr.startswith("error: refused") and len(bad.stderr.splitlines()) == 1
+def test_sql_cli_json_and_error(demo_store, run_cli):
+    out = run_cli("corpora.__main__", "--store", demo_store.root, "sql",
+                  "SELECT corpus, count(*) AS n FROM documents GROUP BY corpus ORDER BY corpus", "--json")
+    assert out.code == 0, out.err
+    assert [r["corpus"] for r in json.loads(out.out)] == ["cc", "wiki"]
+    bad = run_cli("corpora.__main__", "--store", demo_store.root, "sql", "DELETE FROM documents")
+    assert bad.code == 2 and bad.err.startswith("error: refused") and len(bad.err.splitlines()) == 1
 
 
 def test_ingest_rejects_are_kept_and_summarised(store, tmp_path):
@@ -96,13 +97,13 @@ def test_ingest_rejects_are_kept_and_summarised(store, tmp_path):
     assert rows[0] == {"source": f"{path}:2", "reason": "bad_json"}
 
 
-def test_nothing_ingested_exits_nonzero(tmp_path):
+def test_nothing_ingested_exits_nonzero(tmp_path, run_cli):
     path = tmp_path / "empty.jsonl"
     path.write_text('{"text": ""}\n{"nope": 1}\n')
-    proc = _cli("ingest", "x", str(path), store=tmp_path / "s", check=False)
-    assert proc.returncode == 2 and "no documents in" in proc.stderr  # bad input: the same on every run
-    proc = _cli("ingest", "x", str(tmp_path / "missing.jsonl"), store=tmp_path / "s", check=False)
-    assert proc.returncode == 2 and "missing.jsonl: no such file" in proc.stderr
+    proc = run_cli("corpora.__main__", "--store", tmp_path / "s", "ingest", "x", path)
+    assert proc.code == 2 and "no documents in" in proc.err  # bad input: the same on every run
+    proc = run_cli("corpora.__main__", "--store", tmp_path / "s", "ingest", "x", tmp_path / "missing.jsonl")
+    assert proc.code == 2 and "missing.jsonl: no such file" in proc.err
 
 
 def test_shared_corpora_ingest_in_parallel(store, shared_data):
@@ -199,9 +200,9 @@ def test_result_tables_are_views(store):
         store.put_result("documents", "x", pl.DataFrame({"a": [1]}))
 
 
-def test_export_roundtrip(demo_store, tmp_path):
+def test_export_roundtrip(demo_store, tmp_path, run_cli):
     out = tmp_path / "wiki.jsonl"
-    _cli("export", "wiki", "--out", str(out), store=demo_store.root)
+    assert run_cli("corpora.__main__", "--store", demo_store.root, "export", "wiki", "--out", out).code == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 106 and {r["doc_id"] for r in rows} == demo_store.doc_ids("wiki")
 
@@ -214,6 +215,4 @@ def test_cli_every_command_has_help():
     assert {"ingest", "list", "show", "sql", "export", "rm", "demo"} <= set(sub.choices)
     for name, sp in sub.choices.items():
         assert sp.description and "usage:" in sp.format_help(), f"corpora {name} has no help text"
-    proc = subprocess.run([sys.executable, "-m", "corpora", "ingest", "--help"], capture_output=True, text=True,
-                          cwd=REPO)
-    assert proc.returncode == 0 and "--text-field" in proc.stdout
+    assert "--text-field" in sub.choices["ingest"].format_help()

@@ -236,7 +236,6 @@ def sweep_fits(sweep_store):
     return fit_sweep(sweep_store, "s1", ScalingConfig(n_boot=4, seed=0, **FAST))
 
 
-@pytest.mark.slow  # the module's sweep store trains a small sweep
 def test_fit_sweep_writes_tables_per_domain(sweep_store, sweep_fits):
     assert sweep_store.result_parts("fits") == ["s1__avg", "s1__cc_val", "s1__wiki"]
     assert sweep_store.result_parts("speedups") == ["s1__avg", "s1__cc_val", "s1__wiki"]
@@ -260,7 +259,6 @@ def test_fit_sweep_writes_tables_per_domain(sweep_store, sweep_fits):
     assert n == 16
 
 
-@pytest.mark.slow  # the module's sweep store trains a small sweep
 def test_fit_sweep_speedups_match_true_laws(sweep_fits):
     sp = sweep_fits.speedups.filter((pl.col("domain") == "wiki") & (pl.col("mixture") == "hq40")
                                     & (pl.col("model") == "tiny") & (pl.col("tokens") == 1.6e7)).row(0, named=True)
@@ -277,7 +275,6 @@ def test_fit_sweep_speedups_match_true_laws(sweep_fits):
     assert set(sweep_fits.speedups["mixture"]) == {"hq20", "hq40", "hq70"}
 
 
-@pytest.mark.slow  # the module's sweep store trains a small sweep
 def test_fit_sweep_optimal_ratio_and_trend(sweep_fits):
     opt = sweep_fits.optimal_ratios.filter(pl.col("domain") == "wiki")
     assert len(opt) == len(MODELS) * len(BUDGETS) and set(opt["synthetic_type"]) == {"hq"}
@@ -288,7 +285,6 @@ def test_fit_sweep_optimal_ratio_and_trend(sweep_fits):
     assert opt["ratio_trend_per_decade"][0] == pytest.approx(-0.05, abs=0.02)
 
 
-@pytest.mark.slow  # the module's sweep store trains a small sweep
 def test_fit_sweep_rerun_replaces_parts(sweep_store):
     before = len(sweep_store.read_result("fits"))
     fit_sweep(sweep_store, "s1", ScalingConfig(n_boot=0, test="wiki", **FAST))
@@ -326,7 +322,6 @@ def test_cli_csv_bad_input_exit_2(tmp_path, capsys):
     assert "no column(s) tokens" in capsys.readouterr().err
 
 
-@pytest.mark.slow  # the module's sweep store trains a small sweep
 def test_cli_runs_unknown_sweep_and_table(sweep_store, capsys):
     assert main(["--runs", "nope", "--store", str(sweep_store.root)]) == 2
     assert "sweeps there: s0, s1" in capsys.readouterr().err

@@ -312,6 +312,7 @@ def demo_store(tmp_path_factory) -> Store:
     return store
 
 
+@pytest.mark.slow  # builds the demo store
 def test_cli_on_demo_store(demo_store, run_cli):
     out = run_cli("stats.unigram", "--store", demo_store.root, "--train", "cc", "--test", "wiki", "--json",
                   "--no-progress")
