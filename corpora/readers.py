@@ -262,8 +262,8 @@ def read_parquet(path: Path, cfg: ReaderConfig) -> Iterator[Doc | Reject]:
         pf = pq.ParquetFile(path)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
-    except (pa.ArrowException, OSError) as e:
-        yield Reject(str(path), "corrupt_parquet", str(e)[:200])
+    except (pa.ArrowException, OSError, ValueError) as e:
+        yield Reject(str(path), "corrupt_parquet", f"{type(e).__name__}: {e}"[:200])
         return
     if cfg.text_field not in pf.schema_arrow.names:
         yield Reject(str(path), "missing_text_field",
@@ -275,7 +275,7 @@ def read_parquet(path: Path, cfg: ReaderConfig) -> Iterator[Doc | Reject]:
         n_rows = pf.metadata.row_group(group).num_rows
         try:
             records = pf.read_row_group(group).to_pylist()
-        except (pa.ArrowException, OSError) as e:
+        except (pa.ArrowException, OSError, ValueError) as e:  # ValueError: e.g. a string that is not UTF-8
             yield Reject(f"{path}#{first}-{first + n_rows - 1}", "corrupt_parquet",
                          f"row group {group}: {e}"[:200])
             first += n_rows
@@ -617,8 +617,8 @@ def read_hf_file(path: Path, cfg: ReaderConfig) -> Iterator[Doc | Reject]:
         raise InputError(f"{path}: no such file") from None
     except EOFError as e:
         yield Reject(f"{path}#{row}", "truncated_stream", str(e)[:200])
-    except (pa.ArrowException, OSError) as e:
-        yield Reject(f"{path}#{row}", reason, str(e)[:200])
+    except (pa.ArrowException, OSError, ValueError) as e:  # ValueError: e.g. a string that is not UTF-8
+        yield Reject(f"{path}#{row}", reason, f"{type(e).__name__}: {e}"[:200])
 
 
 @dataclasses.dataclass

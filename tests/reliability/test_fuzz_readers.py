@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,13 +16,14 @@ import pyarrow.parquet as pq
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from corpora.readers import Doc, InputError, ReaderConfig, Reject, read_file  # noqa: E402
 
-# bounded and reproducible: the same examples on every run (no flaky deadlines on a loaded CI machine)
-FUZZ = settings(max_examples=20, deadline=None, derandomize=True, database=None,
+# bounded and reproducible: the same examples on every run (no flaky deadlines on a loaded CI machine);
+# SYNTHMIX_FUZZ_EXAMPLES=500 for a deeper local run
+FUZZ = settings(max_examples=int(os.environ.get("SYNTHMIX_FUZZ_EXAMPLES", "20")), deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 TEXTS = [f"Record {i}: the quick brown fox jumps over the lazy dog near the river bank, number {i}." for i in range(12)]
 
@@ -87,6 +89,7 @@ def _zstd(data: bytes) -> bytes:
 
 @FUZZ
 @given(codec=st.sampled_from(["gz", "zst"]), mutation=mutations)
+@example(codec="gz", mutation=("replace", 0.5, 1, b"\x00"))  # damaged deflate data: zlib.error
 def test_compressed_jsonl(tmp_path_factory, codec, mutation):
     raw = b"".join(JSONL)
     packed = gzip.compress(raw, mtime=0) if codec == "gz" else _zstd(raw)
@@ -141,6 +144,8 @@ def _columnar(tmp_path: Path, kind: str) -> bytes:
 
 @FUZZ
 @given(kind=st.sampled_from(["parquet", "arrow"]), mutation=mutations)
+@example(kind="arrow", mutation=("replace", 0.5, 1, b"\x80"))  # a string that is no longer UTF-8
+@example(kind="parquet", mutation=("replace", 0.3, 1, b"\x80"))
 def test_columnar(tmp_path_factory, kind, mutation):
     folder = tmp_path_factory.mktemp("fuzz")
     data, _ = _mutate(_columnar(folder, kind), mutation)
