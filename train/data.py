@@ -20,7 +20,8 @@ budget, a tokenizer, a sequence length and a seed. `build_mixture` turns it into
    below a fraction chosen so that the groups read hold ~GROUP_OVERSAMPLE times the text taken (and at
    least MIN_ROW_GROUPS groups); the part's stream orders the taken documents by their key, so it is
    shuffled across groups. Shares are exact either way; the chosen documents' length and source
-   distributions match the corpus's (tests/train/test_mixture_sampling.py).
+   distributions match the corpus's (tests/train/test_mixture_sampling.py). (Such a part's stream for a
+   larger budget does not start with its stream for a smaller one, as a draw over every document's does.)
 3. *interleave*: each drawn document gets a key (its position in its part's stream, as a fraction, plus
    seeded jitter) and all documents are ordered by key, so every part is spread evenly over the whole
    stream and epochs stay in order.
