@@ -282,6 +282,8 @@ def main() -> None:
         if not res[sizes[0]][what]:
             continue
         vals = [med(mb, what, key) for mb in sizes]
+        if all(v != v for v in vals):  # NaN: not measured (--no-read-all)
+            continue
         ratio = vals[-1] / vals[0] if vals[0] else float("nan")
         summary[f"{what}_{key}"] = dict(zip([f"{mb:g}" for mb in sizes], vals))
         print(f"{label:34}" + "".join(f"{v:>14.2f}" for v in vals) + f"{ratio:>9.2f}x"
