@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import json
 import os
 import random
@@ -153,7 +154,8 @@ def exact_jaccard(corpus: Corpus, pairs: list[tuple[int, int]], n: int) -> dict[
 
 
 # ----------------------------------------------------------------------------------------- measured child
-def child(store_path: str, workers: int, memory_limit: str) -> None:
+def child(store_path: str, workers: int, memory_limit: str, engine: str | None = None,
+          ray_address: str | None = None) -> None:
     import psutil
 
     me = psutil.Process()
@@ -173,7 +175,8 @@ def child(store_path: str, workers: int, memory_limit: str) -> None:
     thread.start()
     t0 = time.perf_counter()
     report = dedup.analyze_corpus(Store(store_path), "bench",
-                                  DedupConfig(workers=workers, memory_limit=memory_limit), progress=False)
+                                  DedupConfig(workers=workers, memory_limit=memory_limit, engine=engine,
+                                              ray_address=ray_address), progress=False)
     elapsed = time.perf_counter() - t0
     stop.set()
     thread.join()
@@ -197,8 +200,10 @@ def run_size(n: int, tmp: Path, sentences: list[str], args) -> dict:
         store = write_corpus(root, corpus)
     t_write = time.perf_counter() - t0
     load = os.getloadavg()
+    engine = [*(["--engine", args.engine] if args.engine else []),
+              *(["--ray-address", args.ray_address] if args.ray_address else [])]
     out = subprocess.run([sys.executable, __file__, "--child", str(root), "--workers", str(args.workers),
-                          "--memory-limit", args.memory_limit], capture_output=True, text=True)
+                          "--memory-limit", args.memory_limit, *engine], capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"analysis of {n} documents failed:\n{out.stderr[-3000:]}")
     r = json.loads(out.stdout.strip().splitlines()[-1])
@@ -209,6 +214,8 @@ def run_size(n: int, tmp: Path, sentences: list[str], args) -> dict:
     found = {(bases[a] + b, bases[c] + d) for a, b, c, d in
              zip(pairs["shard"], pairs["row"], pairs["against_shard"], pairs["against_row"])}
     found = {(min(p), max(p)) for p in found}
+    # the reported pairs (and so the clusters, their connected components) as one hash: equal across engines
+    pairs_hash = hashlib.blake2b(json.dumps(sorted(found)).encode(), digest_size=8).hexdigest()
     cand = pq.read_table(r["candidates"])
     cand_pairs = {(min(a, b), max(a, b)) for a, b in zip(cand["i"].to_pylist(), cand["j"].to_pylist())}
     planted = corpus.planted_pairs()
@@ -225,7 +232,8 @@ def run_size(n: int, tmp: Path, sentences: list[str], args) -> dict:
                               "share_reported": float(np.mean([p in found for p in ps])) if ps else None}
     s = r["summary"]
     return {
-        "n_docs": n, "n_planted_copies": int(corpus.is_copy.sum()), "n_shards": len(bases),
+        "n_docs": n, "engine": args.engine or "local", "pairs_hash": pairs_hash,
+        "n_planted_copies": int(corpus.is_copy.sum()), "n_shards": len(bases),
         "write_store_s": t_write, "elapsed_s": r["elapsed_s"], "docs_per_s": n / r["elapsed_s"],
         "cpu_s": r["cpu_s"], "docs_per_cpu_s": n / r["cpu_s"], "stage_s": {k: s[k] for k in ("map_s", "candidates_s", "verify_s")},
         "peak_rss_tree_mib": r["peak_rss_tree_mib"], "load_before": load, "load_after": load_after,
@@ -247,10 +255,12 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true", help="print the results as JSON only")
     ap.add_argument("--write-only", action="store_true", help="only write the stores under --tmp (kept)")
     ap.add_argument("--keep", action="store_true", help="keep the stores under --tmp after measuring")
+    ap.add_argument("--engine", choices=["local", "ray"], help="where the signature map runs (default: local)")
+    ap.add_argument("--ray-address", help="a Ray cluster to join, e.g. 127.0.0.1:6390 (two `ray start` nodes)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        child(args.child, args.workers, args.memory_limit)
+        child(args.child, args.workers, args.memory_limit, args.engine, args.ray_address)
         return 0
     if not SHARED.exists():
         print(f"error: {SHARED} is absent; this benchmark reads real text from ../shared/data", file=sys.stderr)
@@ -271,7 +281,7 @@ def main(argv=None) -> int:
             if not args.keep:
                 shutil.rmtree(tmp / f"s{n}", ignore_errors=True)
             if not args.json:
-                print(f"{n:>9} docs: {res['elapsed_s']:.1f} s, {res['docs_per_s']:.0f} docs/s, peak RSS (tree) "
+                print(f"{n:>9} docs ({res['engine']}, pairs {res['pairs_hash']}): {res['elapsed_s']:.1f} s, {res['docs_per_s']:.0f} docs/s, peak RSS (tree) "
                       f"{res['peak_rss_tree_mib']:.0f} MiB, CPU {res['cpu_s']:.0f} s ({res['docs_per_cpu_s']:.0f} docs/CPU-s), P {res['precision']:.4f} R {res['recall']:.4f} "
                       f"({res['n_true_pairs']} true pairs, {res['n_candidates']} candidates, {res['n_pairs']} "
                       f"reported); load {res['load_before'][0]:.1f}->{res['load_after'][0]:.1f}", flush=True)

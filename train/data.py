@@ -20,7 +20,8 @@ budget, a tokenizer, a sequence length and a seed. `build_mixture` turns it into
    below a fraction chosen so that the groups read hold ~GROUP_OVERSAMPLE times the text taken (and at
    least MIN_ROW_GROUPS groups); the part's stream orders the taken documents by their key, so it is
    shuffled across groups. Shares are exact either way; the chosen documents' length and source
-   distributions match the corpus's (tests/train/test_mixture_sampling.py).
+   distributions match the corpus's (tests/train/test_mixture_sampling.py). (Such a part's stream for a
+   larger budget does not start with its stream for a smaller one, as a draw over every document's does.)
 3. *interleave*: each drawn document gets a key (its position in its part's stream, as a fraction, plus
    seeded jitter) and all documents are ordered by key, so every part is spread evenly over the whole
    stream and epochs stay in order.
@@ -341,11 +342,12 @@ def _order_by_row_groups(cache: TokenCache, shards: list[ShardInfo], corpus: str
         return None
     fraction = need_bytes / read_bytes
     key_hi = math.ceil(fraction * 2.0**64)
-    found, g, bytes_per_token = [], 0, BYTES_PER_TOKEN_GUESS
+    found, g, bytes_per_token, n_rounds = [], 0, BYTES_PER_TOKEN_GUESS, 0
     got_tokens = got_bytes = 0
     while got_tokens < n_tokens:
         if g >= len(groups):
             return None
+        n_rounds += 1
         want_bytes = max(n_tokens - got_tokens, MIN_ROUND_SHARE * n_tokens) * bytes_per_token * THRESHOLD_MARGIN
         first, expected = g, 0.0
         while g < len(groups) and expected < want_bytes:
@@ -374,9 +376,9 @@ def _order_by_row_groups(cache: TokenCache, shards: list[ShardInfo], corpus: str
     n = int(np.searchsorted(np.cumsum(lengths[canonical]), n_tokens)) + 1
     kept = canonical[:n]
     kept = kept[np.lexsort((rows[kept], shard_idx[kept], keys[kept]))]
-    log.info("part %s: %d documents from %d of %d row groups (%.3f of each), %.2f bytes per token, %d tokenized "
-             "by this build", corpus, len(kept), g, len(groups), fraction, got_bytes / max(got_tokens, 1),
-             cache.n_docs_tokenized)
+    log.info("part %s: %d documents in %d round(s) from %d of %d row groups (%.3f of each), %.2f bytes per "
+             "token, %d tokenized by this build", corpus, len(kept), n_rounds, g, len(groups), fraction,
+             got_bytes / max(got_tokens, 1), cache.n_docs_tokenized)
     n_unique = got_tokens + round((total_bytes - got_bytes) * got_tokens / max(got_bytes, 1))
     return PartOrder(shards, shard_idx[kept], rows[kept], lengths[kept], n_unique, False, False)
 
