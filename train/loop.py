@@ -47,7 +47,6 @@ from torch import nn
 from corpora.store import Store, StoreError, atomic_path
 from train import phases as phasing
 from train.model import Transformer, build_model_config, dtype_name, resolve_dtype
-from train.phases import parse_phases
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +104,7 @@ class RunConfig:
                              "warmup_steps, the same for the trunk and its branches")
         if min(self.tokens, self.batch_size, self.grad_accum) < 1:
             raise ValueError("tokens, batch_size and grad_accum must be positive")
-        self.phases = parse_phases(self.phases)
+        self.phases = phasing.parse_phases(self.phases)
         if self.phases:
             if self.mixture and self.mixture != self.phases[-1]["mixture"]:
                 raise ValueError(f"mixture {self.mixture!r} is not the last phase's ({self.phases[-1]['mixture']!r});"

@@ -155,6 +155,14 @@ def check_run_spec(store: Store, spec: RunSpec, check_mixture: bool = True,
         detail = ", ".join(f"{n}: {c.tokenizer} / seq_len {c.seq_len}" for n, c in configs.items())
         raise SweepError(f"the phases of run {format_phases(cfg.phases)} read mixtures with different tokenizers "
                          f"or sequence lengths ({detail}); build them with one tokenizer and seq_len")
+    if cfg.phases and configs:   # every phase gets at least one optimizer step (on one process)
+        per_step = cfg.batch_size * cfg.grad_accum
+        n_steps = spec.tokens // (per_step * next(iter(configs.values())).seq_len)
+        if n_steps >= 1:
+            try:
+                spans(cfg.phases, cfg.mixture, n_steps, per_step)
+            except PhaseError as e:
+                raise SweepError(str(e)) from None
 
 
 def _mixture_fingerprint(store: Store, name: str) -> str:

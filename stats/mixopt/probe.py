@@ -103,8 +103,8 @@ def plan_mixtures(store: Store, cfg: ProbeConfig):
     return trunk, cooldowns
 
 
-def check_probe(store: Store, cfg: ProbeConfig) -> None:
-    """Every check before any work; a ProbeError names the flag."""
+def check_numbers(cfg: ProbeConfig) -> None:
+    """The checks that need no store; a ProbeError names the flag."""
     if not 0 < cfg.share < 1:
         raise ProbeError(f"--share {cfg.share:g} is outside (0, 1): the candidate's share of the cooldown mixture, "
                          "e.g. 0.3")
@@ -115,6 +115,11 @@ def check_probe(store: Store, cfg: ProbeConfig) -> None:
         raise ProbeError("--candidates is empty: name candidate corpora, e.g. hq,qa,txbk")
     if not cfg.seeds:
         raise ProbeError("--seeds is empty: give seeds, e.g. 0,1,2")
+
+
+def check_probe(store: Store, cfg: ProbeConfig) -> None:
+    """Every check before any work; a ProbeError names the flag."""
+    check_numbers(cfg)
     trunk, _ = plan_mixtures(store, cfg)
     for cand in cfg.candidates:
         store.corpus(cand)
@@ -300,6 +305,7 @@ def run(args) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     cfg = config_from_args(args)
+    check_numbers(cfg)
     store = Store(resolve_store_path(args.store))
     check_probe(store, cfg)   # before the lock and before any work
     with store.writer(f"python -m stats.mixopt probe --trunk {cfg.trunk}"):

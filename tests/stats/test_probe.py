@@ -86,3 +86,21 @@ def test_bad_probe_flags_exit_2_with_one_line(probe_store, capsys, flags, match)
     code = main(argv)
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and match in err, err
+
+
+def test_demo_study_probes_its_types_on_the_sweeps_trunks():
+    import dataclasses
+
+    from reports.study import load_study, probe_config, sweep_document
+
+    study = load_study(None)
+    cfg = probe_config(study)
+    assert (cfg.trunk, cfg.candidates, cfg.share, cfg.cooldown) == ("mix_base", ["hq", "qa", "txbk"], 0.33, 0.2)
+    assert cfg.tokens == 128_000 and cfg.seeds == [0, 1, 2] and cfg.model == "debugmodel"
+    assert cfg.options == study.sweep["run"] and cfg.val_corpora == study.tests
+    assert sweep_document(study)["anneal_points"] == ["mix_base"]   # the trunks keep their anneal point
+    assert "anneal_points" not in sweep_document(dataclasses.replace(study, probe={}))
+    with pytest.raises(ValueError, match="unknown key 'shares' in \\[probe\\]"):
+        probe_config(dataclasses.replace(study, probe={"shares": 0.3}))
+    with pytest.raises(ValueError, match="share = 'x' should be float or int"):
+        probe_config(dataclasses.replace(study, probe={"share": "x"}))

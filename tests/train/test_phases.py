@@ -144,6 +144,7 @@ def test_cooldown_branch_on_its_own_mixture_is_the_from_scratch_schedule(phase_s
     ("web:0.8,nosuch:1", "unknown mixture 'nosuch'"),
     ("web:0.8,long:1", "different tokenizers or sequence lengths"),
     ("web=0.8", "malformed phase"),
+    ("web:0.99,anneal:1", "gets no optimizer step"),
 ])
 def test_bad_schedules_exit_2_with_one_line(phase_store, capsys, phases, match):
     code = main(["run", "--store", str(phase_store.root), "--model", "debugmodel", "--tokens", "5k",
