@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,15 +27,7 @@ from stats.mixopt.fit import FitConfig, _scores, cross_validate, fit_swarm  # no
 from stats.mixopt.propose import Bounds, optimize  # noqa: E402
 from stats.mixopt.regressors import Boosted, LogLinear, UnigramKL  # noqa: E402
 from stats.mixopt.synthetic import planted_swarm  # noqa: E402
-
-
-def timed(fn, repeats: int):
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+from benchmarks.scaling_fit import timed  # noqa: E402 (median wall time of repeats)
 
 
 def synthetic_unigram(k: int, n_vocab: int = 16_384, n_tests: int = 2, seed: int = 0) -> UnigramKL:

@@ -56,17 +56,23 @@ class Bounds:
 
 def project(V: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
     """Euclidean projection of each row of V onto {lower <= w <= upper, sum w = 1}: w = clip(v - tau),
-    with tau found by bisection (the clipped sum falls as tau grows)."""
-    V = np.atleast_2d(V)
-    lo_tau = (V - upper).min(axis=1) - 1.0
-    hi_tau = (V - lower).max(axis=1) + 1.0
-    for _ in range(_BISECT_STEPS):
-        tau = (lo_tau + hi_tau) / 2
-        s = np.clip(V - tau[:, None], lower, upper).sum(axis=1)
-        lo_tau = np.where(s > 1, tau, lo_tau)
-        hi_tau = np.where(s > 1, hi_tau, tau)
-    W = np.clip(V - ((lo_tau + hi_tau) / 2)[:, None], lower, upper)
-    return W / W.sum(axis=1, keepdims=True)
+    with tau found by bisection (the clipped sum falls as tau grows); rows already inside stay as they are."""
+    V = np.array(V, dtype=float, ndmin=2)
+    out = np.where((np.abs(V.sum(axis=1) - 1) < 1e-12)[:, None] & (V >= lower).all(axis=1, keepdims=True)
+                   & (V <= upper).all(axis=1, keepdims=True), V, np.nan)
+    todo = np.isnan(out[:, 0])
+    if todo.any():
+        R = V[todo]
+        lo_tau = (R - upper).min(axis=1) - 1.0
+        hi_tau = (R - lower).max(axis=1) + 1.0
+        for _ in range(_BISECT_STEPS):
+            tau = (lo_tau + hi_tau) / 2
+            s = np.clip(R - tau[:, None], lower, upper).sum(axis=1)
+            lo_tau = np.where(s > 1, tau, lo_tau)
+            hi_tau = np.where(s > 1, hi_tau, tau)
+        W = np.clip(R - ((lo_tau + hi_tau) / 2)[:, None], lower, upper)
+        out[todo] = W / W.sum(axis=1, keepdims=True)
+    return out
 
 
 def kl_to_prior(W: np.ndarray, prior: np.ndarray) -> np.ndarray:
@@ -105,7 +111,7 @@ def optimize(predict: Callable[[np.ndarray], np.ndarray], bounds: Bounds, prior:
     cons = ({"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones_like(w)},)
     for i in np.argsort(scores)[:n_refine]:
         r = minimize(lambda w: float(score(w[None])[0]), W[i], method="SLSQP", constraints=cons,
-                     bounds=list(zip(bounds.lower, bounds.upper)), options={"maxiter": 100, "ftol": 1e-12})
+                     bounds=list(zip(bounds.lower, bounds.upper)), options={"maxiter": 100, "ftol": 1e-10})
         w = project(r.x, bounds.lower, bounds.upper)[0]
         s = float(score(w[None])[0])
         if s < best_s:
@@ -115,7 +121,7 @@ def optimize(predict: Callable[[np.ndarray], np.ndarray], bounds: Bounds, prior:
 
 def bootstrap(make: Callable[[], object], X: np.ndarray, Y: np.ndarray, bounds: Bounds, prior: np.ndarray | None,
               kl_weight: float, n_boot: int, seed: int, start: np.ndarray | None = None,
-              n_candidates: int = 512) -> np.ndarray:
+              n_candidates: int = 256) -> np.ndarray:
     """(n_boot, k) proposals from refits on runs resampled with replacement (`make` builds an unfitted
     regressor, warm-started where it can)."""
     rng = np.random.default_rng(seed + 1)

@@ -3,7 +3,7 @@ predictor. Each has `fit(X, Y)` and `predict(X)`: X (n, k) weights on the simple
 columns the objective averages (m = 1 for one domain); predictions are of the objective (their mean).
 
 - `LogLinear` (Ye et al. 2024, "Data Mixing Laws", eq. 1): per metric L_i(r) = c_i + exp(b_i + t_i . r),
-  fitted by least squares (scipy's trust-region reflective, c_i bounded below the smallest loss); an
+  fitted by least squares (Levenberg-Marquardt, with c_i kept below the smallest loss); an
   average objective is the average of its per-domain laws, as Ye et al. predict a mix of validation
   domains, which is what gives the average an interior optimum.
 - `Boosted` (RegMix, Liu et al. 2024): LightGBM on the objective; scikit-learn's HistGradientBoosting
@@ -50,36 +50,41 @@ class LogLinear:
 
     @staticmethod
     def _fit_one(X: np.ndarray, y: np.ndarray, init: np.ndarray | None = None) -> np.ndarray:
+        """(c, b, t) by Levenberg-Marquardt on c = min(y) - exp(s): c stays below every loss without bounds,
+        so MINPACK's unconstrained solver applies (several times faster than a bounded trust region)."""
         k = X.shape[1]
+        y_min = float(y.min())
         spread = max(float(np.ptp(y)), 1e-6)
 
-        def resid(p):
-            return LogLinear._law(p, X) - y
+        def unpack(q):
+            return np.r_[y_min - np.exp(q[0]), q[1:]]
 
-        def jac(p):
-            e = np.exp(p[1] + X @ p[2:])
-            return np.column_stack([np.ones_like(e), e, e[:, None] * X])
+        def resid(q):
+            return LogLinear._law(unpack(q), X) - y
 
-        best = None
-        lower = np.r_[-np.inf, -np.inf, np.full(k, -50.0)]
-        upper = np.r_[float(y.min()) - 1e-9 * spread, np.inf, np.full(k, 50.0)]
+        def jac(q):
+            e = np.exp(q[1] + X @ q[2:])
+            return np.column_stack([np.full_like(e, -np.exp(q[0])), e, e[:, None] * X])
+
         starts = []
-        if init is not None:
-            starts.append(np.clip(init, lower, np.nextafter(upper, -np.inf)))
+        if init is not None and init[0] < y_min:
+            starts.append(np.r_[np.log(y_min - init[0]), init[1:]])
         else:
             for gap in (0.1, 1.0, 10.0):  # where c starts below the best run: near, one spread, far
-                c0 = float(y.min()) - gap * spread
-                starts.append(np.r_[c0, np.log(float(y.mean()) - c0), np.zeros(k)])
-        for p0 in starts:
+                c0 = y_min - gap * spread
+                starts.append(np.r_[np.log(gap * spread), np.log(float(y.mean()) - c0), np.zeros(k)])
+        best = None
+        for q0 in starts:
             try:
-                r = least_squares(resid, p0, jac=jac, bounds=(lower, upper), method="trf", max_nfev=200 * (k + 2))
+                with np.errstate(over="ignore", invalid="ignore"):
+                    r = least_squares(resid, q0, jac=jac, method="lm", max_nfev=100 * (k + 2))
             except (ValueError, FloatingPointError):
                 continue
-            if best is None or r.cost < best.cost:
+            if np.isfinite(r.cost) and (best is None or r.cost < best.cost):
                 best = r
         if best is None:
             raise MixoptError("the log-linear law could not be fitted (every start failed)")
-        return best.x
+        return unpack(best.x)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return np.mean([self._law(p, X) for p in self.params], axis=0)

@@ -23,6 +23,7 @@ import polars as pl
 from corpora.store import Store
 from stats.mixopt.io import MixoptError
 from stats.mixopt.propose import effective_caps, project
+from train.__main__ import _count, _names  # noqa: F401 (the flag parsers of every synthmix CLI; fit.py uses them)
 from train.data import DEFAULT_TOKENIZER, format_count, parse_count
 from train.sweep import DEFAULT_VAL_TOKENS
 
@@ -274,27 +275,11 @@ def run(args) -> int:
     return emit(args, result, text)
 
 
-def _names(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("give a comma-separated list, e.g. cc,hq")
-    return names
-
-
 def _ints(text: str) -> list[int]:
     try:
         return [int(x) for x in _names(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: give integers separated by commas, e.g. 0,1,2") from None
-
-
-def _count(text: str) -> int:
-    from train.data import MixtureError
-
-    try:
-        return parse_count(text)
-    except MixtureError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _pair(text: str) -> tuple[float, float]:

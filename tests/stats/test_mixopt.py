@@ -52,11 +52,11 @@ def test_fit_recovers_the_optimum_of_a_planted_mixing_law(planted, planted_fit):
 
 
 def test_bootstrap_intervals_cover_the_planted_optimum(planted, planted_fit):
-    """Percentile intervals of refits on resampled runs: over 8 planted swarms most of the 24 intervals cover
+    """Percentile intervals of refits on resampled runs: over 6 planted swarms most of the 18 intervals cover
     the true optimum (measured over 30 swarms: 86% per weight at a nominal 95%, so the rate asserted is
     below nominal; docs/mixopt.md says so), and none misses by far."""
     covered, misses = [], []
-    for seed in range(8):
+    for seed in range(6):
         swarm, law = planted_swarm(n=80, k=3, m=3, noise=0.01, seed=seed)
         fit = fit_swarm(swarm, FitConfig(regressors=["loglinear"], folds=5, n_boot=30, seed=seed), name="b")
         truth = true_optimum(law, swarm.sources)
@@ -110,7 +110,7 @@ def test_csv_round_trip_gives_the_same_fit(planted, tmp_path):
     for col in ("cv_spearman", "cv_r2"):  # the CSV's weights are renormalised: equal to ~1e-16
         np.testing.assert_allclose(a.fits[col].to_numpy(), b.fits[col].to_numpy(), rtol=1e-9)
     assert a.proposal["regressor"] == b.proposal["regressor"] and a.proposal["spec"] == b.proposal["spec"]
-    np.testing.assert_allclose(list(a.proposal["weights"].values()), list(b.proposal["weights"].values()), atol=1e-7)
+    np.testing.assert_allclose(list(a.proposal["weights"].values()), list(b.proposal["weights"].values()), atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------- bad input
