@@ -87,13 +87,9 @@ def score_tasks(store: Store, spec: ModelSpec, tasks: list[Task], cfg: EvalConfi
     """Per task key, the items' per-choice log-likelihoods; cached requests are not scored again.
 
     Returns (log-likelihoods, info) with info = content hash, dtype, requests and batches scored."""
-    import torch
-
     from corpora.tokenizers import load_tokenizer
-    from train.model import resolve_dtype
 
-    dtype = resolve_dtype(cfg.dtype, "cpu")
-    dtype_name = "bf16" if dtype == torch.bfloat16 else "fp32"
+    dtype_name = eval_dtype(store, spec, cfg.dtype)
     content = model_hash(spec)
     cached = {}
     for t in tasks:
@@ -120,7 +116,7 @@ def score_tasks(store: Store, spec: ModelSpec, tasks: list[Task], cfg: EvalConfi
         scores: dict[int, float] = {}
         # one worker by default: the model loads once, in this process, and torch uses the cores itself
         ex = executor or get_executor("local", workers=1)
-        for b, result in ex.map(Stateful(LoadedModel, spec, dtype), [[encoded[i] for i in batch] for batch in batches],
+        for b, result in ex.map(Stateful(LoadedModel, spec, dtype_name), [[encoded[i] for i in batch] for batch in batches],
                                 desc=f"eval {spec.label}", sizes=[len(batch) for batch in batches],
                                 progress=progress, max_workers=1):
             scores.update(zip(batches[b], result))
@@ -133,12 +129,30 @@ def score_tasks(store: Store, spec: ModelSpec, tasks: list[Task], cfg: EvalConfi
     return {t.key: [cached[t.key][i] for i in range(len(t.items))] for t in tasks}, info
 
 
-def _run_tokenizer(store: Store, run_id: str) -> str:
+def _run_row(store: Store, run_id: str) -> dict:
     runs = store.read_result("runs")
     row = runs.filter(pl.col("run_id") == run_id) if runs is not None else None
     if row is None or not row.height:
         raise StoreError(f"run {run_id!r} is not in the runs table")
-    return row["tokenizer"][-1]
+    return row.to_dicts()[-1]
+
+
+def _run_tokenizer(store: Store, run_id: str) -> str:
+    return _run_row(store, run_id)["tokenizer"]
+
+
+def eval_dtype(store: Store, spec: ModelSpec, dtype: str) -> str:
+    """'bf16' / 'fp32'. 'auto': a run's own dtype (`runs.dtype`, what it trained and validated in, as
+    docs/dtype.md has a resumed run keep it), else the project's choice for this CPU (train.model.resolve_dtype)."""
+    import torch
+
+    from train.model import resolve_dtype
+
+    if dtype == "auto" and spec.run_id is not None:
+        recorded = _run_row(store, spec.run_id).get("dtype")
+        if recorded in ("bf16", "fp32"):
+            return recorded
+    return "bf16" if resolve_dtype(dtype, "cpu") == torch.bfloat16 else "fp32"
 
 
 def model_window(spec: ModelSpec) -> int:
