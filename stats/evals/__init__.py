@@ -83,13 +83,17 @@ def _cache_path(store: Store, content_hash: str, task: Task, dtype: str) -> Path
 
 
 def score_tasks(store: Store, spec: ModelSpec, tasks: list[Task], cfg: EvalConfig, executor=None,
-                progress: bool = True, encodings: dict | None = None) -> tuple[dict[str, list[list[float]]], dict]:
-    """Per task key, the items' per-choice log-likelihoods; cached requests are not scored again.
+                progress: bool = True, encodings: dict | None = None,
+                run: dict | None = None) -> tuple[dict[str, list[list[float]]], dict]:
+    """Per task key, the items' per-choice log-likelihoods; cached requests are not scored again. `run`: the
+    run's row of table `runs` when the caller has it (else it is read).
 
     Returns (log-likelihoods, info) with info = content hash, dtype, requests and batches scored."""
     from corpora.tokenizers import load_tokenizer
 
-    dtype_name = eval_dtype(store, spec, cfg.dtype)
+    if spec.run_id is not None and run is None:
+        run = _run_row(store, spec.run_id)
+    dtype_name = eval_dtype(spec, cfg.dtype, run)
     content = model_hash(spec)
     cached = {}
     for t in tasks:
@@ -100,7 +104,7 @@ def score_tasks(store: Store, spec: ModelSpec, tasks: list[Task], cfg: EvalConfi
     if todo:
         from corpora.executor import Stateful, get_executor
 
-        tok_name = spec.path if spec.run_id is None else _run_tokenizer(store, spec.run_id)
+        tok_name = spec.path if spec.run_id is None else run["tokenizer"]
         by_key = {t.key: t for t in tasks}
         requests = [(t.key, i, j) for t, i in todo for j in range(len(t.items[i].continuations))]
         # the runs of a sweep share a tokenizer and window: encode each request once for all of them
@@ -137,19 +141,15 @@ def _run_row(store: Store, run_id: str) -> dict:
     return row.to_dicts()[-1]
 
 
-def _run_tokenizer(store: Store, run_id: str) -> str:
-    return _run_row(store, run_id)["tokenizer"]
-
-
-def eval_dtype(store: Store, spec: ModelSpec, dtype: str) -> str:
+def eval_dtype(spec: ModelSpec, dtype: str, run: dict | None = None) -> str:
     """'bf16' / 'fp32'. 'auto': a run's own dtype (`runs.dtype`, what it trained and validated in, as
     docs/dtype.md has a resumed run keep it), else the project's choice for this CPU (train.model.resolve_dtype)."""
     import torch
 
     from train.model import resolve_dtype
 
-    if dtype == "auto" and spec.run_id is not None:
-        recorded = _run_row(store, spec.run_id).get("dtype")
+    if dtype == "auto" and run is not None:
+        recorded = run.get("dtype")
         if recorded in ("bf16", "fp32"):
             return recorded
     return "bf16" if resolve_dtype(dtype, "cpu") == torch.bfloat16 else "fp32"
@@ -182,7 +182,8 @@ def evaluate_model(store: Store, spec: ModelSpec, tasks: list[Task], cfg: EvalCo
                    write: bool = True, progress: bool = True, encodings: dict | None = None) -> pl.DataFrame:
     """Metrics of one model on `tasks`: one row per (task, metric); written to table `evals` (its part holds
     this model's rows of every task evaluated so far, the ones given here replaced)."""
-    logprobs, info = score_tasks(store, spec, tasks, cfg, progress=progress, encodings=encodings)
+    logprobs, info = score_tasks(store, spec, tasks, cfg, progress=progress, encodings=encodings,
+                                 run=run if spec.run_id is not None else None)
     run = run or {}
     rows = []
     for t in tasks:
