@@ -62,7 +62,12 @@ def load_study(path: str | Path | None) -> StudyConfig:
     unknown = set(doc) - known
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
-    return StudyConfig(**doc)
+    study = StudyConfig(**doc)
+    if study.evals:  # checked now, not after the sweep
+        from stats.evals import evals_config
+
+        evals_config(study.evals, where=f"{path}: [evals]")
+    return study
 
 
 def mixture_name(stype: str | None, ratio: float) -> str:

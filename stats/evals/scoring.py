@@ -23,7 +23,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from stats.evals.tasks import Item, TaskError
 
@@ -51,6 +50,8 @@ class LoadedModel:
     other HF causal LMs run through transformers' base model and output embeddings."""
 
     def __init__(self, spec: ModelSpec, dtype: str):
+        import torch
+
         from train.loop import autocast_for
         from train.model import Transformer
 
@@ -80,9 +81,10 @@ class LoadedModel:
             self.hidden = lambda tokens: base(input_ids=tokens).last_hidden_state
             self.head = model.get_output_embeddings()
 
-    @torch.no_grad()
     def __call__(self, batch: list[tuple[list[int], int]]) -> list[float]:
         """Summed log-likelihood of the last `n_cont` tokens of each (tokens, n_cont), fed tokens[:-1]."""
+        import torch
+
         width = max(len(t) - 1 for t, _ in batch)
         x = torch.zeros((len(batch), width), dtype=torch.long)
         rows, cols, targets = [], [], []
@@ -92,10 +94,10 @@ class LoadedModel:
             rows += [i] * n_cont
             cols += range(n - n_cont, n)
             targets += tokens[-n_cont:]
-        with self.autocast():
+        with torch.no_grad(), self.autocast():
             h = self.hidden(x)[rows, cols]  # (n continuation tokens, d)
             logits = self.head(h)
-        logp = torch.log_softmax(logits.float(), dim=-1).gather(1, torch.tensor(targets)[:, None])[:, 0]
+        logp = torch.log_softmax(logits.detach().float(), dim=-1).gather(1, torch.tensor(targets)[:, None])[:, 0]
         sums = torch.zeros(len(batch), dtype=torch.float64).index_add_(0, torch.tensor(rows), logp.double())
         return sums.tolist()
 
