@@ -259,7 +259,7 @@ def test_decisions_per_metric_and_signal_to_noise(tmp_path):
     assert iv["mixture"] == "m0" and iv["chance"] == "0.25" and float(iv["lo"]) < float(iv["mean"]) < float(iv["hi"])
 
 
-def test_study_evals_section_is_checked():
+def test_study_evals_section_is_checked(tmp_path):
     from reports.study import load_study
     from stats.evals import evals_config
 
@@ -269,3 +269,7 @@ def test_study_evals_section_is_checked():
         evals_config({"limt": 5})
     with pytest.raises(ValueError, match="limit must be int"):
         evals_config({"limit": "5"})
+    bad = tmp_path / "study.toml"
+    bad.write_text('name = "x"\n[evals]\ntasks = "arc_easy:rc_0shot"\n')
+    with pytest.raises(ValueError, match=r"study.toml: \[evals\]: tasks must be list"):
+        load_study(bad)                            # when the file loads, not after the sweep
