@@ -84,6 +84,7 @@ def main() -> None:
                     "max_abs_ll_diff_nats": float(np.abs(np.concatenate(lp[tasks[0].key]) - ref).max()),
                     "elapsed_s": round(elapsed, 1)}
             out["tasks"][spec] = row
+            print(json.dumps({spec: row}), file=sys.stderr, flush=True)  # each task as soon as it is done
     out["load_after"] = os.getloadavg()
     print(json.dumps(out, indent=1))
 

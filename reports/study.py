@@ -118,6 +118,9 @@ SECTIONS: dict[str, Section] = {
     "mixtures": Section("train.data:MixtureConfig", exclude=("name", "parts"), keys={"ratios": "list[float]"},
                         ranges={"ratios": (0, 1), "seq_len": _POSITIVE, "max_epochs": (0, None)}),
     "sweep": Section(keys={"grid": "dict", "run": "dict", "val_tokens": "int | str"}, check="_check_sweep"),
+    # the later steps declare their keys where the step lives; `check` runs the step's own validation early
+    "probe": Section(keys=dict.fromkeys(PROBE_KEYS, "any"), check="_check_probe"),
+    "evals": Section("stats.evals:EvalConfig", check="_check_evals"),
 }
 
 
@@ -456,6 +459,32 @@ MIXOPT_SECTION = {
     "validate_tokens": ((int, str), None, None),
     "validate_seeds": (list, None, None),
 }
+
+
+SECTIONS["mixopt"] = Section(keys=dict.fromkeys(MIXOPT_SECTION, "any"), check="_check_mixopt")
+
+
+def _check_probe(doc: dict, table: dict, where: str) -> None:
+    try:
+        probe_config(StudyConfig(name=where, probe=table))
+    except ValueError as e:
+        raise StudyFileError(f"{where} {e}".replace(f"study {where}: ", "")) from None
+
+
+def _check_mixopt(doc: dict, table: dict, where: str) -> None:
+    try:
+        _mixopt_settings(StudyConfig(name=where, mixopt=table))
+    except ValueError as e:
+        raise StudyFileError(f"{where} {e}".replace(f"study {where}: ", "")) from None
+
+
+def _check_evals(doc: dict, table: dict, where: str) -> None:
+    from stats.evals import evals_config
+
+    try:
+        evals_config(table, where=where)
+    except ValueError as e:
+        raise StudyFileError(str(e)) from None
 
 
 def _mixopt_settings(study: StudyConfig) -> dict:

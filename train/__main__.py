@@ -51,20 +51,9 @@ def _names(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--store", metavar="PATH", help="store directory (default: $SYNTHMIX_STORE, else ./store)")
-    common.add_argument("--json", action="store_true", help="print the result as JSON")
-    common.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    from corpora.cli_parsers import build_command_parser
 
-    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="examples:\n  " + "\n  ".join(EXAMPLES.values()))
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def add(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, parents=[common], help=help, description=help,
-                              epilog=f"example:\n  {EXAMPLES[name]}",
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser, add = build_command_parser("python -m train", __doc__.splitlines()[0], EXAMPLES)
 
     p = add("mix", "Build a mixture: a packed token stream with exact per-part token shares.")
     p.add_argument("name", help="mixture name (letters, digits, '_', '.', '-')")

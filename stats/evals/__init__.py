@@ -83,17 +83,17 @@ def _cache_path(store: Store, content_hash: str, task: Task, dtype: str) -> Path
 
 
 def score_tasks(store: Store, spec: ModelSpec, tasks: list[Task], cfg: EvalConfig, executor=None,
-                progress: bool = True, encodings: dict | None = None) -> tuple[dict[str, list[list[float]]], dict]:
-    """Per task key, the items' per-choice log-likelihoods; cached requests are not scored again.
+                progress: bool = True, encodings: dict | None = None,
+                run: dict | None = None) -> tuple[dict[str, list[list[float]]], dict]:
+    """Per task key, the items' per-choice log-likelihoods; cached requests are not scored again. `run`: the
+    run's row of table `runs` when the caller has it (else it is read).
 
     Returns (log-likelihoods, info) with info = content hash, dtype, requests and batches scored."""
-    import torch
-
     from corpora.tokenizers import load_tokenizer
-    from train.model import resolve_dtype
 
-    dtype = resolve_dtype(cfg.dtype, "cpu")
-    dtype_name = "bf16" if dtype == torch.bfloat16 else "fp32"
+    if spec.run_id is not None and run is None:
+        run = _run_row(store, spec.run_id)
+    dtype_name = eval_dtype(spec, cfg.dtype, run)
     content = model_hash(spec)
     cached = {}
     for t in tasks:
@@ -104,7 +104,7 @@ def score_tasks(store: Store, spec: ModelSpec, tasks: list[Task], cfg: EvalConfi
     if todo:
         from corpora.executor import Stateful, get_executor
 
-        tok_name = spec.path if spec.run_id is None else _run_tokenizer(store, spec.run_id)
+        tok_name = spec.path if spec.run_id is None else run["tokenizer"]
         by_key = {t.key: t for t in tasks}
         requests = [(t.key, i, j) for t, i in todo for j in range(len(t.items[i].continuations))]
         # the runs of a sweep share a tokenizer and window: encode each request once for all of them
@@ -120,7 +120,7 @@ def score_tasks(store: Store, spec: ModelSpec, tasks: list[Task], cfg: EvalConfi
         scores: dict[int, float] = {}
         # one worker by default: the model loads once, in this process, and torch uses the cores itself
         ex = executor or get_executor("local", workers=1)
-        for b, result in ex.map(Stateful(LoadedModel, spec, dtype), [[encoded[i] for i in batch] for batch in batches],
+        for b, result in ex.map(Stateful(LoadedModel, spec, dtype_name), [[encoded[i] for i in batch] for batch in batches],
                                 desc=f"eval {spec.label}", sizes=[len(batch) for batch in batches],
                                 progress=progress, max_workers=1):
             scores.update(zip(batches[b], result))
@@ -133,12 +133,26 @@ def score_tasks(store: Store, spec: ModelSpec, tasks: list[Task], cfg: EvalConfi
     return {t.key: [cached[t.key][i] for i in range(len(t.items))] for t in tasks}, info
 
 
-def _run_tokenizer(store: Store, run_id: str) -> str:
+def _run_row(store: Store, run_id: str) -> dict:
     runs = store.read_result("runs")
     row = runs.filter(pl.col("run_id") == run_id) if runs is not None else None
     if row is None or not row.height:
         raise StoreError(f"run {run_id!r} is not in the runs table")
-    return row["tokenizer"][-1]
+    return row.to_dicts()[-1]
+
+
+def eval_dtype(spec: ModelSpec, dtype: str, run: dict | None = None) -> str:
+    """'bf16' / 'fp32'. 'auto': a run's own dtype (`runs.dtype`, what it trained and validated in, as
+    docs/dtype.md has a resumed run keep it), else the project's choice for this CPU (train.model.resolve_dtype)."""
+    import torch
+
+    from train.model import resolve_dtype
+
+    if dtype == "auto" and run is not None:
+        recorded = run.get("dtype")
+        if recorded in ("bf16", "fp32"):
+            return recorded
+    return "bf16" if resolve_dtype(dtype, "cpu") == torch.bfloat16 else "fp32"
 
 
 def model_window(spec: ModelSpec) -> int:
@@ -168,7 +182,8 @@ def evaluate_model(store: Store, spec: ModelSpec, tasks: list[Task], cfg: EvalCo
                    write: bool = True, progress: bool = True, encodings: dict | None = None) -> pl.DataFrame:
     """Metrics of one model on `tasks`: one row per (task, metric); written to table `evals` (its part holds
     this model's rows of every task evaluated so far, the ones given here replaced)."""
-    logprobs, info = score_tasks(store, spec, tasks, cfg, progress=progress, encodings=encodings)
+    logprobs, info = score_tasks(store, spec, tasks, cfg, progress=progress, encodings=encodings,
+                                 run=run if spec.run_id is not None else None)
     run = run or {}
     rows = []
     for t in tasks:

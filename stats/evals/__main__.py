@@ -35,19 +35,9 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--store", metavar="PATH", help="store directory (default: $SYNTHMIX_STORE, else ./store)")
-    common.add_argument("--json", action="store_true", help="print the result as JSON")
-    common.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
-    parser = argparse.ArgumentParser(prog="python -m stats.evals", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="examples:\n  " + "\n  ".join(EXAMPLES.values()))
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from corpora.cli_parsers import build_command_parser
 
-    def add(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, parents=[common], help=help, description=help,
-                              epilog=f"example:\n  {EXAMPLES[name]}",
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser, add = build_command_parser("python -m stats.evals", __doc__.splitlines()[0], EXAMPLES)
 
     p = add("run", "Evaluate every finished run of a sweep, or a Hugging Face model directory, on tasks.")
     who = p.add_mutually_exclusive_group(required=True)

@@ -6,7 +6,7 @@ context's own tokens, an empty context gets the end-of-text token as prefix, and
 model's window keeps its last `max_seq_len + 1` tokens. Sorted longest first, requests go in batches of at
 most `batch_tokens` padded tokens (right padding: a causal model's real tokens never see it), and only the
 continuation positions pass the output layer, whose logits get log-softmax in fp32 (also under bf16
-autocast, the project's choice on CPUs with bf16 hardware: `train.model.resolve_dtype`).
+autocast: a run's own dtype, else the project's choice for this CPU, `stats.evals.eval_dtype`).
 
 Metrics per task (OLMES, Gu et al. 2024; DataDecide, Magnusson et al. 2025): acc (argmax of the summed
 log-likelihood is the gold choice), acc_per_char (of the log-likelihood per character), correct_prob (the
@@ -23,7 +23,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from stats.evals.tasks import Item, TaskError
 
@@ -50,10 +49,13 @@ class LoadedModel:
     Our runs and HF Llama directories load into train.model.Transformer (one code path, the model we train);
     other HF causal LMs run through transformers' base model and output embeddings."""
 
-    def __init__(self, spec: ModelSpec, dtype: torch.dtype):
+    def __init__(self, spec: ModelSpec, dtype: str):
+        import torch
+
+        from train.loop import autocast_for
         from train.model import Transformer
 
-        self.spec, self.dtype = spec, dtype
+        self.spec, self.autocast = spec, autocast_for(dtype, "cpu")
         if spec.run_id is not None:
             from corpora.store import Store
             from train.loop import load_final_weights
@@ -79,9 +81,10 @@ class LoadedModel:
             self.hidden = lambda tokens: base(input_ids=tokens).last_hidden_state
             self.head = model.get_output_embeddings()
 
-    @torch.no_grad()
     def __call__(self, batch: list[tuple[list[int], int]]) -> list[float]:
         """Summed log-likelihood of the last `n_cont` tokens of each (tokens, n_cont), fed tokens[:-1]."""
+        import torch
+
         width = max(len(t) - 1 for t, _ in batch)
         x = torch.zeros((len(batch), width), dtype=torch.long)
         rows, cols, targets = [], [], []
@@ -91,10 +94,10 @@ class LoadedModel:
             rows += [i] * n_cont
             cols += range(n - n_cont, n)
             targets += tokens[-n_cont:]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
+        with torch.no_grad(), self.autocast():
             h = self.hidden(x)[rows, cols]  # (n continuation tokens, d)
             logits = self.head(h)
-        logp = torch.log_softmax(logits.float(), dim=-1).gather(1, torch.tensor(targets)[:, None])[:, 0]
+        logp = torch.log_softmax(logits.detach().float(), dim=-1).gather(1, torch.tensor(targets)[:, None])[:, 0]
         sums = torch.zeros(len(batch), dtype=torch.float64).index_add_(0, torch.tensor(rows), logp.double())
         return sums.tolist()
 

@@ -223,6 +223,7 @@ def test_report_against_a_store_with_every_analysis(full_store, tmp_path):
     assert {"loss", "acc", "acc_per_char", "correct_prob", "margin", "bpb"} <= set(dec["metric"])
     evals = page.split('data-section="evals"')[1].split("</section>")[0]
     assert evals.count("data:image/png") == 2 and "piqa:rc_0shot" in evals
+    assert "Downstream verdicts" in evals and "HQ alone (100%) is not better than CC" in evals
     fits = full_store.read_result("fits")
     assert (fits.filter(pl.col("fit") == "data")["n_seeds"] == 2).all()
 

