@@ -103,11 +103,12 @@ def load_olmes(task: str, variant: str, limit: int | None = None) -> Task:
         names = sorted({p.parent.parent.name for p in root.glob(f"*/*/{REQUESTS_FILE}")})
         raise TaskError(f"unknown task {task}:{variant} (no {path}); `python -m stats.evals tasks` lists them "
                         f"({', '.join(names[:12])}, ...)")
-    offset = 1_000_000
+    offset = 1_000_000  # OLMES's default doc id offset of "uncond" requests
     cfg_path = path.with_name("config.json")
     if cfg_path.exists():
         offset = (json.loads(cfg_path.read_text()).get("task_config", {}).get("metric_kwargs") or {}).get(
             "uncond_docid_offset", offset)
+    offset = float("inf") if offset is None else offset  # null: the file has no uncond requests
     docs: dict[int, list[dict]] = {}
     with gzip.open(path, "rt", encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):

@@ -82,6 +82,7 @@ def test_olmes_request_files_load_as_items():
     assert all(c.startswith("Question:") for it in arc.items for c in it.contexts)
     wino = load_task("winogrande:rc_0shot", limit=3)  # the choices differ in the context, not the continuation
     assert all(len(set(it.contexts)) == 2 and len(set(it.continuations)) == 1 for it in wino.items)
+    assert all(len(it.continuations) == 2 for it in load_task("boolq:rc_0shot", limit=2).items)  # no uncond offset
     lam = load_task("lambada:bpb_0shot", limit=4)
     assert all(len(it.continuations) == 1 and it.gold == 0 for it in lam.items)
     assert {"arc_easy:rc_0shot", "hellaswag:rc_5shot"} <= {r["task"] for r in list_tasks()}
