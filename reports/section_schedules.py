@@ -92,8 +92,7 @@ def section_schedules(store):
                 "that of the trunk's own cooldown; below 0 the candidate helps."))
         summary = (probes.group_by("probe", "domain", "candidate")
                    .agg(pl.col("delta").mean().alias("delta_mean"), pl.col("full_loss").mean().alias("full_loss_mean"),
-                        pl.col("probe_rank").first(), pl.col("full_rank").first(), pl.len().alias("n_seeds"),
-                        pl.col("trunk_run").first()))
+                        pl.col("probe_rank").first(), pl.col("full_rank").first(), pl.len().alias("n_seeds")))
         s.tables.append(Table.from_df(summary, "Anneal probes: seed means per candidate, the probe's ranking (by "
                                                "delta) and the full runs' ranking (by final loss), 1 = best.",
                                       sort=("probe", "domain", "probe_rank")))

@@ -142,7 +142,9 @@ def probe_sweep(store: Store, cfg: ProbeConfig):
             "anneal": [0.0, cfg.cooldown] if cfg.full else [cfg.cooldown]}
     if cfg.lr is not None:
         grid["lr"] = [cfg.lr]
-    doc = {"name": cfg.name, "schedule": "wsd-branches", "anneal_from": trunk.name, "grid": grid,
+    # the trunks keep their anneal point, so a later probe of other candidates is cooldowns only again
+    doc = {"name": cfg.name, "schedule": "wsd-branches", "anneal_from": trunk.name, "anneal_points": [trunk.name],
+           "grid": grid,
            "run": {**options, "decay_frac": cfg.cooldown}, "mixtures": mixtures, "val_tokens": cfg.val_tokens}
     if cfg.val_corpora is not None:
         doc["val_corpora"] = list(cfg.val_corpora)

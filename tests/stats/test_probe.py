@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import add_corpus
 from corpora.store import Store
 from stats.mixopt.probe import REFERENCE, ProbeConfig, main, ranking, run_probe
-from train.loop import wsd_decay_start, RunConfig
+from train.loop import RunConfig, stable_checkpoint_path, wsd_decay_start
 
 SEQ_LEN = 31
 BATCH = 4
@@ -66,6 +66,8 @@ def test_probe_ranks_candidates_links_rows_to_trunks_and_reuses_runs(probe_store
     r = ranking(probes)
     assert sorted(r["probe"]) == sorted(r["full"]) == sorted([REFERENCE, "hq", "qa"])
     assert probe_store.read_result("probes") is not None and probe_store.read_result("probe_decisions") is not None
+    for trunk_run in set(probes["trunk_run"]):   # the anneal point stays for later probes
+        assert stable_checkpoint_path(probe_store, trunk_run, start).exists()
     # a second probe trains nothing: every run is found again
     n_runs = runs.height
     again, _ = run_probe(probe_store, cfg, progress=False)
