@@ -1,7 +1,7 @@
 """python -m stats.mixopt {swarm,fit,validate,probe}: choose a mixture from a swarm of proxy runs.
 
 Each command is a module of this package with `add_parser(subparsers)` and `run(args) -> exit status`;
-COMMANDS lists them in help order. An optional one that is not installed (probe, until it lands) is left out.
+COMMANDS lists them in help order (probe: anneal probes, docs/schedules.md).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import logging
 import sys
 
 COMMANDS = ("swarm", "fit", "validate", "probe")
-OPTIONAL = {"probe"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,12 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  python -m stats.mixopt fit --sweep demo_swarm --objective wiki --validate --json")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"stats.mixopt.{name}")
-        except ModuleNotFoundError as e:
-            if name in OPTIONAL and e.name == f"stats.mixopt.{name}":
-                continue
-            raise
+        module = importlib.import_module(f"stats.mixopt.{name}")
         module.add_parser(sub)
         sub.choices[name].set_defaults(run=module.run)
     return parser
