@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import polars as pl
 
-from corpora.results import COLUMNS
 from corpora.store import Store
 
 
@@ -108,7 +107,9 @@ def section_mixopt(store: Store):
                                 f"Proposed weights with {prop['ci'][0]:.0%} bootstrap intervals "
                                 f"({prop['n_boot'][0]} refits on resampled runs) beside the prior; red lines "
                                 f"are repetition caps. As a mixture: `--parts {prop['spec'][0]}`."))
-        s.tables.append(Table.from_df(prop, "The proposal per source.", columns=COLUMNS["mixopt_proposals"]))
+        s.tables.append(Table.from_df(prop, "The proposal per source: weight, bootstrap interval, bounds, repetition "
+                                            "cap and prior.",
+                                      columns=("source", "weight", "lo", "hi", "lower", "upper", "cap", "prior")))
     val = _table(store, "mixopt_validations")
     val = val.filter(pl.col("fit") == name) if val is not None else None
     if val is not None and val.height:

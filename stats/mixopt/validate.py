@@ -93,13 +93,15 @@ def validate_fit(store: Store, fit, cfg: ValidateConfig, progress: bool = True) 
         else:
             specs[role] = spec
     name = cfg.name or f"{fit.name}_validate"
-    mix_name = {role: f"{name}_{role}".replace("/", "-") for role in specs}
     parts = {role: {p.split("=")[0]: float(p.split("=")[1]) for p in spec.split(",")} for role, spec in specs.items()}
+    mixtures = {r: {"parts": parts[r], "tokens": cfg.tokens, "tokenizer": cfg.tokenizer, "seq_len": cfg.seq_len,
+                    "max_epochs": cfg.max_epochs} for r in specs}
+    # the name carries a hash of the mixture's config: another scale or another proposal is another mixture
+    mix_name = {r: f"{name}_{r}_{_digest(m)}".replace("/", "-") for r, m in mixtures.items()}
     doc = {"name": name,
            "grid": {"mixtures": list(mix_name.values()), "models": [cfg.model], "tokens": [cfg.tokens],
                     "seed": list(cfg.seeds), **({"lr": [cfg.lr]} if cfg.lr is not None else {})},
-           "mixtures": {mix_name[r]: {"parts": parts[r], "tokens": cfg.tokens, "tokenizer": cfg.tokenizer,
-                                      "seq_len": cfg.seq_len, "max_epochs": cfg.max_epochs} for r in specs}}
+           "mixtures": {mix_name[r]: m for r, m in mixtures.items()}}
     if set(cols) - {AVG}:
         doc["val_corpora"] = [c for c in cols if store.has_corpus(c)] or None
         if doc["val_corpora"] is None:
@@ -186,6 +188,13 @@ def validate_fit(store: Store, fit, cfg: ValidateConfig, progress: bool = True) 
             "verdicts": {r: v["verdict"] for r, v in verdicts.items()},
             "decision_accuracy_proxy": proxy_acc, "n_proxy_pairs": n_proxy_pairs,
             "decision_accuracy_regressor": reg_acc}
+
+
+def _digest(config: dict) -> str:
+    import hashlib
+    import json
+
+    return hashlib.blake2b(json.dumps(config, sort_keys=True).encode(), digest_size=3).hexdigest()
 
 
 def _objective_points(store: Store, sweep: str, cols: list[str], sign: float, role_of: dict) -> pl.DataFrame | None:

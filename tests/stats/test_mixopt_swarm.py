@@ -89,6 +89,17 @@ def test_fit_proposal_and_validation_from_the_command_line(swarm_store):
         assert missing_columns(table, swarm_store.read_result(table).columns) == []
 
 
+def test_validate_refits_the_stored_fit_and_trains_nothing_new(swarm_store):
+    before = swarm_store.read_result("runs").height
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["validate", "--store", str(swarm_store.root), "--fit", "sw.wiki", "--validate-tokens", "1500",
+                     "--validate-seeds", "0", "-q", "--json"]) == 0
+    again, first = json.loads(out.getvalue()), swarm_store.fit_result["validation"]
+    assert (again["rank"], again["regret"], again["means"]) == (first["rank"], first["regret"], first["means"])
+    assert swarm_store.read_result("runs").height == before  # the same proposal: its runs are found done
+
+
 def test_store_and_csv_paths_give_the_same_fit(swarm_store, tmp_path):
     store_swarm = read_store_swarm(swarm_store, "sw")
     csv_swarm = read_csv_swarm(*write_csv_swarm(store_swarm, tmp_path))
