@@ -265,24 +265,17 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative; give 0 or more")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} must be a finite number of 0 or more")
-    return value
+def _non_negative(kind: type):
+    """An argparse type: a finite number of `kind` (int or float), 0 or more."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+        if not 0 <= value < float("inf"):
+            raise argparse.ArgumentTypeError(f"{text} must be a finite number of 0 or more")
+        return value
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -337,11 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--csv", action="store_true", help="rows as CSV")
     sp.add_argument("--max-width", type=int, default=60, help="cut table cells to this width")
     d = SqlLimits()
-    sp.add_argument("--max-rows", type=_non_negative_int, default=d.max_rows,
+    sp.add_argument("--max-rows", type=_non_negative(int), default=d.max_rows,
                     help=f"refuse a result of more rows (default {d.max_rows:,}; 0: no cap)")
-    sp.add_argument("--timeout", type=_non_negative_float, default=d.timeout_s,
+    sp.add_argument("--timeout", type=_non_negative(float), default=d.timeout_s,
                     help=f"stop the query after this many seconds (default {d.timeout_s:g}; 0: no limit)")
-    sp.add_argument("--memory-limit", type=_non_negative_int, default=None, metavar="MB",
+    sp.add_argument("--memory-limit", type=_non_negative(int), default=None, metavar="MB",
                     help=f"memory for the query and its result, in MB (default {d.memory_mb}: half the "
                          "machine's memory, at most 4096; 0: DuckDB's default)")
 

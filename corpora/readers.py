@@ -340,6 +340,7 @@ def read_warc(path: Path, cfg: ReaderConfig) -> Iterator[Doc | Reject]:
 
 
 _WARC_HEADER = re.compile(rb"(?:^|\n)WARC/1\.[01]\r?\n")
+_NEXT_WARC_HEADER = re.compile(rb"\nWARC/1\.[01]\r?\n")
 _CONTENT_LENGTH = re.compile(rb"(?im)^content-length:[ \t]*(\d+)[ \t]*\r?$")
 _MAX_WARC_HEADER = 1 << 20
 _MAX_WARC_RECORD = 1 << 30
@@ -364,7 +365,9 @@ def _warc_records(stream: io.BufferedIOBase, chunk: int = 1 << 20) -> Iterator[t
         nonlocal buf, base
         lost = 0
         while True:
-            m = _WARC_HEADER.search(buf, max(start - 1, 0))
+            # from `start` on, a header needs its newline before it: "^" would match the damaged record's own
+            # header at byte 0 again, and the reader would never move on (found by the fuzz test)
+            m = _WARC_HEADER.search(buf, 0) if start == 0 else _NEXT_WARC_HEADER.search(buf, start - 1)
             if m is not None:
                 at = m.start() + (buf[m.start():m.start() + 1] == b"\n")
                 lost += at
@@ -605,6 +608,9 @@ def read_hf_file(path: Path, cfg: ReaderConfig) -> Iterator[Doc | Reject]:
                              f"no column {cfg.text_field!r} (columns: {', '.join(batch.schema.names)}); "
                              "pass --text-field")
                 return
+            # IPC reads do not check buffers against offsets; a damaged batch must fail here, not crash
+            # the process in to_pylist (a segfault, found by the fuzz test)
+            batch.validate(full=True)
             for record in batch.to_pylist():
                 source = f"{path}#{row}"
                 row += 1

