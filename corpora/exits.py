@@ -55,6 +55,18 @@ def exit_on_early_interrupt(prog: str) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+def is_interrupt(e: BaseException) -> bool:
+    """Whether `e` is a Ctrl-C: KeyboardInterrupt itself, or what DuckDB raises instead when the signal lands
+    while it runs a statement (`InterruptException`, or a plain `RuntimeError: Query interrupted` from a
+    statement run inside a `with` block's exit)."""
+    if isinstance(e, KeyboardInterrupt):
+        return True
+    if isinstance(e, RuntimeError) and str(e) == "Query interrupted":
+        return True
+    duckdb = sys.modules.get("duckdb")
+    return duckdb is not None and isinstance(e, duckdb.InterruptException)
+
+
 def run_command(prog: str, command: Callable[[], int], user_errors: tuple[type[BaseException], ...] = ()) -> int:
     """Run a CLI command and map what can go wrong to one stderr line and an exit status.
 
@@ -83,8 +95,10 @@ def _run(prog: str, command: Callable[[], int], user_errors: tuple[type[BaseExce
     except (StoreError, InputError, EngineError, CommandError, *user_errors) as e:
         print(f"{prog}error: {e}", file=sys.stderr)
         return 2
-    except duckdb.InterruptException:  # Ctrl-C while DuckDB ran: DuckDB raises this instead
-        raise KeyboardInterrupt from None
+    except (duckdb.InterruptException, RuntimeError) as e:  # Ctrl-C while DuckDB ran: DuckDB raises these
+        if is_interrupt(e):
+            raise KeyboardInterrupt from None
+        raise
     except OSError as e:  # permissions, disk full, a path that is not what it should be
         print(f"{prog}error: {_os_error_line(e)}", file=sys.stderr)
         return 2

@@ -44,6 +44,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from corpora.exits import is_interrupt
 from corpora.store import Store, StoreError, atomic_path
 from train import phases as phasing
 from train.model import Transformer, build_model_config, dtype_name, resolve_dtype
@@ -656,7 +657,7 @@ def train_run(store: Store, cfg: RunConfig, train_tokens: np.ndarray, val_sets: 
     except BaseException as e:
         if rank == 0:
             _write_metrics(store, cfg.run_id, metrics)
-            _write_run(store, run_row("interrupted", None) if isinstance(e, KeyboardInterrupt)
+            _write_run(store, run_row("interrupted", None) if is_interrupt(e)
                        else run_row("failed", f"{type(e).__name__}: {e}"))
         raise
     finally:
