@@ -124,9 +124,12 @@ def _bf16_bound(smollm2_of, prompts, params, seeds) -> float:
     inflated it is caught by the cap."""
     runs = {}
     for dtype in ("fp32", "bf16"):
-        backend = smollm2_of(dtype)
-        backend.keep_logprobs = True
-        runs[dtype] = [backend.generate([p], params, seeds=[s])[0] for p, s in zip(prompts, seeds)]
+        backend = smollm2_of(dtype)   # shared by the session: its flag goes back as it was
+        kept, backend.keep_logprobs = backend.keep_logprobs, True
+        try:
+            runs[dtype] = [backend.generate([p], params, seeds=[s])[0] for p, s in zip(prompts, seeds)]
+        finally:
+            backend.keep_logprobs = kept
     worst = max(_tv(f.step_logprobs[:n], b.step_logprobs[:n]).max().item()
                 for f, b in zip(runs["fp32"], runs["bf16"]) for n in [_agreeing_steps(f, b)])
     assert worst < 0.1, f"bf16 moves next-token distributions by {worst:.3f} TV from fp32: bf16 path broken"
