@@ -23,7 +23,6 @@ import csv
 import datetime
 import decimal
 import json
-import logging
 import math
 import sys
 import uuid
@@ -36,7 +35,7 @@ if __name__ == "__main__":  # before pyarrow and DuckDB load: a Ctrl-C meanwhile
 
 import pyarrow as pa  # noqa: E402
 
-from corpora.executor import ENGINES, add_engine_args  # noqa: E402
+from corpora.cli_common import build_command_parser, setup_logging, show_progress  # noqa: E402
 from corpora.export import FORMATS as EXPORT_FORMATS  # noqa: E402
 from corpora.readers import FORMATS, TEXT_MODES, InputError, ReaderConfig  # noqa: E402
 from corpora.store import ROLES, SqlLimits, Store, resolve_store_path  # noqa: E402
@@ -89,14 +88,14 @@ def cmd_ingest(args) -> int:
         report = ingest_hf_folder(store, folders[0], args.name, kind=args.kind, role=args.role,
                                   synthetic_type=args.synthetic_type, split=args.split, reader=reader,
                                   workers=args.workers, engine=args.engine, ray_address=args.ray_address,
-                                  progress=not args.json)
+                                  progress=show_progress(args))
     else:
         cfg = IngestConfig(
             corpus=args.name, kind=args.kind or "natural", role=args.role or "train",
             synthetic_type=args.synthetic_type, format=args.format, workers=args.workers, reader=reader,
             engine=args.engine, ray_address=args.ray_address,
         )
-        report = ingest(store, args.paths, cfg, progress=not args.json)
+        report = ingest(store, args.paths, cfg, progress=show_progress(args))
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
@@ -227,8 +226,8 @@ def cmd_export(args) -> int:
     cfg = ExportConfig(corpus=args.name, format=args.format, out=args.out,
                        tokenizer=None if args.tokenizer == "none" else args.tokenizer, split=args.split,
                        license=args.license, language=tuple(args.language or ()), overwrite=args.overwrite,
-                       workers=args.workers, engine=args.engine)
-    report = export_corpus(_open(args), cfg, progress=not args.json)
+                       workers=args.workers, engine=args.engine, ray_address=args.ray_address)
+    report = export_corpus(_open(args), cfg, progress=show_progress(args))
     if args.json:
         print(json.dumps(report.as_dict()))
     else:
@@ -249,7 +248,7 @@ def cmd_demo(args) -> int:
 
     store = _open(args, create=True)
     with store.writer("python -m corpora demo"):
-        reports = build_demo(store, progress=not args.json)
+        reports = build_demo(store, progress=show_progress(args))
     corpora = store.corpora()
     if args.json:
         print(json.dumps({"store": str(store.root), "ingest": [r.as_dict() for r in reports],
@@ -279,23 +278,16 @@ def _non_negative(kind: type):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m corpora", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--store", help="store directory (default: $SYNTHMIX_STORE, else ./store)")
-    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p, add_command = build_command_parser("python -m corpora", __doc__.splitlines()[0], EXAMPLES)
 
     def add(name, func, help, **kw):
-        if name in EXAMPLES:
-            kw.setdefault("epilog", "examples:\n  " + "\n  ".join(EXAMPLES[name]))
-        sp = sub.add_parser(name, help=help, description=help,
-                            formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
-        sp.add_argument("--store", default=argparse.SUPPRESS, help="store directory")
+        sp = add_command(name, help, **kw)
         sp.set_defaults(func=func)
         return sp
 
     sp = add("ingest", cmd_ingest, "ingest files (JSONL, Parquet, text, WARC, MediaWiki XML) or a Hugging Face "
-                                   "datasets folder into a corpus")
+                                   "datasets folder into a corpus", engine=True,
+             workers_help="worker processes or Ray tasks (default: number of cores / of the cluster's CPUs)")
     sp.add_argument("name", help="corpus name, e.g. cc or wiki")
     sp.add_argument("paths", nargs="+", help="input files (.jsonl[.gz|.zst|.bz2], .parquet, .txt, .warc.gz, .xml.bz2), "
                                              "or one Hugging Face datasets folder (save_to_disk, or Parquet + README.md)")
@@ -310,24 +302,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="plain text: a document per line, per blank-line-separated block, per file, "
                          "or per WikiText article (' = Title = ' lines)")
     sp.add_argument("--html-extractor", choices=["resiliparse", "trafilatura"], default="resiliparse")
-    sp.add_argument("--workers", type=int, default=0,
-                    help="worker processes or Ray tasks (default: number of cores / of the cluster's CPUs)")
-    add_engine_args(sp)
-    sp.add_argument("--json", action="store_true", help="print the ingest report as JSON")
 
-    sp = add("list", cmd_list, "list the corpora in the store")
-    sp.add_argument("--json", action="store_true")
+    add("list", cmd_list, "list the corpora in the store")
 
     sp = add("show", cmd_show, "show a corpus: counts, bytes, ingest runs and a few sample documents")
     sp.add_argument("name")
     sp.add_argument("--samples", type=int, default=3)
-    sp.add_argument("--json", action="store_true")
 
     sp = add("sql", cmd_sql, "run a read-only SQL query over the catalog (documents, results, ...)")
     sp.add_argument("query", help='e.g. "SELECT corpus, count(*) FROM documents GROUP BY corpus"')
-    g = sp.add_mutually_exclusive_group()
-    g.add_argument("--json", action="store_true", help="rows as a JSON list of objects")
-    g.add_argument("--csv", action="store_true", help="rows as CSV")
+    sp.add_argument("--csv", action="store_true", help="rows as CSV (--json: a JSON list of objects)")
     sp.add_argument("--max-width", type=int, default=60, help="cut table cells to this width")
     d = SqlLimits()
     sp.add_argument("--max-rows", type=_non_negative(int), default=d.max_rows,
@@ -339,7 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "machine's memory, at most 4096; 0: DuckDB's default)")
 
     sp = add("export", cmd_export, "export a corpus as a Hugging Face datasets folder with a dataset card, "
-                                   "JSONL(.gz) or one Parquet file")
+                                   "JSONL(.gz) or one Parquet file", overwrite="replace an existing output",
+             engine=True, workers=1, workers_help="hf: shards exported in parallel (default 1)")
     sp.add_argument("name")
     sp.add_argument("--format", choices=EXPORT_FORMATS, default="jsonl",
                     help="hf: data/*.parquet + README.md dataset card (load_dataset(DIR) reads it); jsonl: one JSON "
@@ -350,26 +335,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--split", default="train", help="split name of an hf folder (default train)")
     sp.add_argument("--license", help="hf: the card's license field (e.g. cc-by-4.0)")
     sp.add_argument("--language", action="append", help="hf: a language code for the card (repeatable)")
-    sp.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    sp.add_argument("--workers", type=int, default=1, help="hf: shards exported in parallel (default 1)")
-    sp.add_argument("--engine", choices=ENGINES, help="hf: local processes or Ray (default $SYNTHMIX_ENGINE or local)")
-    sp.add_argument("--json", action="store_true")
 
     sp = add("rm", cmd_rm, "remove a corpus and its shards")
     sp.add_argument("name")
 
-    sp = add("demo", cmd_demo, "build the demo store (cc: 300 news articles, wiki: 106 Wikipedia articles)")
-    sp.add_argument("--json", action="store_true")
+    add("demo", cmd_demo, "build the demo store (cc: 300 news articles, wiki: 106 Wikipedia articles)")
 
     return p
 
 
-# commands that moved to a higher layer: one line that says where (exit 2)
-MOVED = {"dedup": "python -m stats.dedup curate CORPUS --out NEW (same flags; or synthmix corpora dedup ...)"}
+# Commands that moved to a higher layer, kept for one release as deprecated aliases: the old spelling runs
+# the new command in a child process (corpora never imports a higher layer, tests/test_layers.py).
+MOVED = {"dedup": ["stats.dedup", "curate"]}
 
 
 def _moved_command(argv: list[str]) -> str | None:
-    """The command word of argv (skipping --store VALUE and -v) if it is one that moved, else None."""
+    """The command word of argv (skipping --store VALUE and flags) if it is one that moved, else None."""
     words = iter(argv)
     for w in words:
         if w == "--store":
@@ -383,12 +364,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     moved = _moved_command(argv)
     if moved:
-        print(f"error: `python -m corpora {moved}` moved: run {MOVED[moved]}", file=sys.stderr)
-        return 2
+        rest = list(argv)
+        rest.remove(moved)
+        new = ["python", "-m", *MOVED[moved]]
+        print(f"warning: `python -m corpora {moved}` is deprecated and goes in the next release; use "
+              f"`{' '.join(new)} ...` (or `synthmix corpora {moved} ...`)", file=sys.stderr)
+        import subprocess
+
+        return subprocess.call([sys.executable, *new[1:], *rest])
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(args)
     return run_command("", lambda: args.func(args), user_errors=(ValueError,))
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import functools
 import logging
 import multiprocessing as mp
@@ -472,24 +473,83 @@ def check_engine(engine: str | None = None, ray_address: str | None = None) -> s
     return name
 
 
-def get_executor(engine: str | None = None, workers: int = 0, ray_address: str | None = None) -> Executor:
-    """`engine` None means $SYNTHMIX_ENGINE, else local."""
-    engine = resolve_engine(engine)
-    if engine == "local":
+@dataclasses.dataclass(frozen=True)
+class ExecutorConfig:
+    """Where a step's map runs, one value for every step (ingest, export, tokenization, unigram counts,
+    near-duplicate signatures, generation): `engine` local or ray (None: $SYNTHMIX_ENGINE, else local),
+    `workers` (0: auto), `ray_address` (None: $RAY_ADDRESS, else a local Ray). Steps never branch on the
+    engine: they ask `plan`/`executor` and run what it gives them."""
+
+    engine: str | None = None
+    workers: int = 0
+    ray_address: str | None = None
+
+    def __post_init__(self):
+        if self.engine is not None and self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}: use one of {', '.join(ENGINES)}")
+        if not isinstance(self.workers, int) or self.workers < 0:
+            raise ValueError(f"workers must be an integer >= 0 (0 = auto), not {self.workers!r}")
+
+    @property
+    def engine_name(self) -> str:
+        return resolve_engine(self.engine)
+
+    def check(self) -> str:
+        """The resolved engine, checked before a command writes anything (`check_engine`)."""
+        return check_engine(self.engine, self.ray_address)
+
+    def plan(self, n_items: int | None = None, auto_workers: int | None = None) -> tuple[str, int]:
+        """The one rule: (engine, workers) for a map over `n_items`. On Ray, `workers` tasks or actors (0:
+        the cluster's CPUs), never in-process (the user asked for Ray). Locally, `workers`, else the step's
+        `auto_workers` (what pays for a job of this size: 1 for small ones), else one per core, capped at the
+        items; one worker means in-process, more a pool of processes."""
+        cap = n_items if n_items is not None else 1 << 30
+        if self.engine_name == "ray":
+            return "ray", min(self.workers, cap) if self.workers else 0
+        want = self.workers or (auto_workers if auto_workers else cpu_count())
+        return "local", max(1, min(want, cap))
+
+    def in_process(self, n_items: int | None = None, auto_workers: int | None = None) -> bool:
+        return self.plan(n_items, auto_workers) == ("local", 1)
+
+    def executor(self, n_items: int | None = None, auto_workers: int | None = None) -> Executor:
+        engine, workers = self.plan(n_items, auto_workers)
+        if engine == "ray":
+            return RayExecutor(workers, self.ray_address)
         return LocalExecutor(workers)
-    if engine == "ray":
-        return RayExecutor(workers, ray_address)
-    raise EngineError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ExecutorConfig:
+        """From `add_engine_args`'s flags (--engine, --workers, --ray-address)."""
+        return cls(getattr(args, "engine", None), getattr(args, "workers", 0) or 0, getattr(args, "ray_address", None))
 
 
-def add_engine_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--engine", choices=ENGINES, default=None,
-                        help=f"where per-shard work runs: local processes or a Ray cluster "
-                             f"(default: ${ENGINE_ENV} or local)")
-    parser.add_argument("--ray-address", default=None,
-                        help="join this Ray cluster (default: $RAY_ADDRESS, else start a local Ray)")
+class RunsOnExecutor:
+    """Mixin of a step's config dataclass that has the fields `engine`, `workers` and `ray_address`."""
+
+    @property
+    def execution(self) -> ExecutorConfig:
+        return ExecutorConfig(self.engine, self.workers, self.ray_address)
 
 
-def executor_from_args(args: argparse.Namespace, workers: int = 0) -> Executor:
-    return get_executor(getattr(args, "engine", None), workers, getattr(args, "ray_address", None))
+def get_executor(engine: str | None = None, workers: int = 0, ray_address: str | None = None) -> Executor:
+    """`ExecutorConfig(engine, workers, ray_address).executor()`: `engine` None means $SYNTHMIX_ENGINE, else local."""
+    try:
+        return ExecutorConfig(engine, workers, ray_address).executor()
+    except ValueError as e:
+        raise EngineError(str(e)) from None
+
+
+def add_engine_args(parser: argparse.ArgumentParser, *, workers: int | None = 0,
+                    workers_help: str = "worker processes or Ray tasks (default 0: auto, one per core for "
+                                        "large jobs, in-process for small ones; on Ray the cluster's CPUs)") -> None:
+    """The execution flags every per-shard step shares: --engine, --workers, --ray-address
+    (`ExecutorConfig.from_args`). `workers=None`: the tool has no --workers."""
+    g = parser.add_argument_group("execution (corpora.executor)")
+    g.add_argument("--engine", choices=ENGINES, default=None,
+                   help=f"where per-shard work runs: local processes or a Ray cluster (default: ${ENGINE_ENV} or local)")
+    if workers is not None:
+        g.add_argument("--workers", type=int, default=workers, help=workers_help)
+    g.add_argument("--ray-address", default=None,
+                   help="join this Ray cluster (default: $RAY_ADDRESS, else start a local Ray)")
 

@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from corpora.documents import DOC_SCHEMA
-from corpora.executor import Stateful, check_engine, get_executor
+from corpora.executor import RunsOnExecutor, Stateful
 from corpora.store import CorpusInfo, Store, StoreError, atomic_path, read_shard_batches, remove_stale_temps
 from corpora.templates import read_template, template_id
 
@@ -69,7 +69,7 @@ class ExportError(StoreError):
 
 
 @dataclasses.dataclass(frozen=True)
-class ExportConfig:
+class ExportConfig(RunsOnExecutor):
     corpus: str
     format: str = "hf"  # hf | jsonl | parquet
     out: str | None = None  # default: NAME_hf/, NAME.jsonl.gz, NAME.parquet
@@ -80,6 +80,7 @@ class ExportConfig:
     overwrite: bool = False
     workers: int = 1  # hf: shards exported in parallel (tiktoken already encodes on every core)
     engine: str | None = None  # local or ray (corpora.executor; default $SYNTHMIX_ENGINE, else local)
+    ray_address: str | None = None  # join this Ray cluster (None: $RAY_ADDRESS, else a local Ray)
 
     @property
     def out_path(self) -> Path:
@@ -208,7 +209,7 @@ def export_corpus(store: Store, cfg: ExportConfig, progress: bool = True) -> Exp
     if cfg.format not in FORMATS:
         raise ExportError(f"unknown export format {cfg.format!r}: use one of {', '.join(FORMATS)}")
     if cfg.format == "hf":
-        check_engine(cfg.engine)
+        cfg.execution.check()
     info = store.corpus(cfg.corpus)  # UnknownCorpus lists the corpora
     out = store.check_outside(cfg.out_path)  # an --overwrite must never replace shards, results or the store
     if out.exists() and not cfg.overwrite:
@@ -228,7 +229,7 @@ def export_corpus(store: Store, cfg: ExportConfig, progress: bool = True) -> Exp
             files = [f"data/{cfg.split}-{i:05d}-of-{n:05d}.parquet" for i in range(len(shards))]
             jobs = [(str(shard.path), str(tmp / name)) for shard, name in zip(shards, files)]
             step = Stateful(ShardExporter, cfg.tokenizer, str(store.root))
-            with get_executor(cfg.engine, cfg.workers) as ex:  # counts add up in any order
+            with cfg.execution.executor(len(jobs)) as ex:  # counts add up in any order
                 for i, shard_stats in ex.map(step, jobs, sizes=[s.n_bytes for s in shards], progress=False):
                     stats += shard_stats
                     bar.update(shards[i].n_bytes)

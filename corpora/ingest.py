@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from corpora.executor import check_engine, get_executor
+from corpora.executor import ExecutorConfig, RunsOnExecutor
 from corpora.readers import (FileResult, InputError, ReaderConfig, detect_format, read_hf_folder,
                              read_to_parts_job)
 from corpora.store import ROW_GROUP_BYTES, Store
@@ -37,7 +37,7 @@ from corpora.store import ROW_GROUP_BYTES, Store
 log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
-class IngestConfig:
+class IngestConfig(RunsOnExecutor):
     corpus: str
     kind: str = "natural"
     role: str = "train"
@@ -85,7 +85,7 @@ def fingerprint(path: Path) -> str:
 def ingest(store: Store, paths: list[str | Path], cfg: IngestConfig, progress: bool = True) -> IngestReport:
     """Driver: ingest input files into corpus `cfg.corpus` (created if needed), resumably."""
     files = [Path(p).resolve() for p in paths]
-    check_engine(cfg.engine, cfg.ray_address)  # before the corpus or a run row is written
+    cfg.execution.check()  # before the corpus or a run row is written
     for f in files:  # fail before any work on a file that cannot be read at all
         if f.is_dir():
             raise InputError(f"{f}: is a directory; pass the files in it (e.g. {f}/*.jsonl.gz)")
@@ -183,7 +183,7 @@ def _map_files(files: list[Path], cfg: IngestConfig, tmp_dir: Path) -> Iterator[
     next_i = 0
     # local: a forkserver preloading only the readers, so workers start clean (no thread pools inherited
     # from polars/duckdb in the parent) and light (spawn would re-import the whole store stack)
-    with get_executor(cfg.engine, cfg.workers, cfg.ray_address) as ex:
+    with cfg.execution.executor(len(files)) as ex:
         for i, result in ex.map(read_to_parts_job, jobs, preload=("corpora.readers",), progress=False):
             done[i] = result
             while next_i in done:  # results hold part paths only, so waiting ones cost no memory
@@ -254,7 +254,7 @@ def ingest_hf_folder(store: Store, folder: str | Path, corpus: str, *, kind: str
     under "hf". A folder written by `python -m corpora export --format hf` comes back as it left: the same
     documents (same doc_ids), their provenance columns, and the original corpus's kind, type, role and meta;
     arguments given here win over the card."""
-    check_engine(engine, ray_address)
+    ExecutorConfig(engine, workers, ray_address).check()
     hf = read_hf_folder(folder)
     splits = hf.splits
     if split is not None:

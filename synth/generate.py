@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 import polars as pl
 import pyarrow as pa
 
-from corpora.executor import Stateful, get_executor
+from corpora.executor import ExecutorConfig, RunsOnExecutor, Stateful
 from corpora.store import Store, StoreError, make_documents, write_parquet_atomic
 from synth.backends import (
     Backend,
@@ -52,7 +52,7 @@ STAGE_COLUMNS = ("key", "source_doc_id", "chunk_index", "text", "finish_reason",
 
 
 @dataclasses.dataclass
-class GenerateConfig:
+class GenerateConfig(RunsOnExecutor):
     type: str = "hq"  # hq, qa, txbk, or the name of the user's type given with `prompt`
     source: str = "cc"  # natural corpus to rephrase / draw topics from
     out: str = ""  # output corpus (default: the type)
@@ -321,9 +321,9 @@ def generate(store: Store, cfg: GenerateConfig, backend: Backend | None = None) 
     template = load_prompt(cfg.type, cfg.prompt)
     out = cfg.out_corpus
     docs = read_source(store, cfg)
-    ex = get_executor(cfg.engine, max(1, cfg.workers), cfg.ray_address)
-    in_process = backend is not None or cfg.backend == "openai" or (ex.name == "local" and ex.workers == 1)
-    if backend is not None and not (ex.name == "local" and ex.workers == 1):
+    where = ExecutorConfig(cfg.engine, max(1, cfg.workers), cfg.ray_address)
+    in_process = backend is not None or cfg.backend == "openai" or where.in_process()
+    if backend is not None and not where.in_process():
         raise ValueError("a backend object runs in-process only: pass the engine and workers by config")
     if in_process:
         backend = backend if backend is not None else _build_backend(cfg)
@@ -332,6 +332,8 @@ def generate(store: Store, cfg: GenerateConfig, backend: Backend | None = None) 
     else:
         step = Stateful(BatchGenerator, cfg)
         generator, driver_tokenizer = load_driver_tokenizer(cfg.backend, cfg.generator, cfg.cache_dir)
+    # the openai backend keeps its own requests in flight from this process (cfg.concurrency)
+    ex = (ExecutorConfig("local", 1) if in_process else where).executor()
     params = cfg.sampling
     run_id = f"{out}-{started:%Y%m%dT%H%M%S}-{os.getpid()}"
     config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("progress",)}

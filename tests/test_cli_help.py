@@ -45,14 +45,33 @@ def test_help_has_a_description_and_an_example(words):
         assert words[-1] in text.split("xample", 1)[1]
 
 
-@pytest.mark.parametrize("words", [("stats", "unigram"), ("stats", "dedup"), ("stats", "scaling"), ("corpora", "dedup")],
-                         ids=" ".join)
-def test_stats_tools_take_the_shared_flags(words):
-    """corpora/cli_common.py's flags, spelled the same on every tool that adopted them."""
-    options = set(cli.tool_parser(words)._option_string_actions)
-    assert {"--store", "--json", "-v", "--verbose", "-q", "--quiet"} <= options
-    if words != ("stats", "scaling"):  # its only bar is the fits loop, shown on a terminal
-        assert "--no-progress" in options
+# commands that run a per-shard step through the executor, and commands with something to replace
+ENGINE_COMMANDS = {("corpora", "ingest"), ("corpora", "export"), ("corpora", "dedup"), ("synth", "generate"),
+                   ("stats", "unigram"), ("stats", "dedup"), ("train", "mix")}
+OVERWRITE_COMMANDS = {("corpora", "export"), ("corpora", "dedup"), ("stats", "unigram"), ("stats", "dedup"),
+                      ("train", "mix"), ("train", "export")}
+LEAVES = [(words, parser) for words, parser in cli.every_parser() if not cli.subparsers(parser)]
+
+
+@pytest.mark.parametrize("words,parser", LEAVES, ids=[" ".join(w) for w, _ in LEAVES])
+def test_every_command_takes_the_shared_flags(words, parser):
+    """One grammar (corpora/cli_common.py): the same spelling of --store, --json, -v/-q and --no-progress on every
+    command; the execution flags on every per-shard step; --overwrite where there is something to replace."""
+    options = set(parser._option_string_actions)
+    assert {"--store", "--json", "-v", "--verbose", "-q", "--quiet", "--no-progress"} <= options
+    assert ({"--engine", "--workers", "--ray-address"} <= options) == (words in ENGINE_COMMANDS)
+    assert ("--overwrite" in options) == (words in OVERWRITE_COMMANDS)
+
+
+def test_store_goes_before_or_after_the_command_word_and_old_spellings_warn(capsys):
+    from train.__main__ import build_parser
+
+    mix = ["mix", "m", "--parts", "cc=1", "--tokens", "1k"]
+    assert build_parser().parse_args(["--store", "S", *mix]).store == "S"
+    assert build_parser().parse_args([*mix, "--store", "T", "-q"]).store == "T"
+    args = build_parser().parse_args([*mix, "--force"])
+    assert args.overwrite and "--force is deprecated" in capsys.readouterr().err
+    assert not build_parser().parse_args(mix).overwrite
 
 
 def test_synthmix_usage_and_unknown_commands(capsys):

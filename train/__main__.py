@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import sys
 
-from corpora.executor import add_engine_args
+from corpora.cli_common import setup_logging, show_progress
 
 EXAMPLES = {
     "mix": "python -m train mix cc_hq --parts cc=0.67,hq=0.33 --tokens 20M --seed 0 --tokenizer demo_bpe",
@@ -51,11 +50,15 @@ def _names(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from corpora.cli_parsers import build_command_parser
+    from corpora.cli_common import build_command_parser
 
     parser, add = build_command_parser("python -m train", __doc__.splitlines()[0], EXAMPLES)
 
-    p = add("mix", "Build a mixture: a packed token stream with exact per-part token shares.")
+    p = add("mix", "Build a mixture: a packed token stream with exact per-part token shares.",
+            overwrite="rebuild a mixture that exists with another config (old spelling: --force)",
+            overwrite_aliases=("--force",), engine=True,
+            workers_help="tokenizing processes (default: one, whose tokenizer threads use every core; on Ray: "
+                         "the cluster's CPUs)")
     p.add_argument("name", help="mixture name (letters, digits, '_', '.', '-')")
     p.add_argument("--parts", type=_parts, required=True, metavar="C=S,...",
                    help="corpus=share pairs summing to 1, e.g. cc=0.67,hq=0.33")
@@ -67,11 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=512, help="tokens per training sequence (default 512)")
     p.add_argument("--max-epochs", type=float, default=16.0,
                    help="refuse to repeat any part more often than this (default 16)")
-    p.add_argument("--force", action="store_true", help="rebuild a mixture that exists with another config")
-    p.add_argument("--workers", type=int, default=0,
-                   help="tokenizing processes (default: one, whose tokenizer threads use every core; on Ray: "
-                        "the cluster's CPUs)")
-    add_engine_args(p)
 
     p = add("tokenizer", "Train a byte-level BPE tokenizer on store corpora and register it in the store.")
     p.add_argument("name", help="tokenizer name (then usable as --tokenizer NAME)")
@@ -106,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list the runs and their status; train nothing")
 
     p = add("export", "Export a mixture for another trainer (Megatron-LM/NeMo indexed dataset, flat token file) "
-                      "or a finished run as a Hugging Face LlamaForCausalLM directory.")
+                      "or a finished run as a Hugging Face LlamaForCausalLM directory.",
+          overwrite="replace files of an earlier export")
     p.add_argument("mixture", metavar="NAME",
                    help="a mixture built with `python -m train mix` (megatron, flat) or a finished run id (hf)")
     p.add_argument("--format", choices=("megatron", "flat", "hf"), default="megatron",
@@ -115,7 +114,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "OLMo-core memory-map it. Both with a JSON sidecar. hf: the run NAME as config.json + "
                         "model.safetensors + tokenizer that transformers loads (default megatron)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--overwrite", action="store_true", help="replace files of an earlier export")
     return parser
 
 
@@ -182,7 +180,7 @@ def cmd_mix(args, store) -> int:
 
     cfg = MixtureConfig(name=args.name, parts=args.parts, tokens=args.tokens, seed=args.seed,
                         tokenizer=args.tokenizer, seq_len=args.seq_len, max_epochs=args.max_epochs)
-    rows = build_mixture(store, cfg, overwrite=args.force, progress=not args.quiet, workers=args.workers,
+    rows = build_mixture(store, cfg, overwrite=args.overwrite, progress=show_progress(args), workers=args.workers,
                          engine=args.engine, ray_address=args.ray_address).to_dicts()
     if args.json:
         _json(rows)
@@ -245,7 +243,7 @@ def cmd_run(args, store) -> int:
                    options=_run_options(args), val_tokens=args.val_tokens, val_corpora=args.val_corpora)
     _check_one_step(store, spec)
     with store.writer(f"python -m train run --mixture {mixture} --model {args.model}"):
-        result = execute_run(store, spec, progress=not args.quiet)
+        result = execute_run(store, spec, progress=show_progress(args))
     if args.json:
         _json(result)
     else:
@@ -276,10 +274,10 @@ def cmd_sweep(args, store) -> int:
 
     sweep = load_sweep(args.grid)
     if args.dry_run:
-        results = run_sweep(store, sweep, dry_run=True, progress=not args.quiet)
+        results = run_sweep(store, sweep, dry_run=True, progress=show_progress(args))
     else:
         with store.writer(f"python -m train sweep {args.grid}"):
-            results = run_sweep(store, sweep, dry_run=False, progress=not args.quiet)
+            results = run_sweep(store, sweep, dry_run=False, progress=show_progress(args))
     if args.json:
         _json(results)
     else:
@@ -302,7 +300,7 @@ def cmd_export(args, store) -> int:
         return 0
 
     sidecar = export_mixture(store, ExportConfig(args.mixture, args.format, args.out, args.overwrite),
-                             progress=not args.quiet)
+                             progress=show_progress(args))
     if args.json:
         _json(sidecar)
     else:
@@ -321,8 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     exit_on_early_interrupt("python -m train")
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(args)
     from corpora.exits import CommandError, run_command
 
     def command() -> int:

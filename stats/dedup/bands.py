@@ -15,7 +15,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from corpora.executor import get_executor
 from corpora.store import ShardInfo, Store, StoreError
 from stats.dedup.config import STATUS_OK, DedupConfig
 from stats.dedup.minhash import _CHAIN_MUL, _U32, _U64, Signatures, _fmix64, compute_shard_signatures
@@ -59,7 +58,7 @@ def band_shard(job: tuple[str, str, str, str], cfg: DedupConfig) -> tuple[str, i
     names = shard_file_names(content_hash, cfg)
     cached_sig, cached_docs = Path(cache_dir) / names["sig"], Path(cache_dir) / names["docs"]
     tmp = Path(tmp_dir)
-    if cached_sig.exists() and cached_docs.exists():
+    if cached_sig.exists() and cached_docs.exists() and not cfg.recompute:
         sig = np.load(cached_sig)
         status = pq.read_table(cached_docs, columns=["status"]).column("status").to_numpy()
     else:
@@ -86,10 +85,9 @@ def _run_map(fn, jobs: list, sizes: list[int], cfg: DedupConfig, desc: str, prog
     """Run the per-shard map through the project's executor (local processes or Ray: $SYNTHMIX_ENGINE),
     yielding results as they finish. Auto mode stays in-process for small jobs, where starting a worker
     (~1-2 s of imports) costs more than it saves."""
-    small = cfg.workers == 0 and sum(sizes) < _MIN_DOCS_FOR_POOL
-    with get_executor(cfg.engine, cfg.workers, cfg.ray_address) as ex:
-        for _, result in ex.map(fn, jobs, desc=desc, sizes=sizes, max_workers=1 if small else None,
-                                progress=progress):
+    auto = 1 if sum(sizes) < _MIN_DOCS_FOR_POOL else None
+    with cfg.execution.executor(len(jobs), auto) as ex:
+        for _, result in ex.map(fn, jobs, desc=desc, sizes=sizes, progress=progress):
             yield result
 
 
@@ -196,7 +194,7 @@ def build_bands(store: Store, corpus: str, cfg: DedupConfig, progress: bool = Tr
     cache_dir = store.artifact_dir("dedup_bands", corpus)
     names = {s.shard: shard_file_names(s.content_hash, cfg) for s in shards}
     done = {h for h in {s.content_hash for s in shards}
-            if all((cache_dir / n).exists() for n in shard_file_names(h, cfg).values())}
+            if all((cache_dir / n).exists() for n in shard_file_names(h, cfg).values())} if not cfg.recompute else set()
     todo = {}
     for s in shards:
         if s.content_hash not in done:

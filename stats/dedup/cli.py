@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--against", help="compare with this corpus instead of within --corpus")
     p.add_argument("--examples", type=int, default=5, help="clusters / matches to show (default 5)")
     add_config_arguments(p)
-    add_common_args(p)
+    add_common_args(p, overwrite="hash every shard again, ignoring cached signatures")
     return p
 
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args)
     try:
-        cfg = config_from_args(args)
+        cfg = dataclasses.replace(config_from_args(args), recompute=args.overwrite)
         store = Store(resolve_store_path(args.store))
         with store.writer("python -m stats.dedup"):
             if args.against:

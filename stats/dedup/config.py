@@ -9,7 +9,7 @@ import functools
 import json
 import re
 
-from corpora.executor import add_engine_args
+from corpora.executor import RunsOnExecutor, add_engine_args
 
 
 # Bump when the shingle hash or the signature layout changes: it is part of every cache key.
@@ -24,7 +24,7 @@ _MEMORY_RE = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
 
 
 @dataclasses.dataclass(frozen=True)
-class DedupConfig:
+class DedupConfig(RunsOnExecutor):
     """Parameters of one near-duplicate analysis; CLI flags map 1:1 to fields."""
 
     threshold: float = 0.8  # Jaccard similarity of shingle sets at or above which two docs are duplicates
@@ -50,6 +50,7 @@ class DedupConfig:
     engine: str | None = None  # where shards are hashed: local | ray (None: $SYNTHMIX_ENGINE, else local)
     ray_address: str | None = None  # join this Ray cluster (None: $RAY_ADDRESS, else a local Ray)
     batch_docs: int = 2048  # documents hashed per numpy batch inside a shard
+    recompute: bool = False  # hash every shard again, ignoring cached signatures (--overwrite)
 
     def __post_init__(self):
         if not (0.0 < float(self.threshold) < 1.0):
@@ -69,8 +70,9 @@ class DedupConfig:
             raise ValueError(f"max_bucket must be >= 2, got {self.max_bucket}")
         if not _MEMORY_RE.match(self.memory_limit):
             raise ValueError(f"memory_limit must look like 256MB or 2GB, got {self.memory_limit!r}")
-        if self.workers < 0 or self.batch_docs < 1 or self.threads < 0:
-            raise ValueError("workers, threads must be >= 0 and batch_docs >= 1")
+        if self.batch_docs < 1 or self.threads < 0:
+            raise ValueError("threads must be >= 0 and batch_docs >= 1")
+        self.execution  # checks engine and workers
 
     @property
     def bands_rows(self) -> tuple[int, int]:
@@ -108,7 +110,7 @@ class DedupConfig:
 
     def as_json(self) -> str:
         d = dataclasses.asdict(self)
-        for k in ("workers", "batch_docs", "memory_limit", "threads", "engine", "ray_address"):  # not results
+        for k in ("workers", "batch_docs", "memory_limit", "threads", "engine", "ray_address", "recompute"):  # not results
             d.pop(k)
         d["bands"], d["rows"] = self.bands_rows
         return json.dumps(d, sort_keys=True)
@@ -137,9 +139,8 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-limit", default=DedupConfig.memory_limit,
                    help="DuckDB memory for grouping band keys; beyond it the grouping spills to the store's "
                         "disk (default 256MB)")
-    p.add_argument("--workers", type=int, default=0, help="signature worker processes (default 0: one per core, "
-                        "or in-process when fewer than 8000 documents need hashing)")
-    add_engine_args(p)
+    add_engine_args(p, workers_help="signature worker processes (default 0: one per core, or in-process when "
+                                    "fewer than 8000 documents need hashing)")
 
 
 def config_from_args(args) -> DedupConfig:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
+
+from corpora.cli_common import setup_logging, show_progress
 
 EXAMPLES = {
     "run": "python -m stats.evals run --runs demo --tasks arc_easy:rc_0shot,sciq:rc_0shot --limit 200 --json",
@@ -35,7 +36,7 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from corpora.cli_parsers import build_command_parser
+    from corpora.cli_common import build_command_parser
 
     parser, add = build_command_parser("python -m stats.evals", __doc__.splitlines()[0], EXAMPLES)
 
@@ -61,7 +62,7 @@ def cmd_run(args, store) -> int:
     cfg = EvalConfig(tasks=args.tasks, limit=args.limit, dtype=args.dtype, batch_tokens=args.batch_tokens)
     with store.writer(f"python -m stats.evals run {args.runs or args.model}"):
         if args.runs:
-            df = evaluate_sweep(store, args.runs, cfg, progress=not args.quiet)
+            df = evaluate_sweep(store, args.runs, cfg, progress=show_progress(args))
         else:
             from pathlib import Path
 
@@ -71,7 +72,7 @@ def cmd_run(args, store) -> int:
                 raise StoreError(f"--model {args.model}: not a Hugging Face model directory (no config.json)")
             tasks = load_tasks(cfg.tasks, cfg.limit)
             df = evaluate_model(store, ModelSpec(path=str(Path(args.model).resolve())), tasks, cfg,
-                                progress=not args.quiet)
+                                progress=show_progress(args))
     cols = ["run_id", "model", "task", "variant", "metric", "value", "n", "stderr", "chance", "dtype"]
     rows = df.select([c for c in cols if c in df.columns]).to_dicts()
     if args.json:
@@ -100,8 +101,7 @@ def cmd_tasks(args, store) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(args)
     from corpora.exits import run_command
     from corpora.store import Store, resolve_store_path
 

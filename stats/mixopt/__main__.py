@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
+
+from corpora.cli_common import add_common_args, setup_logging
 
 COMMANDS = ("swarm", "fit", "validate", "probe")
 
@@ -20,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  python -m stats.mixopt swarm demo_swarm --sources cc,hq,qa,txbk --n 32\n"
                "  python -m stats.mixopt fit --sweep demo_swarm --objective wiki --validate --json")
+    add_common_args(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         module = importlib.import_module(f"stats.mixopt.{name}")
@@ -30,8 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    quiet = getattr(args, "quiet", False)
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(args)
     return args.run(args)
 
 

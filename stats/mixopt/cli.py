@@ -6,16 +6,15 @@ import argparse
 import json
 import math
 
+from corpora.cli_common import add_common_args
 from corpora.store import Store, resolve_store_path
 
 
 def add_command(sub, name: str, help: str, description: str, examples: list[str]) -> argparse.ArgumentParser:
-    """A subcommand with --store, --json and -q, and its examples in the epilog."""
+    """A subcommand with the shared flags (corpora.cli_common) and its examples in the epilog."""
     p = sub.add_parser(name, help=help, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="example" + ("s" if len(examples) > 1 else "") + ":\n  " + "\n  ".join(examples))
-    p.add_argument("--store", metavar="PATH", help="store directory (default: $SYNTHMIX_STORE, else ./store)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars; only warnings and errors on stderr")
+    add_common_args(p, command=True)
     return p
 
 

@@ -24,6 +24,7 @@ from sklearn.metrics import r2_score
 from sklearn.model_selection import KFold
 from tqdm.auto import tqdm
 
+from corpora.cli_common import show_progress
 from corpora.store import Store
 from stats.mixopt.io import AVG, MixoptError, Swarm, read_csv_swarm, read_store_swarm, write_csv_swarm
 from stats.mixopt.propose import Bounds, bootstrap, effective_caps, mixture_spec, optimize
@@ -361,13 +362,13 @@ def run(args) -> int:
         if cfg.target_tokens is None:  # repetition caps for the budget the proposal will train at
             cfg.target_tokens = vcfg.tokens
     with store.writer("python -m stats.mixopt fit") if store is not None else contextlib.nullcontext():
-        fit = fit_swarm(swarm, cfg, store, name, write=store is not None, progress=not args.quiet)
+        fit = fit_swarm(swarm, cfg, store, name, write=store is not None, progress=show_progress(args))
         if args.export:
             write_csv_swarm(swarm, args.export)
             write_proposal_csv(fit, Path(args.export) / "proposal.csv")
         summary = fit.summary()
         text = format_fit(fit)
         if args.validate:
-            summary["validation"] = validate_fit(store, fit, vcfg, progress=not args.quiet)
+            summary["validation"] = validate_fit(store, fit, vcfg, progress=show_progress(args))
             text += "\n" + format_validation(summary["validation"])
     return emit(args, summary, text)

@@ -30,6 +30,7 @@ import sys
 
 import polars as pl
 
+from corpora.cli_common import show_progress
 from corpora.store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -258,7 +259,6 @@ def _count(text: str) -> int:
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", metavar="PATH", help="store directory (default: $SYNTHMIX_STORE, else ./store)")
     p.add_argument("--trunk", required=True, help="the trunk's mixture (a built one) or corpus (alone)")
     p.add_argument("--candidates", type=_names, required=True, help="candidate corpora, e.g. hq,qa,txbk")
     p.add_argument("--share", type=float, default=0.3, help="candidate share of the cooldown mixture, in (0, 1) "
@@ -279,14 +279,13 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-full", dest="full", action="store_false",
                    help="skip the full runs on each candidate mixture (then no ranking check)")
     p.add_argument("--name", default="", help="probe name (default probe_TRUNK)")
-    p.add_argument("--json", action="store_true", help="print the probe rows and decisions as JSON")
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("probe", help="Value candidate corpora by cooldown branches off one trunk per seed.",
-                              description=__doc__.splitlines()[0], epilog=f"example:\n  {EXAMPLE}",
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    from stats.mixopt.cli import add_command
+
+    p = add_command(subparsers, "probe", "Value candidate corpora by cooldown branches off one trunk per seed.",
+                    __doc__.splitlines()[0], [EXAMPLE])
     _add_arguments(p)
     p.set_defaults(func=run)
     return p
@@ -304,14 +303,12 @@ def config_from_args(args) -> ProbeConfig:
 def run(args) -> int:
     from corpora.store import resolve_store_path
 
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
     cfg = config_from_args(args)
     check_numbers(cfg)
     store = Store(resolve_store_path(args.store))
     check_probe(store, cfg)   # before the lock and before any work
     with store.writer(f"python -m stats.mixopt probe --trunk {cfg.trunk}"):
-        probes, decisions = run_probe(store, cfg, progress=not args.quiet)
+        probes, decisions = run_probe(store, cfg, progress=show_progress(args))
     if args.json:
         print(json.dumps({"probes": probes.to_dicts(), "decisions": decisions.to_dicts(),
                           "ranking": ranking(probes)}, indent=1, default=str))

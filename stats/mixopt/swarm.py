@@ -20,6 +20,7 @@ import logging
 import numpy as np
 import polars as pl
 
+from corpora.cli_common import show_progress
 from corpora.store import Store
 from stats.mixopt.io import MixoptError
 from stats.mixopt.propose import effective_caps, project
@@ -267,7 +268,7 @@ def run(args) -> int:
                       val_corpora=args.val_corpora, val_tokens=args.val_tokens)
     store = open_store(args)
     with store.writer("python -m stats.mixopt swarm"):
-        result = run_swarm(store, cfg, dry_run=args.dry_run, progress=not args.quiet)
+        result = run_swarm(store, cfg, dry_run=args.dry_run, progress=show_progress(args))
     text = "\n".join([f"swarm {result['swarm']}: {result['mixtures']} mixtures, {result['runs']} runs "
                       f"({result['done']} done, {result['failed']} failed)"]
                      + [f"  {row['mixture']:<24} " + " ".join(f"{s}={row[s]:.3f}" for s in cfg.sources)

@@ -19,6 +19,7 @@ import logging
 import numpy as np
 import polars as pl
 
+from corpora.cli_common import show_progress
 from corpora.store import Store
 from stats.evidence import EvidenceConfig, counts_text, decision_table, final_points, paired_verdict
 from stats.mixopt.io import AVG, MixoptError
@@ -295,5 +296,5 @@ def run(args) -> int:
     vcfg = validate_config(args, swarm, store)
     with store.writer("python -m stats.mixopt validate"):
         fit = fit_swarm(swarm, cfg, store, args.fit, write=False)
-        result = validate_fit(store, fit, vcfg, progress=not args.quiet)
+        result = validate_fit(store, fit, vcfg, progress=show_progress(args))
     return emit(args, result, format_validation(result))

@@ -75,9 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
                    help="additive smoothing pseudo-count per vocabulary id of train for KL (default: %(default)s)")
     p.add_argument("--top", type=int, default=10, help="test tokens with the largest KL contribution to list")
-    p.add_argument("--workers", type=int, default=0,
-                   help="worker processes (or Ray tasks), one shard each (0: automatic)")
-    add_engine_args(p)
+    add_engine_args(p, workers_help="worker processes (or Ray tasks), one shard each (0: automatic)")
     p.add_argument("--threads", type=int, default=0, help="tokenizer threads per process (0: automatic)")
     p.add_argument("--batch-size", type=int, default=1024, help="documents per record batch")
     p.add_argument("--no-shrinkage", dest="shrinkage", action="store_false",

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from corpora.executor import get_executor
+from corpora.executor import RunsOnExecutor
 from corpora.store import CorpusInfo, ShardInfo, Store, StoreError, read_shard_batches
 from corpora.tokenizers import DEFAULT_TOKENIZER, Tokenizer, load_tokenizer
 from corpora.tokens import Piece, TokenCache, TokenizeJob, read_piece_tokens, read_shard_tokens, tokenize_rows
@@ -43,7 +43,7 @@ class UnigramError(StoreError):
 
 
 @dataclasses.dataclass
-class UnigramConfig:
+class UnigramConfig(RunsOnExecutor):
     train: list[str] = dataclasses.field(default_factory=list)  # corpus names or mixtures 'cc:0.67,hq:0.33'
     test: list[str] = dataclasses.field(default_factory=list)
     tokenizer: str = DEFAULT_TOKENIZER
@@ -254,12 +254,13 @@ def build_unigram_counts(store: Store, corpus: str | CorpusInfo, cfg: UnigramCon
     pending = sorted((i for i, p in enumerate(parts) if p is None), key=lambda i: -shards[i].n_bytes)
     pending_bytes = sum(shards[i].n_bytes for i in pending)
     cores = os.cpu_count() or 1
-    workers = cfg.workers or (cores if pending_bytes >= MIN_BYTES_FOR_WORKERS else 1)
-    workers = max(1, min(workers, len(pending)))
-    threads = cfg.threads or max(1, cores // workers)
+    where = cfg.execution
+    auto = cores if pending_bytes >= MIN_BYTES_FOR_WORKERS else 1  # a pool pays off only for large jobs
+    engine, workers = where.plan(len(pending), auto)
+    threads = cfg.threads or (1 if engine == "ray" else max(1, cores // workers))
     tok_run = tok.with_threads(threads)
-    log.info("counting %d of %d shards of %s (%.1f MB) with %d processes x %d threads",
-             len(pending), len(shards), info.name, pending_bytes / 1e6, workers, threads)
+    log.info("counting %d of %d shards of %s (%.1f MB) on %s, %s worker(s) x %d threads",
+             len(pending), len(shards), info.name, pending_bytes / 1e6, engine, workers or "all", threads)
 
     bar = tqdm(total=pending_bytes / 1e6, unit="MB", unit_scale=False, desc=f"unigrams {info.name}",
                disable=not cfg.progress or not pending, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} MB "
@@ -278,10 +279,8 @@ def build_unigram_counts(store: Store, corpus: str | CorpusInfo, cfg: UnigramCon
 
     try:
         # the executor (corpora.executor): in-process, local spawned processes, or Ray (--engine)
-        with get_executor(cfg.engine, cfg.workers, cfg.ray_address) as ex:
-            n = workers if ex.name == "local" else max(1, min(ex.workers, len(pending)))
-            for k, result in ex.map(count_job, [(jobs[i], tok_run) for i in pending], max_workers=n,
-                                    progress=False):
+        with where.executor(len(pending), auto) as ex:
+            for k, result in ex.map(count_job, [(jobs[i], tok_run) for i in pending], progress=False):
                 done(pending[k], result)
     finally:
         bar.close()

@@ -303,7 +303,8 @@ def test_cli_within_and_against(store, long_lee, capsys):
 
 
 def test_curate_command_and_its_synthmix_spelling(store, long_lee, capsys):
-    """`synthmix corpora dedup` runs `python -m stats.dedup curate`; `python -m corpora dedup` says where it went."""
+    """`synthmix corpora dedup` runs `python -m stats.dedup curate`; the old `python -m corpora dedup` still runs
+    it (deprecated alias, in a child process) and says where it went."""
     from corpora.__main__ import main as corpora_main
     from reports import cli
 
@@ -313,8 +314,9 @@ def test_curate_command_and_its_synthmix_spelling(store, long_lee, capsys):
     assert rc == 0
     assert json.loads(capsys.readouterr().out)["n_kept"] == 40
     assert store.corpus("cc_dedup").n_docs == 40
-    assert corpora_main(["--store", str(store.root), "dedup", "cc", "--out", "x"]) == 2
+    assert corpora_main(["--store", str(store.root), "dedup", "cc", "--out", "x", "--workers", "1", "-q"]) == 0
     assert "python -m stats.dedup curate" in capsys.readouterr().err
+    assert store.corpus("x").n_docs == 40
     # an --out that is another corpus is refused, unless --overwrite
     add_corpus(store, "other", ["an unrelated document of several words here"])
     args = ["curate", "cc", "--out", "other", "--store", str(store.root), "--workers", "1", "--json"]
