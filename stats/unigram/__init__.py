@@ -1,7 +1,7 @@
 """Token unigram statistics of corpora: counts, coverage, KL/JS divergence, entropy and shrinkage.
 
     python -m stats.unigram --train cc --test wiki
-    python -m stats.unigram --train cc --train hq --train cc:0.67,hq:0.33 --test wiki --json
+    python -m stats.unigram --train cc --train hq --train cc=0.67,hq=0.33 --test wiki --json
 
 Definitions (P = test unigram distribution, Q = train distribution, both over the tokenizer's vocabulary
 of V ids; logs are natural, so every divergence and entropy is in nats; bits = nats / ln 2):

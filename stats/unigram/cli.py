@@ -62,10 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m stats.unigram",
         description="Token unigram coverage, KL(test||train), JS and entropy between training and test corpora "
                     "(nats; additive smoothing alpha on train). Example: "
-                    "python -m stats.unigram --train cc --train cc:0.67,hq:0.33 --test wiki",
+                    "python -m stats.unigram --train cc --train cc=0.67,hq=0.33 --test wiki",
     )
     p.add_argument("--train", action="extend", nargs="+", default=[], metavar="CORPUS|MIX",
-                   help="training corpus, or mixture NAME:WEIGHT,... with weights summing to 1 (e.g. cc:0.67,hq:0.33); "
+                   help="training corpus, or mixture NAME=WEIGHT,... with weights summing to 1 (e.g. cc=0.67,hq=0.33); "
                         "several (--train cc hq, or --train repeated) give the full matrix")
     p.add_argument("--test", action="extend", nargs="+", default=[], metavar="CORPUS|MIX",
                    help="test corpus or mixture; several give the full matrix")

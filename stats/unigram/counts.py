@@ -44,7 +44,7 @@ class UnigramError(StoreError):
 
 @dataclasses.dataclass
 class UnigramConfig(RunsOnExecutor):
-    train: list[str] = dataclasses.field(default_factory=list)  # corpus names or mixtures 'cc:0.67,hq:0.33'
+    train: list[str] = dataclasses.field(default_factory=list)  # corpus names or mixtures 'cc=0.67,hq=0.33'
     test: list[str] = dataclasses.field(default_factory=list)
     tokenizer: str = DEFAULT_TOKENIZER
     alpha: float = DEFAULT_ALPHA  # additive smoothing of Q (train) for KL

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 
 import numpy as np
@@ -14,13 +15,15 @@ from corpora.tokenizers import Tokenizer
 from stats.unigram.counts import (DEFAULT_ALPHA, UnigramConfig, UnigramCounts, UnigramError,
                                   build_unigram_counts)
 
+log = logging.getLogger(__name__)
+
 
 # ---------------------------------------------------------------------------------------- distributions
 @dataclasses.dataclass
 class UnigramDistribution:
     """One side of a comparison: a corpus or a weighted mixture of corpora."""
 
-    spec: str  # as written: 'cc' or 'cc:0.67,hq:0.33'
+    spec: str  # as written: 'cc' or 'cc=0.67,hq=0.33'
     components: list[tuple[str, float, UnigramCounts]]
 
     @property
@@ -50,19 +53,27 @@ class UnigramDistribution:
 
 
 def parse_mixture(spec: str) -> list[tuple[str, float]]:
-    """'cc' -> [('cc', 1.0)]; 'cc:0.67,hq:0.33' -> [('cc', 0.67), ('hq', 0.33)]; weights must sum to 1."""
+    """'cc' -> [('cc', 1.0)]; 'cc=0.67,hq=0.33' -> [('cc', 0.67), ('hq', 0.33)]; weights must sum to 1.
+
+    The mixture syntax of `python -m train mix --parts`; the older 'cc=0.67,hq=0.33' still works for one
+    release, with a warning."""
     spec = spec.strip()
     if not spec:
-        raise UnigramError("empty corpus or mixture name; give e.g. cc or cc:0.67,hq:0.33")
-    if ":" not in spec and "," not in spec:
+        raise UnigramError("empty corpus or mixture name; give e.g. cc or cc=0.67,hq=0.33")
+    if "=" not in spec and ":" not in spec and "," not in spec:
         return [(spec, 1.0)]
+    sep = "="
+    if "=" not in spec and ":" in spec:
+        sep = ":"
+        log.warning("mixture %r: NAME:WEIGHT is deprecated and goes in the next release; write %r", spec,
+                    spec.replace(":", "="))
     out: list[tuple[str, float]] = []
     for item in spec.split(","):
-        name, sep, weight = item.strip().partition(":")
+        name, found, weight = item.strip().partition(sep)
         name = name.strip()
-        if not name or not sep:
-            raise UnigramError(f"malformed mixture {spec!r}: write every component as NAME:WEIGHT, "
-                               "e.g. cc:0.67,hq:0.33")
+        if not name or not found:
+            raise UnigramError(f"malformed mixture {spec!r}: write every component as NAME=WEIGHT, "
+                               "e.g. cc=0.67,hq=0.33")
         try:
             w = float(weight)
         except ValueError:

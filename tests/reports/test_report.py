@@ -151,7 +151,7 @@ def full_store(tmp_path_factory, lee_texts):
         store.create_corpus(name, "synthetic", "train", "hq", meta={"source": src, "round": rnd, "root_corpus": "cc"})
         store.append_shard(name, make_documents(rows))
     assert cc.n_docs == 80
-    run_unigram(store, UnigramConfig(train=["cc", "hq", "cc:0.5,hq:0.5"], test=["wiki"], progress=False))
+    run_unigram(store, UnigramConfig(train=["cc", "hq", "cc=0.5,hq=0.5"], test=["wiki"], progress=False))
     dcfg = DedupConfig(threshold=0.8)
     analyze_corpus(store, "cc", dcfg, progress=False)
     analyze_corpus(store, "hq", dcfg, progress=False)  # synthetic: source-doc Jaccard too

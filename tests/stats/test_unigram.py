@@ -197,7 +197,7 @@ def test_mixture_is_weighted_mix_of_components(store, lee_texts, tok):
     add_corpus(store, "hq", [t.lower() for t in lee_texts[100:150]], kind="synthetic", synthetic_type="hq")
     add_corpus(store, "wiki", lee_texts[250:], role="test")
     cfg = UnigramConfig(progress=False)
-    mix = build_distribution(store, "cc:0.67,hq:0.33", cfg, tok)
+    mix = build_distribution(store, "cc=0.67,hq=0.33", cfg, tok)
     cc, hq = build_distribution(store, "cc", cfg, tok), build_distribution(store, "hq", cfg, tok)
     assert np.allclose(mix.probs(), 0.67 * cc.probs() + 0.33 * hq.probs(), rtol=0, atol=1e-15)
     assert np.allclose(mix.probs(0.01), 0.67 * cc.probs(0.01) + 0.33 * hq.probs(0.01), rtol=0, atol=1e-15)
@@ -219,12 +219,13 @@ def test_mixture_is_weighted_mix_of_components(store, lee_texts, tok):
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("cc:0.5,hq:0.4", "sum to 0.9"),
-    ("cc:0.5,hq", "NAME:WEIGHT"),
-    ("cc:x,hq:0.5", "not a number"),
-    ("cc:-0.5,hq:1.5", ">= 0"),
-    ("cc:0.5,cc:0.5", "twice"),
-    (":1", "NAME:WEIGHT"),
+    ("cc=0.5,hq=0.4", "sum to 0.9"),
+    ("cc=0.5,hq", "NAME=WEIGHT"),
+    ("cc=x,hq=0.5", "not a number"),
+    ("cc=-0.5,hq=1.5", ">= 0"),
+    ("cc=0.5,cc=0.5", "twice"),
+    ("=1", "NAME=WEIGHT"),
+    ("cc:0.5,hq:0.4", "sum to 0.9"),  # the deprecated NAME:WEIGHT syntax is checked the same way
 ])
 def test_malformed_mixtures(spec, message):
     with pytest.raises(UnigramError, match=message):
@@ -233,7 +234,8 @@ def test_malformed_mixtures(spec, message):
 
 def test_parse_mixture():
     assert parse_mixture("cc") == [("cc", 1.0)]
-    assert parse_mixture(" cc:0.67, hq:0.33 ") == [("cc", 0.67), ("hq", 0.33)]
+    assert parse_mixture(" cc=0.67, hq=0.33 ") == [("cc", 0.67), ("hq", 0.33)]
+    assert parse_mixture(" cc:0.67, hq:0.33 ") == [("cc", 0.67), ("hq", 0.33)]  # the old syntax, deprecated
     assert parse_mixture("cc:0.3,hq:0.3,qa:0.4") == [("cc", 0.3), ("hq", 0.3), ("qa", 0.4)]
 
 
@@ -274,10 +276,10 @@ def test_run_unigram_matrix_is_stored_once_per_pair(store, lee_texts):
     add_corpus(store, "cc", lee_texts[:100])
     add_corpus(store, "wiki", lee_texts[200:], role="test")
     add_corpus(store, "news", lee_texts[150:200], role="test")
-    cfg = UnigramConfig(train=["cc", "cc:0.5,news:0.5"], test=["wiki", "news"], progress=False)
+    cfg = UnigramConfig(train=["cc", "cc=0.5,news=0.5"], test=["wiki", "news"], progress=False)
     report = run_unigram(store, cfg)
     assert [(r["train"], r["test"]) for r in report.comparisons] == [
-        ("cc", "wiki"), ("cc", "news"), ("cc:0.5,news:0.5", "wiki"), ("cc:0.5,news:0.5", "news")]
+        ("cc", "wiki"), ("cc", "news"), ("cc=0.5,news=0.5", "wiki"), ("cc=0.5,news=0.5", "news")]
     run_unigram(store, cfg)  # idempotent: same pairs replace their rows
     table = store.read_result(COMPARISONS_TABLE)
     assert table.height == 4 and set(table["alpha"]) == {cfg.alpha} and set(table["units"]) == {"nats"}
@@ -288,8 +290,8 @@ def test_run_unigram_matrix_is_stored_once_per_pair(store, lee_texts):
     (["--train", "nope", "--test", "wiki"], "unknown corpus 'nope'"),
     (["--train", "cc", "--test", "empty"], "'empty' is empty"),
     (["--train", "cc", "--test", "wiki", "--tokenizer", "no_such_tok"], "unknown tokenizer 'no_such_tok'"),
-    (["--train", "cc:0.7,wiki", "--test", "wiki"], "malformed mixture"),
-    (["--train", "cc:0.7,wiki:0.7", "--test", "wiki"], "sum to 1.4"),
+    (["--train", "cc=0.7,wiki", "--test", "wiki"], "malformed mixture"),
+    (["--train", "cc=0.7,wiki=0.7", "--test", "wiki"], "sum to 1.4"),
     (["--train", "cc", "--test", "wiki", "--alpha", "0"], "alpha must be > 0"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(store, lee_texts, args, message, capsys):
