@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from corpora.names import safe_name
 from corpora.store import ShardInfo, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,7 @@ _U64 = 1 << 64
 
 def tokenizer_key(tokenizer) -> str:
     """An artifact-safe key for a tokenizer: its name (sanitized) and its fingerprint."""
-    safe = re.sub(r"[^A-Za-z0-9_.=-]", "_", tokenizer.name).strip("._") or "tok"
-    return f"{safe[:80]}-{tokenizer.fingerprint}"
+    return f"{safe_name(tokenizer.name)[:80]}-{tokenizer.fingerprint}"
 
 
 # ---------------------------------------------------------------------------------------- seeded order

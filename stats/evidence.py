@@ -46,6 +46,8 @@ from collections.abc import Sequence
 import numpy as np
 import polars as pl
 
+from corpora.names import part_key
+
 log = logging.getLogger(__name__)
 
 AGREES, DISAGREES, MIXED, INCONCLUSIVE, NO_DATA = (
@@ -320,10 +322,7 @@ def decisions(store, sweep: str, write: bool = True) -> pl.DataFrame:
     return df
 
 
-def _part(*keys: str) -> str:
-    import re
-
-    return "__".join(re.sub(r"[^A-Za-z0-9_.=-]", "-", k) for k in keys)
+_part = part_key
 
 
 # ------------------------------------------------------------------------------------------------ learning check

@@ -24,6 +24,7 @@ from sklearn.metrics import r2_score
 from sklearn.model_selection import KFold
 from tqdm.auto import tqdm
 
+from corpora.names import part_key
 from corpora.cli_common import show_progress
 from corpora.store import Store
 from stats.mixopt.io import AVG, MixoptError, Swarm, read_csv_swarm, read_store_swarm, write_csv_swarm
@@ -79,8 +80,7 @@ class MixFit:
                 "proposal": self.proposal}
 
 
-def part_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=-]", "-", name)
+part_name = part_key
 
 
 def cross_validate(make, X: np.ndarray, Y: np.ndarray, y: np.ndarray, folds: int, seed: int):

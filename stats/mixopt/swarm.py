@@ -20,6 +20,7 @@ import logging
 import numpy as np
 import polars as pl
 
+from corpora.names import part_key
 from corpora.cli_common import show_progress
 from corpora.store import Store
 from stats.mixopt.io import MixoptError
@@ -217,10 +218,7 @@ def stored_prior(store: Store, sweep: str, sources: list[str]) -> np.ndarray | N
     return np.array([p[s] for s in sources])
 
 
-def _part(name: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9_.=-]", "-", name)
+_part = part_key
 
 
 # ---------------------------------------------------------------------------------------- CLI

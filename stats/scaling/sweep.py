@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
+from corpora.names import part_key
 from corpora.store import StoreError
 from stats.scaling.derived import compute_speedup, fit_optimal_ratio
 from stats.scaling.laws import AVG_DOMAIN, FitError, FitResult, ScalingConfig, bootstrap_fit
@@ -21,8 +22,7 @@ log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------- reading the store
-def _part_name(*keys: str) -> str:
-    return "__".join(re.sub(r"[^A-Za-z0-9_.=-]", "-", k) for k in keys)
+_part_name = part_key
 
 
 def read_mixture_composition(store) -> pl.DataFrame:
