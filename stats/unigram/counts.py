@@ -4,7 +4,6 @@ driver (`build_unigram_counts`) that caches counts per shard and per corpus in t
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import functools
 import logging
 import os
@@ -225,7 +224,6 @@ def _write_counts(store: Store, info: CorpusInfo, tok: Tokenizer, total: Unigram
         "n_docs": pa.array([total.n_docs] * n, pa.int64()),
         "n_bytes": pa.array([total.n_bytes] * n, pa.int64()),
         "n_tokens": pa.array([total.n_tokens] * n, pa.int64()),
-        "counted_at": pa.array([dt.datetime.now(dt.timezone.utc)] * n, pa.timestamp("us", tz="UTC")),
     })
     store.put_result(COUNTS_TABLE, counts_part(info.name, tok), table)
 

@@ -114,7 +114,7 @@ def test_cache_reused_and_invalidated_by_new_shards(store, lee_texts, tok):
     assert len(shard_files) == 2
     first = store.read_result(COUNTS_TABLE)
     build_unigram_counts(store, "cc", CFG)  # unchanged corpus: read back, nothing counted or written
-    assert store.read_result(COUNTS_TABLE)["counted_at"].to_list() == first["counted_at"].to_list()
+    assert store.read_result(COUNTS_TABLE)["created_at"].to_list() == first["created_at"].to_list()
 
     from corpora.store import make_documents
 
