@@ -553,7 +553,9 @@ def run_study(study: StudyConfig, progress: bool = True) -> dict:
     summary: dict = {"study": study.name, "store": str(store.root), "steps": {}}
     steps = [(n, f) for n, f in STEPS if study.demo or f is not step_demo]
     t_study = time.perf_counter()
-    with tqdm(total=len(steps), desc=f"study {study.name}", unit="step", disable=not progress, position=0) as bar:
+    # one writer for the whole study: a second study or command on this store is refused at once
+    with store.writer(f"python -m reports study {study.name}"), \
+            tqdm(total=len(steps), desc=f"study {study.name}", unit="step", disable=not progress, position=0) as bar:
         for name, fn in steps:
             bar.set_postfix_str(name)
             t0 = time.perf_counter()

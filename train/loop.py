@@ -718,12 +718,14 @@ def main(argv: list[str] | None = None) -> int:
         # Rank 0 builds any missing validation set first; the others then only memory-map it.
         if rank != 0:
             dist.barrier()
-        data = open_mixture(store, cfg.mixture, val_names, args.val_tokens, progress=rank == 0)
-        phase_data = {m: open_mixture(store, m, val_names, args.val_tokens, progress=False).train
-                      for m in phasing.phase_mixtures(cfg.phases, cfg.mixture) if m != cfg.mixture}
-        if rank == 0 and dist_info()[1] > 1:
-            dist.barrier()
-        row = train_run(store, cfg, data.train, data.val_sets, data.tokenizer, data.vocab_size, phase_data)
+        # rank 0 is the one writer (validation sets, the run's rows): it holds the store's writer lock
+        with store.writer(f"python -m train.loop {cfg.run_id}") if rank == 0 else contextlib.nullcontext():
+            data = open_mixture(store, cfg.mixture, val_names, args.val_tokens, progress=rank == 0)
+            phase_data = {m: open_mixture(store, m, val_names, args.val_tokens, progress=False).train
+                          for m in phasing.phase_mixtures(cfg.phases, cfg.mixture) if m != cfg.mixture}
+            if rank == 0 and dist_info()[1] > 1:
+                dist.barrier()
+            row = train_run(store, cfg, data.train, data.val_sets, data.tokenizer, data.vocab_size, phase_data)
         if dist.is_initialized():
             # Free the sharded model (FSDP2 keeps it in reference cycles) while the group is alive, and let
             # every rank finish before any tears the group down: a rank that left early once aborted in
