@@ -86,6 +86,7 @@ def get_batch(tokens: np.ndarray, rows: np.ndarray, device: torch.device) -> tup
     return t[:, :-1], t[:, 1:]
 
 
+# ---------------------------------------------------------------------------------------- optimizer
 def build_optimizer(model: nn.Module, cfg: RunConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW; weight decay only on matrices (not norms), as nanoGPT. Fused kernel where torch has one."""
     decay = [p for p in model.parameters() if p.ndim >= 2]
@@ -93,7 +94,6 @@ def build_optimizer(model: nn.Module, cfg: RunConfig, device: torch.device) -> t
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = device.type in ("cpu", "cuda") and not cfg.fsdp
     return torch.optim.AdamW(groups, lr=cfg.lr_peak, betas=(cfg.beta1, cfg.beta2), fused=fused)
-
 
 
 # --------------------------------------------------------------------------------------- evaluation
