@@ -7,9 +7,8 @@
 
 AdamW with warmup + cosine (or warmup-stable-decay), gradient accumulation and clipping, bf16 autocast on
 GPU and on CPUs with bf16 hardware (AMX / AVX512-BF16; `train.model.cpu_has_bf16`), optional torch.compile,
-DDP (gloo on CPU, nccl on GPU) or FSDP2 under torchrun, applied from outside the model (`train.parallelize`).
-The options are `train.config.RunConfig`, the lr schedule `train.schedule`. Checkpoints (`train.checkpoint`)
-hold model, optimizer, step, RNG states and the config; the data order is a pure function of
+DDP (gloo on CPU, nccl on GPU) or FSDP2 under torchrun, applied from outside the model by `parallelize`.
+Checkpoints hold model, optimizer, step, RNG states and the config; the data order is a pure function of
 (seed, sequence position), so a resumed run repeats the uninterrupted loss curve bit for bit on CPU.
 A finished run keeps only its final weights (`model.safetensors`) unless `keep_optimizer`.
 

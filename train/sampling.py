@@ -20,7 +20,9 @@ import pyarrow.parquet as pq
 from corpora.store import ShardInfo, StoreError
 from corpora.tokens import TokenCache, doc_id_hashes, read_doc_list, seeded_keys
 
-log = logging.getLogger("train.data")  # the mixture build's log, under the name it has always had
+# The mixture build's one log: its lines keep the name they had before the split (benchmarks/mixture.py
+# counts the rounds logged here on "train.data").
+log = logging.getLogger("train.data")
 
 # UTF-8 bytes per token (incl. end-of-text) when nothing is measured: below what BPE vocabularies of
 # 8k-100k reach on English web text (3.5-4.5), so a round rarely tokenizes more than the budget needs.
