@@ -86,7 +86,7 @@ def export_run_hf(store: Store, run_id: str, out: str | Path, overwrite: bool = 
 
     from corpora.store import atomic_path
     from corpora.tokenizers import load_tokenizer
-    from train.loop import final_weights_path
+    from train.checkpoint import final_weights_path
 
     out = Path(out).resolve()
     if out == store.root or store.root in out.parents:

@@ -36,7 +36,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -45,112 +44,18 @@ import torch.distributed as dist
 from torch import nn
 
 from corpora.exits import is_interrupt
-from corpora.store import Store, StoreError, atomic_path
+from corpora.store import Store, StoreError
 from train import phases as phasing
+from train.checkpoint import (check_config, checkpoint_path, final_weights_path, load_checkpoint, save_checkpoint,
+                              save_final_weights, stable_checkpoint_path)
+from train.checkpoint import load_final_weights  # noqa: F401 (re-export)
+from train.config import RunConfig
 from train.model import Transformer, build_model_config, dtype_name, resolve_dtype
+from train.parallelize import all_reduce_sum, dist_info, parallelize
+from train.schedule import get_lr, wsd_decay_start
+from train.schedule import warmup_steps  # noqa: F401 (re-export)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunConfig:
-    run_id: str = ""                        # "": f"{mixture}.{model}.{tokens}.s{seed}"
-    mixture: str = ""
-    model: str = "cpu-4m"                   # preset name, see train.model.PRESETS
-    tokens: int = 5_000_000                 # training token budget
-    seq_len: int | None = None              # None: the mixture's (a different value is an error)
-    batch_size: int = 16                    # sequences per micro-batch per rank
-    grad_accum: int = 1                     # micro-batches per optimizer step
-    lr_peak: float = 3e-3
-    lr_min: float | None = None             # None: lr_peak / 10
-    warmup_steps: int | None = None         # None: 5% of the steps
-    schedule: str = "cosine"                # 'cosine' or 'wsd' (warmup-stable-decay)
-    decay_frac: float = 0.2                 # wsd: the final fraction of steps that decays linearly to lr_min
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0                  # max global grad norm; 0 disables clipping
-    seed: int = 0                           # initialisation and data order
-    eval_every_tokens: int | None = None    # None: ten validations per run (plus the last step)
-    eval_tokens: int = 65_536               # tokens per validation set per validation
-    checkpoint_every_tokens: int | None = None  # None: at every validation
-    log_every_steps: int = 10               # train-loss rows in run_metrics
-    stop_after_steps: int | None = None     # checkpoint and stop early (status stays 'running'; resumable)
-    compile: bool = False                   # torch.compile the model
-    device: str = "auto"                    # 'auto': cuda:LOCAL_RANK when CUDA is present, else cpu
-    dtype: str = "auto"                     # autocast dtype: 'auto' (bf16 on GPU and on CPUs with AMX or
-                                            # AVX512-BF16, else fp32), 'bf16', 'fp32'
-    fsdp: bool = False                      # FSDP2 fully_shard instead of DDP (GPU, world > 1)
-    num_threads: int = 0                    # torch CPU threads; 0 leaves torch's default
-    progress: bool = True
-    sweep: str | None = None
-    keep_optimizer: bool = False            # a finished run keeps checkpoint.pt (optimizer state) too
-    weights_dtype: str = "fp32"             # dtype of the finished run's model.safetensors: 'fp32' or 'bf16'
-    branch_from: str | None = None          # wsd: start from this run's stable-phase checkpoint at our decay start
-    branch_tokens: str = ""                 # wsd: smaller budgets ("64k,128k") branching off this run: keep a
-                                            # stable-phase checkpoint at each one's decay start (its own
-                                            # budget too: the anneal point of cooldowns on other mixtures)
-    phases: list = dataclasses.field(default_factory=list)  # [{until, mixture}, ...]: the data changes at
-                                            # phase boundaries (train.phases); mixture: the last phase's
-
-    def __post_init__(self):
-        if self.schedule not in ("cosine", "wsd"):
-            raise ValueError(f"unknown schedule {self.schedule!r}; use 'cosine' or 'wsd'")
-        if self.dtype not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"unknown dtype {self.dtype!r}; use 'auto', 'bf16' or 'fp32'")
-        if self.weights_dtype not in ("bf16", "fp32"):
-            raise ValueError(f"unknown weights_dtype {self.weights_dtype!r}; use 'bf16' or 'fp32'")
-        if (self.branch_from or self.branch_tokens) and (self.schedule != "wsd" or self.warmup_steps is None):
-            raise ValueError("budget branches (branch_from / branch_tokens) need schedule='wsd' and an explicit "
-                             "warmup_steps, the same for the trunk and its branches")
-        if min(self.tokens, self.batch_size, self.grad_accum) < 1:
-            raise ValueError("tokens, batch_size and grad_accum must be positive")
-        self.phases = phasing.parse_phases(self.phases)
-        if self.phases:
-            if self.mixture and self.mixture != self.phases[-1]["mixture"]:
-                raise ValueError(f"mixture {self.mixture!r} is not the last phase's ({self.phases[-1]['mixture']!r});"
-                                 " with phases, leave mixture out or name the last phase's mixture")
-            self.mixture = self.phases[-1]["mixture"]
-        if not self.run_id:
-            self.run_id = f"{self.mixture}.{self.model}.{self.tokens}.s{self.seed}"
-
-
-# Fields that change how a run executes but not what it computes: a resume may change them.
-# keep_optimizer / weights_dtype change only what a finished run leaves on disk; branch_from / branch_tokens
-# change how the first steps are obtained or what is kept, not the result (see the module docstring).
-_RESUMABLE_CHANGES = {"stop_after_steps", "compile", "device", "num_threads", "progress", "log_every_steps",
-                      "checkpoint_every_tokens", "sweep", "keep_optimizer", "weights_dtype", "branch_from",
-                      "branch_tokens"}
-# Fields in which a branch differs from its trunk (all others must match for the branch to be exact); its
-# mixture and phases may differ too when the data of the steps before the branch point is the same
-# (`check_config` compares what the two schedules read up to there).
-_BRANCH_CHANGES = _RESUMABLE_CHANGES | {"run_id", "tokens", "mixture", "phases"}
-
-
-def get_lr(step: int, cfg: RunConfig, n_steps: int) -> float:
-    """Learning rate at optimizer step `step` (0-based) of `n_steps`: linear warmup, then cosine to lr_min,
-    or (wsd) constant then a linear decay over the last `decay_frac` of the steps (Hu et al. 2024, MiniCPM)."""
-    lr_min = cfg.lr_peak / 10 if cfg.lr_min is None else cfg.lr_min
-    warmup = warmup_steps(cfg, n_steps)
-    if step < warmup:
-        return cfg.lr_peak * (step + 1) / warmup
-    if cfg.schedule == "cosine":
-        progress = min(1.0, (step - warmup) / max(1, n_steps - warmup))
-        return lr_min + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr_peak - lr_min)
-    decay_start = wsd_decay_start(cfg, n_steps)
-    if step < decay_start:
-        return cfg.lr_peak
-    progress = min(1.0, (step - decay_start + 1) / max(1, n_steps - decay_start))
-    return cfg.lr_peak + progress * (lr_min - cfg.lr_peak)
-
-
-def warmup_steps(cfg: RunConfig, n_steps: int) -> int:
-    return max(1, round(0.05 * n_steps)) if cfg.warmup_steps is None else cfg.warmup_steps
-
-
-def wsd_decay_start(cfg: RunConfig, n_steps: int) -> int:
-    """First step of the wsd decay phase; a budget branch starts from its trunk's state at this step."""
-    return max(warmup_steps(cfg, n_steps), n_steps - round(cfg.decay_frac * n_steps))
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -180,43 +85,7 @@ def get_batch(tokens: np.ndarray, rows: np.ndarray, device: torch.device) -> tup
     return t[:, :-1], t[:, 1:]
 
 
-# -------------------------------------------------------------------------------------- parallelism
-def dist_info() -> tuple[int, int]:
-    """(rank, world_size); (0, 1) outside torchrun."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def parallelize(model: nn.Module, cfg: RunConfig, device: torch.device) -> nn.Module:
-    """Compile, then DDP or FSDP2 when the process group has more than one rank (torchtitan's order:
-    compile first, data parallelism last). Returns the module to call for training.
-
-    Under FSDP2 each block is compiled on its own (torchtitan: the sharding hooks run between blocks);
-    otherwise the whole model is one graph, so the embedding, final norm and fused loss are compiled too:
-    on CPU that measured 1.30x eager against 1.03x for per-block compilation (debugmodel, 1 thread;
-    benchmarks/train.py). `nn.Module.compile` keeps parameter names, so checkpoints do not change."""
-    _, world = dist_info()
-    if cfg.compile:
-        if cfg.fsdp and world > 1:
-            for block in model.layers:
-                block.compile()
-        else:
-            model.compile()
-    if world == 1:
-        return model
-    if cfg.fsdp:
-        from torch.distributed.fsdp import fully_shard
-
-        for block in model.layers:
-            fully_shard(block)
-        fully_shard(model)
-        return model
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
+# ---------------------------------------------------------------------------------------- optimizer
 def build_optimizer(model: nn.Module, cfg: RunConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW; weight decay only on matrices (not norms), as nanoGPT. Fused kernel where torch has one."""
     decay = [p for p in model.parameters() if p.ndim >= 2]
@@ -224,15 +93,6 @@ def build_optimizer(model: nn.Module, cfg: RunConfig, device: torch.device) -> t
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = device.type in ("cpu", "cuda") and not cfg.fsdp
     return torch.optim.AdamW(groups, lr=cfg.lr_peak, betas=(cfg.beta1, cfg.beta2), fused=fused)
-
-
-def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    _, world = dist_info()
-    if world == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
 
 
 # --------------------------------------------------------------------------------------- evaluation
@@ -277,133 +137,8 @@ def evaluate(model: nn.Module, val: np.ndarray, cfg: RunConfig, device: torch.de
             loss_sum += loss * y.numel()
             n += y.numel()
     model.train()
-    loss_sum, n = _all_reduce_sum([loss_sum, float(n)], device)
+    loss_sum, n = all_reduce_sum([loss_sum, float(n)], device)
     return loss_sum / n
-
-
-# --------------------------------------------------------------------------------------- checkpoints
-def checkpoint_path(store: Store, run_id: str):
-    return store.artifact_dir("runs", run_id) / "checkpoint.pt"
-
-
-def stable_checkpoint_path(store: Store, run_id: str, step: int):
-    """A wsd trunk's full checkpoint after `step` steps, the start of the branch whose decay begins there."""
-    return store.artifact_dir("runs", run_id) / f"stable-{step:07d}.pt"
-
-
-def final_weights_path(store: Store, run_id: str):
-    return store.artifact_dir("runs", run_id) / "model.safetensors"
-
-
-def _model_state(model: nn.Module, cfg: RunConfig) -> dict:
-    if cfg.fsdp and dist_info()[1] > 1:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
-
-
-def save_checkpoint(path, model, optimizer, cfg: RunConfig, state: dict) -> None:
-    """Rank 0 writes {model, optimizer, progress, RNG states, config} atomically (all ranks must call)."""
-    model_state = _model_state(model, cfg)
-    if cfg.fsdp and dist_info()[1] > 1:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-        opt_state = get_optimizer_state_dict(model, optimizer,
-                                             options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    else:
-        opt_state = optimizer.state_dict()
-    if dist_info()[0] != 0:
-        return
-    ckpt = {"model": model_state, "optimizer": opt_state, "config": dataclasses.asdict(cfg),
-            "model_config": model.cfg.to_dict(), "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [], **state}
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
-
-
-def save_final_weights(path, model, cfg: RunConfig) -> None:
-    """The finished model as safetensors (fp32, or bf16 with weights_dtype='bf16'), rank 0 writes; the model
-    config rides along in the metadata so `load_final_weights` can rebuild it."""
-    from safetensors.torch import save_file
-
-    state = _model_state(model, cfg)
-    if dist_info()[0] != 0:
-        return
-    dtype = torch.bfloat16 if cfg.weights_dtype == "bf16" else torch.float32
-    seen: set[int] = set()
-    tensors = {}
-    for k, v in state.items():   # tied embeddings share storage, which safetensors refuses: copy the second
-        v = v.to(dtype).contiguous()
-        tensors[k] = v.clone() if v.data_ptr() in seen else v
-        seen.add(v.data_ptr())
-    meta = {"model_config": json.dumps(model.cfg.to_dict()), "run_config": json.dumps(dataclasses.asdict(cfg))}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-
-
-def load_final_weights(store: Store, run_id: str) -> Transformer:
-    """A finished run's model (eval mode, fp32) from its model.safetensors."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    from train.model import ModelConfig
-
-    path = final_weights_path(store, run_id)
-    if not path.exists():
-        raise StoreError(f"run {run_id!r} has no final weights at {path}; is it finished?")
-    with safe_open(str(path), "pt") as f:
-        model_cfg = ModelConfig(**json.loads(f.metadata()["model_config"]))
-    model = Transformer(model_cfg)
-    model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
-    return model.eval()
-
-
-def check_config(saved: dict, cfg: RunConfig, path, branch: bool = False,
-                 upto: tuple[int, int, int] | None = None) -> None:
-    """Refuse to resume (or branch from) a checkpoint made with a config that computes something else.
-    A branch gives `upto` = (branch step, tokens per step, sequences per step): its schedule must read the
-    trunk's data in the steps before the branch point (same mixtures, same stream positions)."""
-    free = _BRANCH_CHANGES if branch else _RESUMABLE_CHANGES
-    saved = {"phases": [], **saved}   # checkpoints from before phase schedules: static runs
-    changed = []
-    if branch and upto is not None:
-        step, tokens_per_step, seqs_per_step = upto
-        theirs, ours = (phasing.prefix(phasing.spans(c.get("phases") or [], c.get("mixture"),
-                                                     c["tokens"] // tokens_per_step, seqs_per_step), step)
-                        for c in (saved, dataclasses.asdict(cfg)))
-        if theirs != ours:
-            changed.append("data before the branch point")
-    saved = {k: v for k, v in saved.items() if k not in free}
-    now = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in free}
-    changed += sorted(k for k in now if saved.get(k) != now[k])
-    if changed:
-        diff = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" if k in now else k for k in changed)
-        if branch:
-            raise StoreError(f"run {cfg.run_id!r} cannot branch from {path}: the trunk ran with another config "
-                             f"({diff}); give the branch the trunk's options")
-        raise StoreError(f"run {cfg.run_id!r} has a checkpoint at {path} made with another config ({diff}); "
-                         "use a new run_id, or delete that directory to start over")
-
-
-def load_checkpoint(path, model, optimizer, cfg: RunConfig, branch: tuple[int, int, int] | None = None) -> dict:
-    """Restore model, optimizer and RNG states; returns the checkpoint's progress fields. `branch` (branch
-    step, tokens per step, sequences per step): the checkpoint is a wsd trunk's stable-phase state, whose
-    config may differ only in budget, run id and the data after the branch point."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    check_config(ckpt["config"], cfg, path, branch is not None, branch)
-    if cfg.fsdp and dist_info()[1] > 1:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-
-        set_state_dict(model, optimizer, model_state_dict=ckpt["model"], optim_state_dict=ckpt["optimizer"],
-                       options=StateDictOptions(full_state_dict=True))
-    else:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-    torch.set_rng_state(ckpt["rng_cpu"])
-    if torch.cuda.is_available() and ckpt["rng_cuda"]:
-        torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
-    return {k: ckpt[k] for k in ("step", "sequences_seen", "elapsed_s", "train_s", "tokens_trained")}
 
 
 # ----------------------------------------------------------------------------------------- results
@@ -613,7 +348,7 @@ def train_run(store: Store, cfg: RunConfig, train_tokens: np.ndarray, val_sets: 
             progress["elapsed_s"] = now - t_session
 
             if step % cfg.log_every_steps == 0 or step == n_steps:
-                (train_loss,) = _all_reduce_sum([loss_acc.item() / world], device)
+                (train_loss,) = all_reduce_sum([loss_acc.item() / world], device)
                 tok_s = tokens_per_step / step_s
                 metrics.append({"run_id": cfg.run_id, "step": step, "tokens_seen": tokens_seen, "split": "train",
                                 "domain": None, "loss": train_loss, "lr": lr, "elapsed_s": progress["elapsed_s"],

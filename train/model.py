@@ -3,7 +3,7 @@
 Reads top to bottom: `ModelConfig`, `RMSNorm`, `precompute_freqs_cis`, `apply_rotary_emb`, `repeat_kv`,
 `Attention`, `FeedForward`, `TransformerBlock`, `Transformer`, the named `PRESETS`, and `from_hf` which
 loads a Hugging Face `LlamaForCausalLM` checkpoint. The model is written for a single device; data or
-sharded parallelism is applied from outside (`train/loop.py: parallelize`), so nothing here imports
+sharded parallelism is applied from outside (`train/parallelize.py`), so nothing here imports
 `torch.distributed`.
 
 Rotary convention: we implement RoPE in Hugging Face's "rotate_half" form (the two halves of each head

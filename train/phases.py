@@ -4,7 +4,7 @@
     --phases cc:0.8,cc67_hq33:1                                                      # the command line
 
 Phase i covers the optimizer steps [end(i - 1), end(i)) with end(i) = n_steps - round((1 - until_i) * n_steps),
-the same rounding as the wsd decay start (`train.loop.wsd_decay_start`), so a phase that ends at
+the same rounding as the wsd decay start (`train.schedule.wsd_decay_start`), so a phase that ends at
 `1 - decay_frac` switches the data exactly where the learning rate starts to decay.
 
 Each mixture is one packed token stream read in order: a phase continues its mixture's stream where an

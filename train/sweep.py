@@ -103,7 +103,7 @@ class Sweep:
 
 # ---------------------------------------------------------------------------------------- run config
 def _run_config_class():
-    from train.loop import RunConfig
+    from train.config import RunConfig
 
     return RunConfig
 
@@ -111,7 +111,7 @@ def _run_config_class():
 def _not_in_run_id() -> set[str]:
     """Options that change how a run executes but not what it computes (the trainer lets a resume change
     them): they stay out of the run id, so e.g. a run stopped early resumes under the same id."""
-    from train.loop import _RESUMABLE_CHANGES
+    from train.config import _RESUMABLE_CHANGES
 
     return set(_RESUMABLE_CHANGES) | {"run_id"}
 
@@ -205,7 +205,7 @@ def run_status(store: Store, run_id: str) -> str | None:
 
 
 def _has_checkpoint(store: Store, run_id: str) -> bool:
-    from train.loop import checkpoint_path
+    from train.checkpoint import checkpoint_path
 
     return checkpoint_path(store, run_id).exists()
 
@@ -226,7 +226,8 @@ def execute_run(store: Store, spec: RunSpec, progress: bool = True) -> dict:
     phase_data = {m: open_mixture(store, m, spec.val_corpora, spec.val_tokens, progress=progress).train
                   for m in phase_mixtures(cfg.phases, cfg.mixture) if m != cfg.mixture}
     if cfg.branch_from and action == "started":
-        from train.loop import stable_checkpoint_path, wsd_decay_start
+        from train.checkpoint import stable_checkpoint_path
+        from train.schedule import wsd_decay_start
 
         tokens_per_step = cfg.batch_size * cfg.grad_accum * (data.train.shape[1] - 1)
         start = wsd_decay_start(cfg, cfg.tokens // tokens_per_step)
@@ -378,7 +379,8 @@ def plan_branches(store: Store, specs: list[RunSpec], anneal_points: list[str] =
     `anneal_points` also keeps the checkpoint at its own decay start. Anneal runs whose switch point is
     not their decay start, or that have no static trunk in the sweep, train from scratch. The mixtures
     must be built (the step count needs their seq_len)."""
-    from train.loop import RunConfig, wsd_decay_start
+    from train.config import RunConfig
+    from train.schedule import wsd_decay_start
 
     groups: dict[tuple, list[RunSpec]] = {}
     for spec in specs:
@@ -429,7 +431,9 @@ def _drop_stable_checkpoints(store: Store, trunk: RunSpec, branches: list[RunSpe
         return
     keep = None
     if trunk.mixture in anneal_points:
-        from train.loop import RunConfig, stable_checkpoint_path, wsd_decay_start
+        from train.checkpoint import stable_checkpoint_path
+        from train.config import RunConfig
+        from train.schedule import wsd_decay_start
 
         n_steps, _ = _steps(store, trunk, trunk.options)
         keep = stable_checkpoint_path(store, make_run_id(store, trunk),

@@ -54,7 +54,7 @@ class SwarmConfig:
     tokenizer: str = DEFAULT_TOKENIZER
     seq_len: int = 512
     lr: float | None = None
-    run: dict = dataclasses.field(default_factory=dict)  # trainer options for every run (train.loop.RunConfig)
+    run: dict = dataclasses.field(default_factory=dict)  # trainer options for every run (train.config.RunConfig)
     val_corpora: list[str] | None = None
     val_tokens: int = DEFAULT_VAL_TOKENS
 

@@ -43,7 +43,7 @@ class ValidateConfig:
     tokenizer: str = "cl100k_base"
     seq_len: int = 512
     max_epochs: float = 16.0
-    run: dict = dataclasses.field(default_factory=dict)  # trainer options (train.loop.RunConfig)
+    run: dict = dataclasses.field(default_factory=dict)  # trainer options (train.config.RunConfig)
     lr: float | None = None  # peak learning rate (default: the trainer's)
     val_tokens: int | None = None
     evidence: EvidenceConfig = dataclasses.field(default_factory=EvidenceConfig)

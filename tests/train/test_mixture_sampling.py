@@ -1,4 +1,4 @@
-"""Budget-proportional mixture draws (train.data._order_by_row_groups): the documents a part takes are a fair
+"""Budget-proportional mixture draws (train.sampling._order_by_row_groups): the documents a part takes are a fair
 sample of its corpus (length and source distributions), the draw is deterministic, and its I/O follows the
 budget, not the corpus size.
 
@@ -24,7 +24,8 @@ from corpora.store import Store
 from corpora.tokenizers import load_tokenizer
 from corpora.tokens import TokenCache
 from tests.conftest import add_corpus
-from train.data import MixtureConfig, allocate_tokens, build_mixture, order_part
+from train.data import MixtureConfig, allocate_tokens, build_mixture
+from train.sampling import order_part
 
 N_DOCS = 1500
 TOKENS = 15_000
