@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from corpora.names import safe_name
 from corpora.store import CorpusInfo, ShardInfo, Store, StoreError, atomic_path
 from corpora.tokens import (TokenCache, doc_id_hashes, read_doc_list, seeded_keys,  # noqa: F401 (re-export)
                             tokenizer_key)
@@ -382,8 +383,7 @@ def mixture_config(store: Store, name: str) -> MixtureConfig:
 
 # ---------------------------------------------------------------------------------------- valsets
 def valset_name(corpus: str, tokenizer_name: str, seq_len: int) -> str:
-    safe = re.sub(r"[^A-Za-z0-9_.=-]", "_", tokenizer_name).strip("._") or "tok"
-    return f"{corpus}__{safe}__{seq_len}"
+    return f"{corpus}__{safe_name(tokenizer_name)}__{seq_len}"
 
 
 def build_valset(store: Store, corpus: str, tokenizer: str, seq_len: int, max_tokens: int = 1_000_000,
