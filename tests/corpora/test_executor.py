@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from corpora.executor import EngineError, LocalExecutor, Stateful, get_executor
+from corpora.executor import EngineError, ExecutorConfig, LocalExecutor, Stateful, cpu_count, get_executor
 
 
 def square(x: int) -> int:
@@ -83,6 +83,27 @@ def test_engine_selection(monkeypatch):
     assert get_executor().name == "local"
     with pytest.raises(EngineError, match="unknown engine"):
         get_executor("spark")
+
+
+def test_one_rule_decides_where_a_map_runs(monkeypatch):
+    """ExecutorConfig.plan: every step asks it, none branches on the engine's name."""
+    monkeypatch.delenv("SYNTHMIX_ENGINE", raising=False)
+    auto = ExecutorConfig()
+    assert auto.plan(10) == ("local", min(cpu_count(), 10))  # auto: one worker per core, capped at the items
+    assert auto.plan(10, auto_workers=1) == ("local", 1) and auto.in_process(10, auto_workers=1)  # a small job
+    assert ExecutorConfig(workers=4).plan(2) == ("local", 2)  # never more workers than items
+    assert ExecutorConfig(workers=3).plan(10, auto_workers=1) == ("local", 3)  # the user's --workers wins
+    assert ExecutorConfig(workers=1).in_process(10) and not ExecutorConfig(workers=2).in_process(10)
+    # Ray: never in-process, 0 workers = the cluster's CPUs
+    assert ExecutorConfig("ray").plan(10, auto_workers=1) == ("ray", 0)
+    assert ExecutorConfig("ray", workers=4).plan(2) == ("ray", 2) and not ExecutorConfig("ray", 1).in_process(5)
+    monkeypatch.setenv("SYNTHMIX_ENGINE", "ray")
+    assert ExecutorConfig().plan(3)[0] == "ray"  # the environment's engine when the flag is not given
+    for bad in ({"engine": "spark"}, {"workers": -1}):
+        with pytest.raises(ValueError):
+            ExecutorConfig(**bad)
+    with LocalExecutor(1) as ex:  # in-process means this process
+        assert {pid for _, (_, pid) in ex.map(Stateful(Offset, 0), [1, 2])} == {os.getpid()}
 
 
 def test_ctrl_c_stops_pool_without_worker_tracebacks(tmp_path):
