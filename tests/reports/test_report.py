@@ -60,6 +60,19 @@ def test_findings_rendered_from_their_table(demo_store, tmp_path):
     demo_store.delete_result("findings", "all")
 
 
+def test_study_writes_findings_right_before_the_report(demo_store):
+    """The study's findings step runs just before the report, with the [evidence] bootstrap settings."""
+    from reports.study import STEPS, StudyConfig, step_findings
+
+    names = [name for name, _ in STEPS]
+    assert names[-2:] == ["findings", "report"]
+    result = step_findings(demo_store, StudyConfig(evidence={"n_boot": 40, "seed": 2}), progress=False)
+    table = demo_store.read_result("findings")
+    assert result["findings"] == table.height == 12 and result["verdicts"] == {"not enough data": 12}
+    assert set(table["n_boot"]) == {40} and set(table["seed"]) == {2}
+    demo_store.delete_result("findings", "all")
+
+
 @pytest.mark.browser
 @pytest.mark.slow
 def test_report_in_headless_chromium(full_store, tmp_path):
