@@ -24,7 +24,6 @@ def figure_domain(df: pl.DataFrame) -> str:
     return "avg" if "avg" in df["domain"].to_list() else df["domain"][0]
 
 
-
 def section_training(store: Store) -> Section:
     s = Section("training", "Training curves",
                 "Validation loss (nats/token) during training, per mixture and per validation domain.")
