@@ -1,7 +1,7 @@
 """The columns of every result table that more than one module reads: declared once, here.
 
-A writer (stats.unigram, stats.dedup, train, stats.scaling, stats.evidence, stats.mixopt, synth) writes at least these
-columns; a reader (reports.build, stats.evidence) names a column through these declarations instead of
+A writer (stats.unigram, stats.dedup, train, stats.scaling, stats.evidence, stats.findings, stats.mixopt, synth) writes at least these
+columns; a reader (reports, stats.evidence, stats.findings) names a column through these declarations instead of
 spelling it again, so a renamed column fails a test instead of silently blanking a report section.
 `Store.put_result` stamps `created_at` (UTC, naive timestamp) on every part it writes, so every table has
 it and readers order rows by it. Tables not listed here are free-form (a new analysis may add its own).
@@ -53,6 +53,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "collapse_rounds": ("corpus", "synthetic_type", "round", "root_corpus", "tokenizer", "budget_tokens",
                         "types_at_budget", "entropy_at_budget_nats", "test", "kl_nats", "n_docs",
                         "root_jaccard_mean", "root_near_dup_share"),
+    # stats.findings: the study's claims and their verdicts, in claim order, with the bootstrap that judged them
+    "findings": ("position", "claim", "verdict", "counts", "measured", "n_boot", "seed"),
     # stats.mixopt
     "mixopt_swarms": ("sweep", "mixture", "kind", "source", "weight", "prior", "cap", "model", "tokens"),
     "mixopt_fits": ("fit", "origin", "objective", "regressor", "backend", "n_runs", "n_sources", "folds",

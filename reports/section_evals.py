@@ -12,6 +12,10 @@ import math
 
 import polars as pl
 
+from reports.page import Figure, Section, Table
+from stats import evidence
+from stats.findings import composition
+
 FIGURE_METRICS = ("acc_per_char", "correct_prob")
 VERDICT_METRICS = ("acc_per_char", "correct_prob", "bpb")
 
@@ -77,10 +81,7 @@ def downstream_verdicts(store, runs: pl.DataFrame, n_boot: int = 2000, seed: int
     """The report's loss claim "TYPE alone (100%) is not better than CC" on each task's continuous metrics,
     paired by (model, budget, seed) and judged by the same noise-aware rule (stats.evidence.paired_verdict);
     d > 0 when CC scores better (higher acc_per_char / correct_prob, lower bpb)."""
-    from reports.build import _composition
-    from stats import evidence
-
-    comp = _composition(store)
+    comp = composition(store)
     cc = {m for m, c in comp.items() if c["share"] == 0}
     rows = []
     for stype in sorted({c["type"] for c in comp.values() if c["type"]}):
@@ -105,8 +106,6 @@ def downstream_verdicts(store, runs: pl.DataFrame, n_boot: int = 2000, seed: int
 
 
 def section_evals(store):
-    from reports.build import Figure, Section, Table
-
     s = Section("evals", "Downstream evaluation and decisions per metric",
                 "Ranked-classification (cloze) tasks, OLMES-style: each run scores every choice's log-likelihood "
                 "(`python -m stats.evals`). acc: the most likely choice is right; acc_per_char: the same per "
@@ -138,10 +137,8 @@ def section_evals(store):
                                       "mean, 95% interval [lo, hi], items per task, chance level."))
         verdicts = downstream_verdicts(store, runs)
         if verdicts is not None:
-            from stats.evidence import VERDICT_RULE
-
-            s.tables.append(Table.from_df(verdicts, "Downstream verdicts: the report's loss claims on the "
-                                          f"continuous downstream metrics, every scale; rule: {VERDICT_RULE}."))
+            s.tables.append(Table.from_df(verdicts, "Downstream verdicts: the report's loss claims on the continuous "
+                                          f"downstream metrics, every scale; rule: {evidence.VERDICT_RULE}."))
     rel = metric_reliability(store)
     if rel is not None:
         s.tables.append(Table.from_df(rel, "Per metric and domain (validation domain for loss, task otherwise): "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import polars as pl
 
 from corpora.store import Store
+from reports.page import Figure, Section, Table, result_table
 
 
 def _latest(df: pl.DataFrame, key: str = "fit") -> pl.DataFrame:
@@ -68,8 +69,6 @@ def _weights_figure(prop: pl.DataFrame) -> str:
 
 
 def section_mixopt(store: Store):
-    from reports.build import Figure, Section, Table, _table
-
     s = Section("mixopt", "Mixture choice",
                 "A swarm of small proxy runs over mixtures of the training sources (Dirichlet around a prior, "
                 "repetition caps, the natural source alone and the uniform mixture always in), regressors from "
@@ -78,7 +77,7 @@ def section_mixopt(store: Store):
                 "the stored counts), each judged by K-fold cross-validated Spearman; the best one proposes the "
                 "mixture, with a bootstrap interval per weight; the proposal is then trained beside three "
                 "baselines at a larger scale.")
-    fits = _table(store, "mixopt_fits")
+    fits = result_table(store, "mixopt_fits")
     if fits is None:
         s.empty = ("No mixture fit yet: run `python -m stats.mixopt swarm NAME --sources cc,hq,...` and then "
                    "`python -m stats.mixopt fit --sweep NAME --validate` (the study does it in its mixture-choice step).")
@@ -90,7 +89,7 @@ def section_mixopt(store: Store):
         parts = [f"{r['regressor']} {r['cv_spearman']:.2f}" for r in ok.sort("cv_spearman", descending=True).to_dicts()]
         s.intro += (f" Fit {name} ({fits['origin'][0]}, {fits['n_runs'][0]} runs, objective {fits['objective'][0]}): "
                     f"CV Spearman {', '.join(parts)}.")
-    pred = _table(store, "mixopt_predictions")
+    pred = result_table(store, "mixopt_predictions")
     pred = pred.filter(pl.col("fit") == name) if pred is not None else None
     if pred is not None and pred.height:
         s.figures.append(Figure(_predicted_vs_observed(pred, fits),
@@ -100,7 +99,7 @@ def section_mixopt(store: Store):
                                         "predictions); 'chosen' proposes.",
                                   columns=("regressor", "backend", "cv_spearman", "cv_r2", "status", "chosen",
                                            "n_runs", "folds", "note")))
-    prop = _table(store, "mixopt_proposals")
+    prop = result_table(store, "mixopt_proposals")
     prop = prop.filter(pl.col("fit") == name) if prop is not None else None
     if prop is not None and prop.height:
         s.figures.append(Figure(_weights_figure(prop),
@@ -110,7 +109,7 @@ def section_mixopt(store: Store):
         s.tables.append(Table.from_df(prop, "The proposal per source: weight, bootstrap interval, bounds, repetition "
                                             "cap and prior.",
                                       columns=("source", "weight", "lo", "hi", "lower", "upper", "cap", "prior")))
-    val = _table(store, "mixopt_validations")
+    val = result_table(store, "mixopt_validations")
     val = val.filter(pl.col("fit") == name) if val is not None else None
     if val is not None and val.height:
         p = val.filter(pl.col("role") == "proposal").to_dicts()[0]

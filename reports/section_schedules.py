@@ -9,6 +9,9 @@ import json
 
 import polars as pl
 
+from reports import figures
+from reports.page import Figure, Section, Table, result_table
+from reports.sections_training import figure_domain
 from stats import evidence
 
 INTRO = ("A phase schedule changes a run's data at phase boundaries; an anneal run reads its trunk mixture and "
@@ -69,19 +72,16 @@ def phase_token_rows(runs: pl.DataFrame) -> pl.DataFrame:
 
 
 def section_schedules(store):
-    from reports import figures
-    from reports.build import Figure, Section, Table, _figure_domain, _table
-
     s = Section("schedules", "Phase schedules and anneal probes", INTRO)
     runs = _latest_runs(store)
-    probes, decisions = _table(store, "probes"), _table(store, "probe_decisions")
+    probes, decisions = result_table(store, "probes"), result_table(store, "probe_decisions")
     if (runs is None or runs["phases"].is_null().all()) and probes is None:
         s.empty = ("No phased runs or anneal probes yet: add `anneal = [0.0, 0.2]` and `anneal_from = \"MIXTURE\"` to "
                    "a sweep grid, give `python -m train run --phases cc:0.8,cc67_hq33:1`, or run `python -m "
                    "stats.mixopt probe --trunk cc --candidates hq,qa --share 0.3 --cooldown 0.2 --seeds 0,1,2`.")
         return s
     if probes is not None:
-        dom = _figure_domain(probes)
+        dom = figure_domain(probes)
         g = probes.filter((pl.col("domain") == dom) & (pl.col("candidate") != "(trunk)"))
         if g.height:
             s.figures.append(Figure(

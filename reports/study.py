@@ -1,5 +1,5 @@
 """The whole study, driven by one TOML file: demo store -> generation -> unigram and near-duplicate
-analyses -> tokenizer -> mixtures -> sweep -> scaling fits -> evidence -> mixture choice -> report.
+analyses -> tokenizer -> mixtures -> sweep -> scaling fits -> evidence -> mixture choice -> findings -> report.
 
 Every step is the library call its CLI makes, and every step is resumable or cached where it lives
 (generation skips finished chunks, unigram counts and MinHash signatures are cached per corpus content,
@@ -533,6 +533,15 @@ def step_mixopt(store: Store, study: StudyConfig, progress: bool) -> dict:
             "verdict": validation["verdict"], "against": validation["against"]}
 
 
+def step_findings(store: Store, study: StudyConfig, progress: bool) -> dict:
+    """The study's claims judged against the result tables (table `findings`), which the report renders."""
+    from stats.findings import write_findings
+
+    ev = _evidence_config(study)
+    df = write_findings(store, n_boot=ev.n_boot, seed=ev.seed)
+    return {"findings": df.height, "verdicts": dict(df.group_by("verdict").len().sort("verdict").iter_rows())}
+
+
 def step_report(store: Store, study: StudyConfig, progress: bool) -> dict:
     from reports.build import build_report
 
@@ -544,7 +553,7 @@ STEPS = (("demo store", step_demo), ("generate", step_generate), ("generation ro
          ("unigram", step_unigram), ("near-duplicates", step_dedup), ("tokenizer", step_tokenizer),
          ("mixtures + sweep", step_sweep), ("anneal probe", step_probe), ("downstream evals", step_evals),
          ("scaling fits", step_scaling), ("evidence", step_evidence), ("mixture choice", step_mixopt),
-         ("report", step_report))
+         ("findings", step_findings), ("report", step_report))
 
 
 def run_study(study: StudyConfig, progress: bool = True) -> dict:

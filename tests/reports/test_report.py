@@ -1,8 +1,9 @@
-"""The report: every section present (filled or saying why not), self-contained, findings read correctly,
-and rendered in a real browser with every image loaded."""
+"""The report: every section present (filled or saying why not), self-contained, findings read from their table
+(stats.findings computes them: tests/stats/test_findings.py), and rendered in a real browser with every image loaded."""
 
 from __future__ import annotations
 
+import html
 import re
 
 import polars as pl
@@ -10,7 +11,8 @@ import pytest
 
 from corpora.demo import build_demo
 from reports.browser import check_page, find_chromium
-from reports.build import SECTIONS, build_report, findings
+from reports.build import SECTIONS, build_report
+from stats.findings import write_findings
 from stats.mixopt.probe import ProbeConfig, run_probe
 from stats.unigram import UnigramConfig, run_unigram
 from tests.conftest import missing
@@ -29,67 +31,6 @@ def demo_store(tmp_path_factory):
     return store
 
 
-def _put_runs(store, losses: dict[tuple[str, int], float], shares: dict[str, tuple[str | None, float]],
-              models=("m",), budgets=(1000,)) -> None:
-    """Finished runs with known final validation losses ({(mixture, seed): loss}, the same for every model
-    and budget), and the mixtures they trained on."""
-    for mixture, (stype, share) in shares.items():
-        rows = [{"mixture": mixture, "corpus": "cc", "kind": "natural", "synthetic_type": None, "share": 1 - share}]
-        if share:
-            rows.append({"mixture": mixture, "corpus": stype, "kind": "synthetic", "synthetic_type": stype,
-                         "share": share})
-        store.put_result("mixtures", mixture, pl.DataFrame(rows))
-    runs, metrics = [], []
-    for (mixture, seed), loss in losses.items():
-        for model in models:
-            for tokens in budgets:
-                run_id = f"{mixture}.{model}.{tokens}.s{seed}"
-                runs.append({"run_id": run_id, "sweep": "s", "mixture": mixture, "model": model, "n_params": 1000,
-                             "tokens": tokens, "seed": seed, "status": "done", "tokens_seen": tokens})
-                metrics += [
-                    {"run_id": run_id, "step": 1, "tokens_seen": 500, "split": "val", "domain": "wiki", "loss": loss + 1},
-                    {"run_id": run_id, "step": 2, "tokens_seen": tokens, "split": "val", "domain": "wiki",
-                     "loss": loss}]
-    part = "_".join(models)  # one part per call: few writes
-    store.put_result("runs", part, pl.DataFrame(runs))
-    store.put_result("run_metrics", part, pl.DataFrame(metrics))
-
-
-def test_findings_are_paired_by_seed_and_never_contradict_their_counts(store):
-    shares = {"base": (None, 0.0), "hq100": ("hq", 1.0), "qa100": ("qa", 1.0), "txbk33": ("txbk", 0.33),
-              "txbk67": ("txbk", 0.67), "txbk100": ("txbk", 1.0)}
-    losses = {}
-    for seed, noise in enumerate((0.0, 0.01, -0.01)):
-        losses.update({("base", seed): 3.0 + noise, ("hq100", seed): 2.5 - noise,  # clearly lower than base
-                       ("qa100", seed): 3.0 - noise,  # base +- seed noise: within noise
-                       ("txbk33", seed): 3.1, ("txbk67", seed): 3.4 + noise, ("txbk100", seed): 3.9})
-    _put_runs(store, losses, shares, models=("m1", "m2"), budgets=(1000, 2000))
-    rows = {f["claim"]: f for f in findings(store, n_boot=500)}
-    hq = rows["HQ alone (100%) is not better than CC (its loss is higher)"]
-    assert hq["verdict"] == "disagrees" and hq["counts"].startswith("0/12 pairs as claimed, 12 against")
-    qa = rows["QA alone (100%) is not better than CC (its loss is higher)"]
-    assert qa["verdict"] == "inconclusive (within noise)"
-    assert rows["TXBK alone (100%) gives higher loss than CC"]["verdict"] == "agrees"
-    assert rows["33% TXBK beats 67% TXBK"]["counts"].startswith("12/12 pairs as claimed")
-    assert rows["An ~8B generator is as good as a 70B one"]["verdict"] == "not enough data"
-    for f in rows.values():  # the verdict and its counts tell the same story
-        m = re.match(r"(\d+)/(\d+) [^,]*, (\d+)", f["counts"])
-        if m and f["verdict"] == "agrees":
-            assert int(m[1]) > int(m[3])
-        if m and f["verdict"] == "disagrees":
-            assert int(m[3]) > int(m[1])
-
-
-def test_mixed_when_models_disagree(store):
-    shares = {"base": (None, 0.0), "txbk100": ("txbk", 1.0)}
-    _put_runs(store, {("base", s): 3.0 for s in range(3)} | {("txbk100", s): 3.5 + s / 100 for s in range(3)},
-              shares, models=("m1",), budgets=(1000, 2000))
-    _put_runs(store, {("base", s): 3.0 for s in range(3)} | {("txbk100", s): 2.5 + s / 100 for s in range(3)},
-              shares, models=("m2",), budgets=(1000, 2000))
-    row = {f["claim"]: f for f in findings(store, n_boot=500)}["TXBK alone (100%) gives higher loss than CC"]
-    assert row["verdict"] == "mixed" and "as claimed for m1, against for m2" in row["counts"]
-
-
 def test_every_section_present_and_self_contained(demo_store, tmp_path):
     out = build_report(demo_store, tmp_path / "report.html")
     page = out.read_text()
@@ -101,6 +42,35 @@ def test_every_section_present_and_self_contained(demo_store, tmp_path):
     assert page.count('src="data:image/png;base64,') >= 4  # inventory + three unigram heatmaps
     assert "No training runs yet" in page  # empty sections say so instead of vanishing
     assert "could not be rendered" not in page
+    findings = page.split('data-section="findings"')[1].split("</section>")[0]
+    assert 'class="empty"' in findings and "python -m stats.findings" in findings  # the report computes none
+
+
+def test_findings_rendered_from_their_table(demo_store, tmp_path):
+    """The findings section shows the `findings` table's rows in claim order, each row classed by its verdict,
+    and when and with what bootstrap they were computed."""
+    df = write_findings(demo_store, n_boot=50, seed=3)
+    page = build_report(demo_store, tmp_path / "report.html").read_text()
+    body = page.split('data-section="findings"')[1].split("</section>")[0]
+    assert 'class="empty"' not in body and "50 bootstrap replicates (seed 3)" in body
+    shown = re.findall(r'<tr class="([^"]+)"><td>([^<]+)</td><td><b>([^<]+)</b>', body)
+    assert [html.unescape(c) for _, c, _ in shown] == df["claim"].to_list()
+    assert [v for _, _, v in shown] == df["verdict"].to_list()
+    assert {css for css, _, _ in shown} == {"not-enough-data"}  # the demo store has no runs
+    demo_store.delete_result("findings", "all")
+
+
+def test_study_writes_findings_right_before_the_report(demo_store):
+    """The study's findings step runs just before the report, with the [evidence] bootstrap settings."""
+    from reports.study import STEPS, StudyConfig, step_findings
+
+    names = [name for name, _ in STEPS]
+    assert names[-2:] == ["findings", "report"]
+    result = step_findings(demo_store, StudyConfig(evidence={"n_boot": 40, "seed": 2}), progress=False)
+    table = demo_store.read_result("findings")
+    assert result["findings"] == table.height == 12 and result["verdicts"] == {"not enough data": 12}
+    assert set(table["n_boot"]) == {40} and set(table["seed"]) == {2}
+    demo_store.delete_result("findings", "all")
 
 
 @pytest.mark.browser
@@ -175,6 +145,7 @@ def full_store(tmp_path_factory, lee_texts):
     decisions(store, "s")
     learning_check(store, "s")
     collapse_rounds(store, ["wiki"])
+    write_findings(store, n_boot=200)
     # an anneal probe (stats/mixopt/probe.py): wsd trunks on base, cooldowns on hq50 (= base + 50% hq)
     run_probe(store, ProbeConfig(trunk="base", candidates=["hq"], share=0.5, cooldown=0.25, seeds=[0, 1],
                                  tokens=2048, val_tokens=2048, val_corpora=["wiki"], options=doc["run"]),
