@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap replicates per verdict interval")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    add_common_args(p, progress=False)
+    add_common_args(p)  # --no-progress: accepted, the bootstrap draws no bars
     args = p.parse_args(argv)
     setup_logging(args)
     df = write_findings(Store(resolve_store_path(args.store)), n_boot=args.n_boot, seed=args.seed)
