@@ -30,7 +30,7 @@ import sys
 
 import polars as pl
 
-from corpora.cli_common import show_progress
+from corpora.cli_common import add_common_args, setup_logging, show_progress
 from corpora.store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -330,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
                                      epilog=f"example:\n  {EXAMPLE}",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(parser)
+    add_common_args(parser)
     args = parser.parse_args(argv)
+    setup_logging(args)
     return run_command("python -m stats.mixopt probe", lambda: run(args))
 
 
