@@ -119,7 +119,7 @@ def ingest(store: Store, paths: list[str | Path], cfg: IngestConfig, progress: b
         resuming = bool(store.catalog_rows(
             "SELECT 1 FROM ingest_runs WHERE corpus = ? AND status <> 'done' AND run_id <> ?", [cfg.corpus, run_id]))
         reasons: collections.Counter = collections.Counter()
-        tmp_dir = store.ingest_tmp_dir(run_id)
+        tmp_dir = store.tmp_dir("ingest")
         status = "failed"
         bar = None
         try:

@@ -132,7 +132,7 @@ class Store:
         """Clean up after writers that died (kill -9): mark their ingest runs `interrupted` and delete
         their temporary files. Needs the lock, which proves that no other writer is running."""
         assert self._lock_depth, "recover needs the writer lock"
-        shutil.rmtree(self.root / "artifacts" / "ingest_tmp", ignore_errors=True)
+        shutil.rmtree(self.root / "artifacts" / "ingest_tmp", ignore_errors=True)  # older versions' scratch area
         self._remove_dead_tmp()
         for pattern in ("shards/*/.staging-*.parquet", "results/*/.*.tmp-*", "artifacts/*/*/.*.tmp-*"):
             for p in self.root.glob(pattern):
@@ -175,10 +175,6 @@ class Store:
     def _snapshot(self, skip: tuple[str, ...] = ()) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]:
         """An in-memory copy of the catalog tables (catalog.snapshot)."""
         return catalog.snapshot(self.root, skip)
-
-    def ingest_tmp_dir(self, run_id: str) -> Path:
-        """A fresh folder for an ingest run's temporary parts (removed by `recover` if the run dies)."""
-        return self.artifact_dir("ingest_tmp", run_id)
 
     # ------------------------------------------------------------------ reading the catalog
     def corpora(self) -> list[CorpusInfo]:
