@@ -1,12 +1,15 @@
 """The corpus store: a DuckDB catalog over zstd Parquet shards, and result tables beside them.
 
-This is the only module that knows the store's layout::
+`Store` is the one API every step uses; it and the modules behind it (`catalog`: the catalog's tables,
+connections and views; `lock`: the writer lock; `atomic`: whole-or-nothing files; `sqlguard`: the guard on
+user SQL) are the only code that knows the store's layout::
 
     STORE/
       catalog.duckdb                 catalog tables + views (documents, one view per result table)
       shards/<corpus>/<n>.parquet    one document per row (DOC_SCHEMA)
       results/<table>/<part>.parquet one Parquet file per result part (a view <table> unions them)
       artifacts/<kind>/<name>/       files a step owns (token streams, checkpoints, tokenizers, caches)
+      tmp/<kind>/<pid>-<random>/     scratch folders of running steps (Store.tmp_dir)
       .writer.lock                   held (flock) by the one writer; holds its PID
 
 Writers take the lock; readers never do. A writer opens the catalog for one short transaction at a
