@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS rejects (
     run_id VARCHAR, corpus VARCHAR, source VARCHAR, reason VARCHAR, detail VARCHAR);
 """
 
+
 def _is_lock_conflict(e: Exception) -> bool:
     """DuckDB's error when another process has the catalog file open in a conflicting mode."""
     msg = str(e)

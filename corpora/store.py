@@ -42,11 +42,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from corpora import catalog
-from corpora.atomic import (  # noqa: F401 (API)
-    _pid_alive, atomic_path, file_hash, remove_stale_temps, write_parquet_atomic,
-)
+from corpora.atomic import _pid_alive, atomic_path, file_hash, remove_stale_temps, write_parquet_atomic  # noqa: F401
 from corpora.catalog import (
-    _NAME_RE, CATALOG_FILE, CorpusInfo, ShardInfo, _read_part, _report_damaged, _sql_str, _usable_parts,
+    CATALOG_FILE, _NAME_RE, CorpusInfo, ShardInfo, _read_part, _report_damaged, _sql_str, _usable_parts,
 )
 from corpora.documents import DOC_SCHEMA, compute_doc_id, make_documents, normalize_text  # noqa: F401 (API)
 from corpora.errors import StoreError
@@ -475,7 +473,6 @@ class Store:
         if create:
             d.mkdir(parents=True, exist_ok=True)
         return d
-
 
 
 def read_shard_batches(path: Path, columns: list[str] | None = None,
