@@ -24,12 +24,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from corpora.executor import ExecutorConfig, RunsOnExecutor
+from corpora.exits import is_interrupt
 from corpora.readers import (FileResult, InputError, ReaderConfig, detect_format, read_hf_folder,
                              read_to_parts_job)
 from corpora.store import ROW_GROUP_BYTES, Store
@@ -119,7 +119,7 @@ def ingest(store: Store, paths: list[str | Path], cfg: IngestConfig, progress: b
         resuming = bool(store.catalog_rows(
             "SELECT 1 FROM ingest_runs WHERE corpus = ? AND status <> 'done' AND run_id <> ?", [cfg.corpus, run_id]))
         reasons: collections.Counter = collections.Counter()
-        tmp_dir = store.ingest_tmp_dir(run_id)
+        tmp_dir = store.tmp_dir("ingest")
         status = "failed"
         bar = None
         try:
@@ -138,13 +138,14 @@ def ingest(store: Store, paths: list[str | Path], cfg: IngestConfig, progress: b
                 bar.set_postfix(docs=report.n_docs, dups=report.n_duplicates, rejects=sum(reasons.values()))
             bar.close()
             status = "done"
-        except duckdb.InterruptException:
+        except BaseException as e:
+            if not is_interrupt(e):
+                raise
+            status = "interrupted"
+            if isinstance(e, KeyboardInterrupt):
+                raise
             # Ctrl-C while DuckDB ran a catalog statement: DuckDB turns it into its own error
-            status = "interrupted"
             raise KeyboardInterrupt from None
-        except KeyboardInterrupt:
-            status = "interrupted"
-            raise
         finally:
             with _no_interrupts():  # a second Ctrl-C must not leave the run row half written
                 if bar is not None:

@@ -1,12 +1,15 @@
 """The corpus store: a DuckDB catalog over zstd Parquet shards, and result tables beside them.
 
-This is the only module that knows the store's layout::
+`Store` is the one API every step uses; it and the modules behind it (`catalog`: the catalog's tables,
+connections and views; `lock`: the writer lock; `atomic`: whole-or-nothing files; `sqlguard`: the guard on
+user SQL) are the only code that knows the store's layout::
 
     STORE/
       catalog.duckdb                 catalog tables + views (documents, one view per result table)
       shards/<corpus>/<n>.parquet    one document per row (DOC_SCHEMA)
       results/<table>/<part>.parquet one Parquet file per result part (a view <table> unions them)
       artifacts/<kind>/<name>/       files a step owns (token streams, checkpoints, tokenizers, caches)
+      tmp/<kind>/<pid>-<random>/     scratch folders of running steps (Store.tmp_dir)
       .writer.lock                   held (flock) by the one writer; holds its PID
 
 Writers take the lock; readers never do. A writer opens the catalog for one short transaction at a
@@ -22,22 +25,15 @@ consistent; the next writer removes what it left behind and marks its ingest run
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-import signal
-import threading
-import time
-import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import polars as pl
@@ -45,12 +41,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from corpora import catalog
+from corpora.atomic import _pid_alive, atomic_path, file_hash, remove_stale_temps, write_parquet_atomic  # noqa: F401
+from corpora.catalog import (
+    CATALOG_FILE, _NAME_RE, CorpusInfo, ShardInfo, _read_part, _report_damaged, _sql_str, _usable_parts,
+)
 from corpora.documents import DOC_SCHEMA, compute_doc_id, make_documents, normalize_text  # noqa: F401 (API)
+from corpora.errors import StoreError
+from corpora.lock import StoreLocked, _held, writer_lock  # noqa: F401 (API)
+from corpora.sqlguard import NO_LIMITS, SqlLimits, _check_read_only, _run_guarded
 
 log = logging.getLogger(__name__)
 
-CATALOG_FILE = "catalog.duckdb"
-LOCK_FILE = ".writer.lock"
 KINDS = ("natural", "synthetic")
 ROLES = ("train", "test", "both")
 # Text per Parquet row group of a shard (append_shard, ingest): the unit a mixture's draw reads, so its I/O
@@ -58,107 +60,12 @@ ROLES = ("train", "test", "both")
 # spreads over dozens of row groups.
 ROW_GROUP_BYTES = 1 << 20
 
-# fullmatch, not match with "$": "$" also matches before a final newline, so "g\n" would pass as a name
-_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
 _PART_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=-]{0,199}")
-
-_CATALOG_DDL = """
-CREATE TABLE IF NOT EXISTS store_info (key VARCHAR PRIMARY KEY, value VARCHAR);
-CREATE TABLE IF NOT EXISTS corpora (
-    corpus VARCHAR PRIMARY KEY, kind VARCHAR NOT NULL, synthetic_type VARCHAR, role VARCHAR NOT NULL,
-    created_at TIMESTAMP NOT NULL, meta VARCHAR);
-CREATE TABLE IF NOT EXISTS shards (
-    corpus VARCHAR NOT NULL, shard INTEGER NOT NULL, file VARCHAR NOT NULL, n_docs BIGINT NOT NULL,
-    n_bytes BIGINT NOT NULL, content_hash VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL,
-    PRIMARY KEY (corpus, shard));
-CREATE TABLE IF NOT EXISTS ingest_runs (
-    run_id VARCHAR PRIMARY KEY, corpus VARCHAR NOT NULL, started_at TIMESTAMP, finished_at TIMESTAMP,
-    inputs VARCHAR, n_docs BIGINT, n_duplicates BIGINT, n_rejects BIGINT, rejects_by_reason VARCHAR,
-    status VARCHAR);
-CREATE TABLE IF NOT EXISTS ingest_files (
-    corpus VARCHAR NOT NULL, file VARCHAR NOT NULL, fingerprint VARCHAR NOT NULL, run_id VARCHAR,
-    n_docs BIGINT, n_duplicates BIGINT, n_rejects BIGINT, finished_at TIMESTAMP,
-    PRIMARY KEY (corpus, file, fingerprint));
-CREATE TABLE IF NOT EXISTS rejects (
-    run_id VARCHAR, corpus VARCHAR, source VARCHAR, reason VARCHAR, detail VARCHAR);
-"""
-
-
-class StoreError(Exception):
-    """A problem with the store that the user can fix; the message says how."""
 
 
 class UnknownCorpus(StoreError, KeyError):
     def __str__(self) -> str:  # KeyError would quote the message
         return self.args[0]
-
-
-class StoreLocked(StoreError):
-    pass
-
-
-# Roots whose writer lock this process holds: [depth, pid]. The lock is re-entrant within a process, so
-# library code may open its own Store on a root its caller already locked (a forked child holds nothing).
-_HELD: dict[Path, list] = {}
-
-
-def _held(root: Path) -> list | None:
-    entry = _HELD.get(root)
-    return entry if entry is not None and entry[1] == os.getpid() else None
-
-
-def _is_lock_conflict(e: Exception) -> bool:
-    """DuckDB's error when another process has the catalog file open in a conflicting mode."""
-    msg = str(e)
-    return "Conflicting lock" in msg or "Could not set lock" in msg
-
-
-def _catalog_error(path: Path, e: Exception) -> StoreError:
-    """A one-line StoreError for a catalog that cannot be opened, read or written for a reason other than
-    a lock; the cause decides the advice (moving a catalog away is only right when it is damaged)."""
-    first = str(e).splitlines()[0] if str(e) else type(e).__name__
-    if isinstance(e, PermissionError) or any(m in first for m in ("Permission denied", "Operation not permitted",
-                                                                  "Read-only file system")):
-        return StoreError(f"cannot write {path} ({first}); check the permissions and attributes of the store "
-                          "directory and its files (`ls -l`, `lsattr`: an immutable or read-only file); the "
-                          "store is left as it was before this write")
-    if "No space left" in first or "out of disk space" in first.lower():
-        return StoreError(f"cannot write {path}: no space left on the device; free some space and re-run "
-                          "(the store is left as it was before this write)")
-    return StoreError(f"cannot open {path} ({first}); the catalog is damaged (cut short or not a DuckDB file): "
-                      "restore it from a backup, or move it away and re-ingest")
-
-
-@dataclasses.dataclass(frozen=True)
-class CorpusInfo:
-    name: str
-    kind: str
-    synthetic_type: str | None
-    role: str
-    created_at: Any
-    meta: dict
-    n_shards: int
-    n_docs: int
-    n_bytes: int
-    content_hash: str  # changes whenever any shard changes; the key for cached analyses
-
-    @property
-    def is_train(self) -> bool:
-        return self.role in ("train", "both")
-
-    @property
-    def is_test(self) -> bool:
-        return self.role in ("test", "both")
-
-
-@dataclasses.dataclass(frozen=True)
-class ShardInfo:
-    corpus: str
-    shard: int
-    path: Path
-    n_docs: int
-    n_bytes: int
-    content_hash: str
 
 
 def _check_name(name: str, what: str) -> str:
@@ -171,118 +78,6 @@ def _check_name(name: str, what: str) -> str:
 
 def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
-
-
-def _sql_str(value: str) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def file_hash(path: Path, digest_size: int = 16) -> str:
-    """BLAKE2b of a file's bytes, read in 1 MiB blocks."""
-    h = hashlib.blake2b(digest_size=digest_size)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by another user
-        return True
-    return True
-
-
-def remove_stale_temps(path: Path) -> None:
-    """Delete `.NAME.tmp-PID` and `.NAME.old-PID` files or folders beside `path` whose process is gone
-    (a writer killed with kill -9): the next run of the same command cleans up after the dead one.
-    A live PID's temporaries are left alone (another process may be writing the same output)."""
-    path = Path(path)
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?:tmp|old)-(\d+)")
-    try:
-        siblings = list(path.parent.iterdir())
-    except OSError:
-        return
-    for p in siblings:
-        m = pattern.fullmatch(p.name)
-        if m is None or _pid_alive(int(m[1])):
-            continue
-        log.warning("removing %s, left by process %s that died while writing %s", p, m[1], path)
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                p.unlink()
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds. Temporaries
-    a killed writer left for the same path are removed first."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _read_part(path: Path) -> pl.DataFrame:
-    """A result part read through one open file: a writer may atomically replace the path meanwhile, and a
-    reader that opened the path twice (footer, then data) could mix the old file with the new one."""
-    with open(path, "rb") as f:
-        return pl.read_parquet(f)
-
-
-_REPORTED: set[str] = set()  # damaged result parts already reported by this process
-
-
-def _report_damaged(path: Path, why: str) -> None:
-    if str(path) not in _REPORTED:
-        _REPORTED.add(str(path))
-        log.warning("skipping damaged result part %s (%s); delete it or re-run the step that wrote it", path, why)
-
-
-def _usable_parts(paths: list[Path], deep: bool = False) -> list[Path]:
-    """The result parts that look like whole Parquet files (size and the PAR1 magic at both ends; with
-    `deep`, a footer pyarrow can read); each other one is reported once and left out, so one damaged
-    part (a 0-byte file, a file cut short) does not stop every query."""
-    usable = []
-    for p in paths:
-        try:
-            with open(p, "rb") as f:
-                head = f.read(4)
-                f.seek(0, os.SEEK_END)
-                size = f.tell()
-                f.seek(max(size - 4, 0))
-                tail = f.read(4)
-            if size < 12 or head != b"PAR1" or tail != b"PAR1":
-                _report_damaged(p, f"{size} bytes, not a whole Parquet file")
-                continue
-            if deep:
-                pq.read_metadata(p)
-        except (OSError, pa.ArrowException) as e:
-            _report_damaged(p, str(e).splitlines()[0] if str(e) else type(e).__name__)
-            continue
-        usable.append(p)
-    return usable
-
-
-def _create_result_view(con: duckdb.DuckDBPyConnection, create: str, table: str, parts: list[Path]) -> None:
-    lst = "[" + ", ".join(_sql_str(p) for p in parts) + "]"
-    con.execute(f"{create} {table} AS SELECT * FROM read_parquet({lst}, union_by_name=true)")
-
-
-def write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
 
 
 class Store:
@@ -328,54 +123,17 @@ class Store:
     @contextlib.contextmanager
     def lock(self, wait_s: float = 0.0, purpose: str = "") -> Iterator[None]:
         """Hold the single-writer lock (re-entrant within this process)."""
-        if (entry := _held(self.root)) is not None:
-            entry[0] += 1
-            try:
-                yield
-            finally:
-                entry[0] -= 1
-            return
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise StoreError(f"cannot take the writer lock {self.root / LOCK_FILE} ({e.strerror}); "
-                             "check that the store directory is writable") from None
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-                    os.close(fd)
-                    raise StoreLocked(
-                        f"store {self.root} is locked by PID {holder}; wait for that writer to finish "
-                        "(readers such as `sql`, `list` and `show` keep working)"
-                    ) from None
-                time.sleep(0.1)
-        # A released lock file is empty; text left in it names a writer that died holding the lock.
-        dead = os.pread(fd, 200, 0).decode(errors="replace").strip()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} ({purpose or 'writer'})".encode(), 0)
-        _HELD[self.root] = [1, os.getpid()]
-        try:
+        with writer_lock(self.root, wait_s, purpose) as dead:
             if dead:
                 log.warning("store %s: the last writer (PID %s) died; cleaning up after it", self.root, dead)
                 self.recover()
             yield
-        finally:
-            del _HELD[self.root]
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
 
     def recover(self) -> None:
         """Clean up after writers that died (kill -9): mark their ingest runs `interrupted` and delete
         their temporary files. Needs the lock, which proves that no other writer is running."""
         assert self._lock_depth, "recover needs the writer lock"
-        shutil.rmtree(self.root / "artifacts" / "ingest_tmp", ignore_errors=True)
+        shutil.rmtree(self.root / "artifacts" / "ingest_tmp", ignore_errors=True)  # older versions' scratch area
         self._remove_dead_tmp()
         for pattern in ("shards/*/.staging-*.parquet", "results/*/.*.tmp-*", "artifacts/*/*/.*.tmp-*"):
             for p in self.root.glob(pattern):
@@ -410,140 +168,14 @@ class Store:
             raise StoreError(f"{flag} {path} resolves to {out}, {where} {self.root}; write it outside the store")
         return out
 
-    def ingest_tmp_dir(self, run_id: str) -> Path:
-        """A fresh folder for an ingest run's temporary parts (removed by `recover` if the run dies)."""
-        return self.artifact_dir("ingest_tmp", run_id)
+    def _connect(self, write: bool = False,
+                 views: tuple[str, ...] | None = ()) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]:
+        """A catalog connection for one short transaction (write, under the lock) or over a snapshot (read)."""
+        return catalog.connect(self.root, write, views)
 
-    @contextlib.contextmanager
-    def _connect(self, write: bool = False, views: tuple[str, ...] | None = ()) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection for one short transaction (write) or over a snapshot of the catalog (read).
-
-        `views`: which views to (re)create: () none, None all, else the named ones ('documents' or result
-        tables). A writer persists them in the catalog; a reader makes temporary ones with this store's
-        paths (so a moved store still reads)."""
-        if not write:
-            with self._snapshot(skip=("rejects",)) as con:  # library reads never need the rejects
-                self._refresh_views(con, temp=True, only=views)
-                yield con
-            return
-        assert self._lock_depth, "catalog writes need the writer lock"
-        con = self._open_catalog(write=True)
-        try:
-            con.execute(_CATALOG_DDL)
-            con.execute("BEGIN")
-            try:
-                yield con
-                self._refresh_views(con, temp=False, only=views)
-                con.execute("COMMIT")
-            except BaseException:
-                # a failed COMMIT (disk full, an immutable file) has already ended the transaction: a second
-                # error from ROLLBACK ("no transaction is active") must not hide the first
-                with contextlib.suppress(duckdb.Error):
-                    con.execute("ROLLBACK")
-                raise
-        except (duckdb.IOException, duckdb.FatalException, duckdb.TransactionException) as e:
-            raise _catalog_error(self.root / CATALOG_FILE, e) from None
-        finally:
-            with contextlib.suppress(duckdb.Error):
-                con.close()
-
-    def _open_catalog(self, write: bool) -> duckdb.DuckDBPyConnection:
-        """Open catalog.duckdb, waiting while another process has it open for a moment.
-
-        A writer waits without limit (it holds the writer lock, so the other side is a reader taking its
-        snapshot, or a tool outside synthmix): dying halfway would be worse than waiting."""
-        path = self.root / CATALOG_FILE
-        started, warned = time.monotonic(), False
-        while True:
-            try:
-                if write:
-                    return duckdb.connect(str(path))
-                con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False,
-                                                          "autoload_known_extensions": False})
-                try:
-                    con.execute(f"ATTACH {_sql_str(path)} AS catalog_file (READ_ONLY)")
-                except BaseException:
-                    con.close()
-                    raise
-                return con
-            except duckdb.Error as e:
-                if not _is_lock_conflict(e):
-                    raise _catalog_error(path, e) from None
-                waited = time.monotonic() - started
-                if not write and waited > 120:
-                    raise StoreError(f"cannot read {path}: another process has held it open for {waited:.0f}s; "
-                                     "find it with `fuser` and stop it") from None
-                if waited > 10 and not warned:
-                    log.warning("waiting for another process to close %s", path)
-                    warned = True
-                time.sleep(min(0.01 * 2 ** min(waited, 6), 0.5))
-
-    @contextlib.contextmanager
-    def _snapshot(self, skip: tuple[str, ...] = ()) -> Iterator[duckdb.DuckDBPyConnection]:
-        """An in-memory DuckDB holding a copy of the catalog tables (those in `skip` left empty); the
-        file is closed before use. The copy costs time in proportion to the catalog, not the corpora."""
-        con = self._open_catalog(write=False)
-        try:
-            try:
-                tables = [r[0] for r in con.execute(
-                    "SELECT table_name FROM duckdb_tables() WHERE database_name = 'catalog_file'").fetchall()]
-                for t in tables:
-                    limit = " LIMIT 0" if t in skip else ""
-                    con.execute(f'CREATE TABLE memory.main."{t}" AS SELECT * FROM catalog_file.main."{t}"{limit}')
-                con.execute("DETACH catalog_file")
-            except duckdb.Error as e:  # e.g. a catalog cut short: its pages cannot be read
-                raise _catalog_error(self.root / CATALOG_FILE, e) from None
-            if not tables:  # an empty catalog file (a store created by another version): empty tables
-                con.execute(_CATALOG_DDL)
-            yield con
-        finally:
-            con.close()
-
-    def _refresh_views(self, con: duckdb.DuckDBPyConnection, temp: bool, only: tuple[str, ...] | None) -> None:
-        """(Re)create `documents` and one view per result table (all, or those in `only`)."""
-        if only == ():
-            return
-        create = "CREATE OR REPLACE TEMP VIEW" if temp else "CREATE OR REPLACE VIEW"
-        if only is None or "documents" in only:
-            self._refresh_documents_view(con, create)
-        results = self.root / "results"
-        existing = {r[0] for r in con.execute(
-            "SELECT view_name FROM duckdb_views() WHERE NOT internal AND temporary = ?", [temp]).fetchall()}
-        tables = sorted(p.name for p in results.iterdir()) if results.exists() else []
-        for table in tables if only is None else [t for t in only if t != "documents"]:
-            if not _NAME_RE.fullmatch(table):  # a folder someone made by hand under results/
-                continue
-            # a writer (in a transaction, which one failed statement would abort) reads every footer first;
-            # a reader tries the cheap check and reads footers only when DuckDB cannot open a part
-            parts = _usable_parts(sorted((results / table).glob("*.parquet")), deep=not temp)
-            if parts:
-                try:
-                    _create_result_view(con, create, table, parts)
-                except duckdb.Error:
-                    if not temp:
-                        raise
-                    parts = _usable_parts(parts, deep=True)
-                    if parts:
-                        _create_result_view(con, create, table, parts)
-            if not parts and table in existing:
-                con.execute(f"DROP VIEW IF EXISTS {table}")
-        if only is None:
-            for stale in existing - set(tables) - {"documents"}:
-                con.execute(f"DROP VIEW IF EXISTS {stale}")
-
-    def _refresh_documents_view(self, con: duckdb.DuckDBPyConnection, create: str) -> None:
-        files = [r[0] for r in con.execute("SELECT file FROM shards ORDER BY corpus, shard").fetchall()]
-        if files:
-            lst = "[" + ", ".join(_sql_str(self.root / f) for f in files) + "]"
-            # one scan over every shard; the corpus is the shard's folder name (shards/<corpus>/<n>.parquet)
-            con.execute(
-                f"{create} documents AS SELECT regexp_extract(filename, '/shards/([^/]+)/[0-9]+[.]parquet$', 1)"
-                f" AS corpus, * EXCLUDE (filename) FROM read_parquet({lst}, filename = true)"
-            )
-        else:
-            cols = ", ".join(f"NULL::{'BIGINT' if f.type == pa.int64() else 'VARCHAR'} AS {f.name}"
-                             for f in DOC_SCHEMA)
-            con.execute(f"{create} documents AS SELECT NULL::VARCHAR AS corpus, {cols} WHERE false")
+    def _snapshot(self, skip: tuple[str, ...] = ()) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]:
+        """An in-memory copy of the catalog tables (catalog.snapshot)."""
+        return catalog.snapshot(self.root, skip)
 
     # ------------------------------------------------------------------ reading the catalog
     def corpora(self) -> list[CorpusInfo]:
@@ -609,7 +241,7 @@ class Store:
         limits = limits or NO_LIMITS
         with self._snapshot() as con:
             _check_read_only(con, query)
-            self._refresh_views(con, temp=True, only=None)
+            catalog.refresh_views(con, self.root, temp=True, only=None)
             readable = [str(self.root / r[0]) for r in con.execute("SELECT file FROM shards").fetchall()]
             results = self.root / "results"
             readable += [str(p) for p in results.glob("*/*.parquet")] if results.exists() else []
@@ -623,7 +255,7 @@ class Store:
     def catalog_rows(self, query: str, params: list | None = None) -> list[tuple]:
         """Rows of a query on catalog tables and `documents` (for library code; no statement check)."""
         with self._snapshot() as con:
-            self._refresh_views(con, temp=True, only=("documents",))
+            catalog.refresh_views(con, self.root, temp=True, only=("documents",))
             return con.execute(query, params or []).fetchall()
 
     # ------------------------------------------------------------------ writing corpora
@@ -841,141 +473,6 @@ class Store:
         if create:
             d.mkdir(parents=True, exist_ok=True)
         return d
-
-
-def _default_memory_mb() -> int:
-    """Half the machine's memory, at most 4 GiB: a query that needs more is almost always a mistake (a
-    cross join, a recursive CTE without an end), and it must not take the whole machine from its user."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") >> 20
-    except (ValueError, OSError):
-        total = 8192
-    return int(max(256, min(4096, total // 2)))
-
-
-@dataclasses.dataclass(frozen=True)
-class SqlLimits:
-    """Guards on one user query (0: no limit). The defaults protect an interactive user; scripts that
-    want everything pass 0 (`sql --max-rows 0 --timeout 0 --memory-limit 0`)."""
-    max_rows: int = 1_000_000  # rows in the result (more: an error, never a silent cut)
-    timeout_s: float = 600.0  # wall time of the query
-    memory_mb: int = dataclasses.field(default_factory=_default_memory_mb)  # DuckDB's memory and the result's
-
-
-NO_LIMITS = SqlLimits(max_rows=0, timeout_s=0, memory_mb=0)
-
-
-def _run_guarded(con: duckdb.DuckDBPyConnection, query: str, params: list | None, limits: SqlLimits) -> pa.Table:
-    """Run a query in a helper thread while this thread waits: DuckDB does not return to Python until a
-    query ends, so Ctrl-C (and the time limit) could not stop it otherwise; here they interrupt it."""
-    box: dict = {}
-
-    def work() -> None:
-        reader = None
-        try:
-            with warnings.catch_warnings():  # DuckDB suggests con.sql, whose pending result Ctrl-C cannot free
-                warnings.simplefilter("ignore", UserWarning)
-                reader = con.execute(query, params or []).to_arrow_reader(8192)
-            batches, n_rows, n_bytes = [], 0, 0
-            for batch in reader:
-                n_rows += batch.num_rows
-                n_bytes += batch.nbytes
-                if limits.max_rows and n_rows > limits.max_rows:
-                    box["over"] = (f"the result has more than {limits.max_rows:,} rows; add a LIMIT or an "
-                                   "aggregate, or pass --max-rows N (0: no cap)")
-                    return
-                if limits.memory_mb and n_bytes > limits.memory_mb << 20:
-                    box["over"] = (f"the result is larger than {limits.memory_mb:,} MB; select fewer rows or "
-                                   "columns, or pass --memory-limit MB (0: no cap)")
-                    return
-                batches.append(batch)
-            box["table"] = pa.Table.from_batches(batches, schema=reader.schema)
-        except BaseException as e:  # handed to the waiting thread, without the frames that hold the result
-            box["error"] = e.with_traceback(None)
-        finally:
-            if reader is not None:  # a pending result keeps the connection busy: it could not be closed
-                reader.close()
-            del reader
-
-    # Ctrl-C: our own handler, not KeyboardInterrupt. DuckDB notices a pending KeyboardInterrupt inside
-    # the query's thread, stops the query there and leaves the connection busy (it can then not even be
-    # closed, and the process aborts at exit); the handler only flags it, and this thread interrupts.
-    stop = threading.Event()
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.getsignal(signal.SIGINT) if main else None
-    if main and previous is signal.default_int_handler:
-        signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
-    thread = threading.Thread(target=work, name="synthmix-sql", daemon=True)
-    deadline = time.monotonic() + limits.timeout_s if limits.timeout_s else None
-    try:
-        thread.start()
-        while thread.is_alive() and not stop.is_set():
-            thread.join(0.05)
-            if deadline is not None and time.monotonic() > deadline and thread.is_alive():
-                con.interrupt()
-                thread.join()
-                raise StoreError(f"the query ran longer than {limits.timeout_s:g} s and was stopped; narrow it "
-                                 "or add a LIMIT, or pass --timeout S (0: no limit)")
-        if stop.is_set():
-            con.interrupt()
-            thread.join()
-            raise KeyboardInterrupt
-    finally:
-        if main and previous is signal.default_int_handler:
-            signal.signal(signal.SIGINT, previous)
-    if "over" in box:
-        raise StoreError(box["over"])
-    e = box.get("error")
-    if isinstance(e, duckdb.OutOfMemoryException):
-        raise StoreError(f"the query needs more than {limits.memory_mb:,} MB of memory and was stopped; narrow "
-                         "it, or pass --memory-limit MB (0: DuckDB's default)") from None
-    if isinstance(e, duckdb.Error):
-        raise StoreError(f"SQL error: {str(e).splitlines()[0]}") from None
-    if e is not None:
-        raise e
-    return box["table"]
-
-
-_EXPLAIN_RE = re.compile(r"^\s*EXPLAIN\s+(?P<analyze>ANALY[SZ]E\s+)?(?P<options>\([^)]*\)\s*)?(?P<inner>.*)$",
-                         re.I | re.S)
-
-
-def _check_read_only(con: duckdb.DuckDBPyConnection, query: str) -> None:
-    """Refuse anything but one SELECT or EXPLAIN (not ANALYZE) of a SELECT, by its parsed statement type."""
-    try:
-        statements = con.extract_statements(query)
-    except duckdb.Error as e:
-        raise StoreError(f"SQL error: {str(e).splitlines()[0]}") from None
-    if len(statements) != 1:
-        raise StoreError(f"give exactly one SQL statement, not {len(statements)}")
-    kind = statements[0].type
-    if kind == duckdb.StatementType.EXPLAIN:
-        # EXPLAIN ANALYZE runs the statement it explains: look inside (comments dropped by the tokenizer)
-        text = "".join(query[start:end] for start, end in _tokens_without_comments(query))
-        m = _EXPLAIN_RE.match(text)
-        if m is None or m["analyze"] or (m["options"] and "analy" in m["options"].lower()):
-            raise StoreError("refused: EXPLAIN ANALYZE runs its statement; use EXPLAIN or a SELECT")
-        inner = con.extract_statements(m["inner"])
-        if len(inner) != 1 or inner[0].type != duckdb.StatementType.SELECT:
-            raise StoreError("refused: only EXPLAIN of a SELECT is allowed; the store is read-only through sql")
-        return
-    if kind != duckdb.StatementType.SELECT:
-        raise StoreError(
-            f"refused: {kind.name} statements are not allowed; the store is read-only through sql "
-            "(use the python -m corpora/stats/train commands to change it)"
-        )
-
-
-def _tokens_without_comments(query: str) -> list[tuple[int, int]]:
-    """(start, end) character spans of the query's tokens, comments left out, gaps kept as spaces."""
-    toks = duckdb.tokenize(query)
-    spans, prev_end = [], 0
-    for i, (start, ttype) in enumerate(toks):
-        end = toks[i + 1][0] if i + 1 < len(toks) else len(query)
-        if ttype == duckdb.token_type.comment:
-            continue
-        spans.append((start, end))
-    return spans
 
 
 def read_shard_batches(path: Path, columns: list[str] | None = None,

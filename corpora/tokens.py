@@ -23,7 +23,6 @@ import logging
 import os
 import re
 import shutil
-import uuid
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -333,8 +332,9 @@ class TokenCache:
         self._adopt(shard, tmp, piece)
 
     def tmp_dir(self) -> Path:
-        """A fresh temporary folder inside the cache for one job's piece."""
-        return self.root / ".tmp" / uuid.uuid4().hex
+        """A fresh temporary folder for one job's piece, in the store's temporary area (a killed run's goes
+        with the next `Store.tmp_dir` call or `Store.recover`)."""
+        return self.store.tmp_dir("tokens")
 
 
 def read_piece_tokens(path: Path, dtype) -> np.ndarray:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,6 +103,17 @@ def add_corpus(store: Store, name: str, texts, kind: str = "natural", role: str 
         store.append_shard(name, make_documents(rows[i:i + size]))
     return store.corpus(name)
 
+
+
+def killed_tmp_dir(store: Store, kind: str) -> Path:
+    """A `store.tmp_dir(kind)` folder, with a half-written file, of a process killed with -9 while it worked."""
+    script = ("import os, sys\nfrom corpora.store import Store\n"
+              "d = Store(sys.argv[1]).tmp_dir(sys.argv[2])\n(d / 'part.parquet').write_bytes(b'x' * 1000)\n"
+              "print(d, flush=True)\nos.kill(os.getpid(), 9)\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(store.root), kind], capture_output=True, text=True,
+                          cwd=REPO, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    return Path(proc.stdout.strip())
 
 @pytest.fixture(params=["0", "1"], ids=["fp32", "bf16"])
 def cpu_dtype(request, monkeypatch) -> str:

@@ -165,7 +165,7 @@ def test_ingest_identical(ray_engine, shared_data, tmp_path, capsys):
     assert len(docs_ray) == reports["ray"]["n_docs"] > 450 and docs_local == docs_ray
     # the duplicate kept is the first file's copy, on both engines
     assert [d["source"].split(":")[0] for d in docs_ray if d["text"] == first["text"]] == [str(Path(files[0]).resolve())]
-    assert not list((tmp_path / "ray").rglob("ingest_tmp/*/*.parquet"))  # workers' parts all adopted or gone
+    assert not list((tmp_path / "ray").glob("tmp/ingest/*/*.parquet"))  # workers' parts all adopted or gone
 
 
 @pytest.mark.slow

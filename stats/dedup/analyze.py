@@ -102,7 +102,7 @@ def analyze_corpus(store: Store, corpus: str, cfg: DedupConfig, progress: bool =
     bc = build_bands(store, corpus, cfg, progress)
     t_map = time.perf_counter()
     work = _work_dir(store, corpus, cfg)
-    cand = find_candidates(bc.band_files(), work / "candidates.parquet", cfg, work / "duckdb_tmp")
+    cand = find_candidates(bc.band_files(), work / "candidates.parquet", cfg, store.tmp_dir("dedup_spill"))
     t_cand = time.perf_counter()
     i, j, est = verify_candidates(work / "candidates.parquet", bc, bc, cfg, progress)
     t_verify = time.perf_counter()
@@ -171,7 +171,7 @@ def analyze_against(store: Store, corpus: str, against: str, cfg: DedupConfig, p
     a = build_bands(store, corpus, cfg, progress)
     b = build_bands(store, against, cfg, progress)
     work = _work_dir(store, corpus, cfg, against)
-    cand = find_candidates(a.band_files(), work / "candidates.parquet", cfg, work / "duckdb_tmp",
+    cand = find_candidates(a.band_files(), work / "candidates.parquet", cfg, store.tmp_dir("dedup_spill"),
                            against_files=b.band_files())
     i, j, est = verify_candidates(work / "candidates.parquet", a, b, cfg, progress)
     params = _params(cfg)
@@ -253,8 +253,8 @@ def compute_source_similarity(store: Store, bc: BandedCorpus, cfg: DedupConfig,
         src = build_bands(store, name, cfg, progress)
         if not src.shards:
             continue
-        work = _work_dir(store, bc.corpus, cfg, f"source_{name}")
-        con = _duckdb(cfg, work / "duckdb_tmp")
+        spill = store.tmp_dir("dedup_spill")
+        con = _duckdb(cfg, spill)
         try:
             _docs_view(con, "s", pending_files)
             _docs_view(con, "t", src.docs_files())
@@ -273,7 +273,7 @@ def compute_source_similarity(store: Store, bc: BandedCorpus, cfg: DedupConfig,
                 found = np.concatenate([found, i])
         finally:
             con.close()
-            shutil.rmtree(work / "duckdb_tmp", ignore_errors=True)
+            shutil.rmtree(spill, ignore_errors=True)
     return _source_frame(bc.corpus, frames, cfg, bc)
 
 

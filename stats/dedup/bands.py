@@ -7,7 +7,6 @@ import dataclasses
 import logging
 import os
 import shutil
-import uuid
 from functools import partial
 from pathlib import Path
 
@@ -177,13 +176,6 @@ def _check_disk(store: Store, corpus: str, need: int) -> None:
             f"--num-perm (signatures take num_perm x 4 bytes per document)")
 
 
-def _map_tmp_dir(store: Store, corpus: str) -> Path:
-    """A fresh folder for one run's map outputs until the driver moves them into the cache. It lives in the
-    store's temporary area, which `Store.recover` empties after a writer that died (kill -9), so a killed
-    run leaves nothing behind in the cache folder."""
-    return store.ingest_tmp_dir(f"dedup_bands-{corpus}-{uuid.uuid4().hex[:12]}")
-
-
 def build_bands(store: Store, corpus: str, cfg: DedupConfig, progress: bool = True) -> BandedCorpus:
     """Map every shard not yet done to its signature, document and band files (cached by shard content).
 
@@ -204,7 +196,9 @@ def build_bands(store: Store, corpus: str, cfg: DedupConfig, progress: bool = Tr
     for legacy in cache_dir.glob(".tmp-*"):  # map folders of runs killed before they moved under the store's tmp
         shutil.rmtree(legacy, ignore_errors=True)
     if todo:
-        tmp = _map_tmp_dir(store, corpus)
+        # map outputs wait in the store's temporary area until moved into the cache: a run killed with -9
+        # leaves its folder there (removed by the next tmp_dir call or Store.recover), not in the cache folder
+        tmp = store.tmp_dir("dedup_bands")
         jobs = [(str(s.path), h, str(cache_dir), str(tmp)) for h, s in todo.items()]
         try:
             for h, _ in _run_map(partial(band_shard, cfg=cfg), jobs, [s.n_docs for s in todo.values()], cfg,

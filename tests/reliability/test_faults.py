@@ -10,7 +10,7 @@ import pytest
 
 from corpora.exits import run_command
 from corpora.store import Store, StoreError
-from tests.conftest import add_corpus
+from tests.conftest import add_corpus, killed_tmp_dir
 from tests.reliability.conftest import one_line_error, run_cli
 
 
@@ -99,10 +99,11 @@ def test_dead_writer_is_cleaned_up_by_the_next_writer(tmp_path, lee_texts):
     add_corpus(store, "cc", lee_texts[:5])
     with store.lock(purpose="ingest cc"):
         store.execute("INSERT INTO ingest_runs VALUES ('r1', 'cc', now(), NULL, '[]', 0, 0, 0, '{}', 'running')")
-    tmp = store.ingest_tmp_dir("r1")
-    (tmp / "part.parquet").write_bytes(b"x" * 1000)
+    live = store.tmp_dir("ingest")  # this process's folder: kept
+    tmp = killed_tmp_dir(store, "ingest")
+    assert (tmp / "part.parquet").exists()
     (store.root / ".writer.lock").write_text("999999 (ingest cc)")  # what kill -9 leaves
     store.put_result("anything", "p", __import__("polars").DataFrame({"a": [1]}))
-    assert not tmp.exists()
+    assert not tmp.exists() and live.is_dir()
     assert store.sql("SELECT status FROM ingest_runs WHERE run_id = 'r1'").to_pylist() == [{"status": "interrupted"}]
     assert (store.root / ".writer.lock").read_text() == ""

@@ -59,15 +59,14 @@ def test_ingest(tmp_path, lee_texts, sig):
     if sig == signal.SIGINT:
         assert proc.returncode == 130
         assert "interrupted" in one_line_error(err, None)
-        assert not (root / "artifacts" / "ingest_tmp").exists() or not any((root / "artifacts" / "ingest_tmp").iterdir())
+        assert not list((root / "tmp" / "ingest").glob("*"))
     (status,) = store.sql("SELECT status FROM ingest_runs").column("status").to_pylist()
     assert status == ("interrupted" if sig == signal.SIGINT else "running")
     rerun = run_cli("corpora", "ingest", "cc", *map(str, files), "--workers", "1", "--json", store=root)
     assert rerun.returncode == 0, rerun.stderr
     statuses = sorted(store.sql("SELECT status FROM ingest_runs").column("status").to_pylist())
     assert statuses == ["done", "interrupted"]
-    tmp = root / "artifacts" / "ingest_tmp"
-    assert not tmp.exists() or not any(tmp.iterdir())
+    assert not list((root / "tmp" / "ingest").glob("*"))
     n_docs = store.corpus("cc").n_docs
     assert n_docs == len(files) * 60 * 50
     (per_file,) = store.sql("SELECT sum(n_docs) AS n FROM ingest_files WHERE corpus = 'cc'").column("n").to_pylist()

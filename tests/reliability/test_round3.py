@@ -98,7 +98,7 @@ def test_a_damaged_result_part_is_skipped_and_reported_once(tmp_path, caplog):
         store.put_result("scores", p, pl.DataFrame({"x": [1.0, 2.0]}))
     (tmp_path / "store" / "results" / "scores" / "p2.parquet").write_bytes(b"")
     (tmp_path / "store" / "results" / "scores" / "p3.parquet").write_bytes(b"PAR1" + b"\0" * 50 + b"PAR1")
-    with caplog.at_level(logging.WARNING, logger="corpora.store"):
+    with caplog.at_level(logging.WARNING, logger="corpora.catalog"):
         assert store.sql("SELECT 1 AS one").column("one").to_pylist() == [1]
         assert store.sql("SELECT count(*) AS n FROM scores").column("n").to_pylist() == [4]
         assert store.read_result("scores").height == 4
@@ -311,7 +311,7 @@ def test_catalog_errors_name_their_cause(tmp_path, lee_texts):
 def test_failed_commit_shows_its_cause_not_the_rollback(tmp_path, monkeypatch):
     import duckdb
 
-    import corpora.store as store_module
+    import corpora.catalog as catalog_module
 
     store = Store(tmp_path / "store", create=True)
     real_connect = duckdb.connect
@@ -329,7 +329,7 @@ def test_failed_commit_shows_its_cause_not_the_rollback(tmp_path, monkeypatch):
         def __getattr__(self, name):
             return getattr(self.con, name)
 
-    monkeypatch.setattr(store_module.duckdb, "connect",
+    monkeypatch.setattr(catalog_module.duckdb, "connect",
                         lambda path, *a, **k: DiskFull(real_connect(path, *a, **k)) if path != ":memory:"
                         else real_connect(path, *a, **k))
     with pytest.raises(StoreError, match="no space left"):

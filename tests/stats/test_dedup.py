@@ -17,9 +17,9 @@ from stats import dedup
 from stats.dedup import DedupConfig
 
 try:
-    from conftest import add_corpus
+    from conftest import add_corpus, killed_tmp_dir
 except ImportError:  # tests/ imported as a package
-    from tests.conftest import add_corpus
+    from tests.conftest import add_corpus, killed_tmp_dir
 
 CFG = DedupConfig(workers=1)
 
@@ -431,12 +431,10 @@ def test_large_buckets_are_capped(store, long_lee):
 
 def test_temp_folders_of_a_killed_run_are_cleaned(store, long_lee):
     """A run killed with -9 leaves its map folder behind: Store.recover removes it (the folder lives in the
-    store's temporary area), and a leftover `.tmp-*` folder in the cache (older versions) goes on the next run."""
-    from stats.dedup.bands import _map_tmp_dir
-
+    store's temporary area, Store.tmp_dir), and a leftover `.tmp-*` folder in the cache (older versions) goes
+    on the next run."""
     add_corpus(store, "cc", long_lee[:6])
-    killed = _map_tmp_dir(store, "cc")
-    (killed / "half_written.sig.npy").write_bytes(b"x")
+    killed = killed_tmp_dir(store, "dedup_bands")
     legacy = store.artifact_dir("dedup_bands", "cc") / ".tmp-abc123"
     legacy.mkdir()
     with store.writer("test"):
@@ -444,7 +442,7 @@ def test_temp_folders_of_a_killed_run_are_cleaned(store, long_lee):
     assert not killed.exists() and legacy.exists()
     dedup.build_bands(store, "cc", CFG, progress=False)
     assert not legacy.exists()
-    assert not list((store.root / "artifacts" / "ingest_tmp").glob("dedup_bands-*"))
+    assert not list((store.root / "tmp" / "dedup_bands").glob("*"))
 
 
 def test_interrupted_run_resumes_from_banded_shards(store, long_lee, monkeypatch):
@@ -465,7 +463,7 @@ def test_interrupted_run_resumes_from_banded_shards(store, long_lee, monkeypatch
     monkeypatch.setattr(dedup.bands, "band_shard", real)
     cache = store.artifact_dir("dedup_bands", "cc")
     assert len(list(cache.glob("*.bands.parquet"))) == 2 and not list(cache.glob(".tmp-*"))
-    assert not list((store.root / "artifacts" / "ingest_tmp").glob("dedup_bands-*"))
+    assert not list((store.root / "tmp" / "dedup_bands").glob("*"))
     resumed = dedup.build_bands(store, "cc", CFG, progress=False)
     assert (resumed.n_shards_computed, resumed.n_shards_cached) == (2, 2)
     r1 = dedup.analyze_corpus(store, "cc", CFG, progress=False)
