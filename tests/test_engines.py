@@ -104,7 +104,7 @@ def test_unreachable_cluster_is_one_line_exit_2(tmp_path, lee_texts):
     add_corpus(store, "cc", lee_texts[:5])
     proc = subprocess.run(
         [sys.executable, "-m", "stats.unigram", "--store", str(store.root), "--train", "cc", "--test", "cc",
-         "--engine", "ray", "--ray-address", "127.0.0.1:9", "--recount", "--no-progress"],
+         "--engine", "ray", "--ray-address", "127.0.0.1:9", "--overwrite", "--no-progress"],
         cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "no Ray cluster at 127.0.0.1:9" in proc.stderr
@@ -132,7 +132,7 @@ def test_unigram_counts_identical(ray_engine, shared_data, tmp_path, capsys):
     for engine in ("local", "ray"):
         capsys.readouterr()
         assert main(["--store", str(store.root), "--train", "cc", "--test", "wiki", "--engine", engine,
-                     "--recount", "--no-progress", "--json"]) == 0
+                     "--overwrite", "--no-progress", "--json"]) == 0
         rows[engine] = json.loads(capsys.readouterr().out)["comparisons"][0]
     for key in ("kl_nats", "js_nats", "type_coverage", "token_coverage", "n_tokens_train", "n_types_test"):
         assert rows["local"][key] == rows["ray"][key], key

@@ -36,7 +36,7 @@ def test_dedup_cli_on_ray(ray_store):
 
 
 def test_unigram_cli_on_ray(ray_store):
-    out = run_module(ray_store, "stats.unigram", "--train", "cc", "--test", "cc", "--workers", "1", "--recount",
+    out = run_module(ray_store, "stats.unigram", "--train", "cc", "--test", "cc", "--workers", "1", "--overwrite",
                      "--no-progress")
     [row] = out["comparisons"]
     assert row["n_tokens_test"] == row["n_tokens_train"] > 1000 and row["type_coverage"] == 1.0
