@@ -45,6 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from corpora import results
 from corpora.documents import DOC_SCHEMA, compute_doc_id, make_documents, normalize_text  # noqa: F401 (API)
 
 log = logging.getLogger(__name__)
@@ -790,6 +791,7 @@ class Store:
             else:
                 data = data.set_column(i, "created_at", stamp)
         path = self._result_path(table, part)
+        results.check(table, data.column_names)
         with self.lock(wait_s=60, purpose=f"result {table}"):
             write_parquet_atomic(data, path)
             with self._connect(write=True, views=(table,)):

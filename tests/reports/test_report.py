@@ -8,12 +8,16 @@ import re
 import polars as pl
 import pytest
 
+import train.loop  # noqa: F401 (declares runs, run_metrics, written by _put_runs as a sweep would)
 from corpora.demo import build_demo
+from corpora.results import declare
 from reports.browser import check_page, find_chromium
 from reports.build import SECTIONS, build_report, findings
 from stats.mixopt.probe import ProbeConfig, run_probe
 from stats.unigram import UnigramConfig, run_unigram
 from tests.conftest import missing
+
+declare("t", {"x": "int"}, "A table whose writes the store stamps with created_at.")
 
 SECTION_IDS = ["findings", "inventory", "unigram", "dedup", "training", "learning", "scaling", "speedups", "ratios",
                "decisions", "evals", "collapse", "schedules", "mixopt"]
