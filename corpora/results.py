@@ -36,7 +36,7 @@ class ResultTable:
 
 
 _TABLES: dict[str, ResultTable] = {}
-# name -> declared column names, in order: what readers name columns through (kept in step with _TABLES)
+# name -> required column names, in order: what readers name columns through (kept in step with _TABLES)
 COLUMNS: dict[str, tuple[str, ...]] = {}
 
 
