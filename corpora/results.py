@@ -1,74 +1,108 @@
-"""The columns of every result table that more than one module reads: declared once, here.
+"""Every result table declared with its columns, and checked on write.
 
-A writer (stats.unigram, stats.dedup, train, stats.scaling, stats.evidence, stats.findings, stats.mixopt, synth) writes at least these
-columns; a reader (reports, stats.evidence, stats.findings) names a column through these declarations instead of
-spelling it again, so a renamed column fails a test instead of silently blanking a report section.
-`Store.put_result` stamps `created_at` (UTC, naive timestamp) on every part it writes, so every table has
-it and readers order rows by it. Tables not listed here are free-form (a new analysis may add its own).
+The module that writes a table declares it at import time, next to the writer (`declare("runs", {...}, doc)`
+in train.loop, the dedup tables in stats.dedup.analyze, ...): the ground layer holds the registry and never
+imports the writers. `Store.put_result` calls `check` before it writes anything, so an undeclared table, a
+missing column or an unexpected one fails loudly at the writer instead of blanking a report section later.
+Readers name columns through `COLUMNS` / `table(name)` instead of spelling them again.
+
+`created_at` is never declared as an input: `Store.put_result` stamps it (UTC, naive timestamp) on every
+row it writes, so every table has it and readers order rows by it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import sys
+from collections.abc import Iterable
+
 CREATED_AT = "created_at"  # stamped by Store.put_result on every result row
 
-COLUMNS: dict[str, tuple[str, ...]] = {
-    # stats.unigram
-    "unigram_counts": ("corpus", "tokenizer", "n_tokens"),
-    "unigram_comparisons": ("train", "test", "tokenizer", "n_tokens_train", "n_tokens_test", "n_types_train",
-                            "type_coverage", "token_coverage", "kl_nats", "js_nats", "entropy_train_nats",
-                            "entropy_test_nats", "alpha", "top_kl_tokens"),
-    "unigram_shrinkage": ("synthetic", "source", "tokenizer", "budget_tokens", "types_at_budget_synthetic",
-                          "types_at_budget_source", "types_ratio", "entropy_at_budget_synthetic_nats",
-                          "entropy_at_budget_source_nats", "entropy_diff_nats"),
-    # stats.dedup
-    "dup_summary": ("corpus", "against", "mode", "n_docs", "dup_rate", "threshold"),
-    "dup_source": ("corpus", "doc_id", "source_doc_id", "source_corpus", "jaccard_est"),
-    # synth
-    "synth_runs": ("run_id", "corpus", "source", "type", "generator", "started_at", "counts_by_reason"),
-    # train
-    "mixtures": ("mixture", "corpus", "kind", "synthetic_type", "share"),
-    "runs": ("run_id", "sweep", "mixture", "model", "tokens", "seed", "status"),
-    "run_metrics": ("run_id", "step", "tokens_seen", "split", "domain", "loss"),
-    # stats.scaling
-    "fits": ("sweep", "domain", "fit", "mixture", "model", "E", "B", "beta", "status"),
-    "speedups": ("sweep", "domain", "model", "mixture", "synthetic_type", "synthetic_share", "tokens", "speedup",
-                 "speedup_lo", "speedup_hi", "extrapolated", "status"),
-    "optimal_ratios": ("sweep", "domain", "synthetic_type", "model", "tokens", "ratio_opt", "ratio_lo", "ratio_hi",
-                       "status"),
-    # stats.evidence
-    "decisions": ("sweep", "domain", "model", "tokens", "target_model", "target_tokens", "seed", "n_pairs",
-                  "n_agree", "accuracy", "n_flip", "flip_share", "metric"),
-    "decision_snr": ("sweep", "domain", "metric", "model", "tokens", "n_mixtures", "n_seeds", "signal", "noise", "snr"),
-    # stats.evals
-    "evals": ("run_id", "sweep", "mixture", "model", "tokens", "seed", "content_hash", "task", "variant", "metric",
-              "value", "n", "stderr", "chance", "higher_is_better", "dtype"),
-    "learning_check": ("sweep", "run_id", "mixture", "model", "tokens", "seed", "domain", "loss", "unigram_loss",
-                       "uniform_loss", "below_unigram", "alpha"),
-    # stats.mixopt.probe
-    "probes": ("probe", "domain", "trunk_run", "trunk_mixture", "candidate", "mixture", "share", "cooldown", "seed",
-               "model", "tokens", "run_id", "branch_step", "probe_loss", "reference_loss", "delta", "full_run",
-               "full_loss", "probe_rank", "full_rank"),
-    "probe_decisions": ("probe", "domain", "model", "tokens", "seed", "n_pairs", "n_agree", "accuracy", "n_flip",
-                        "flip_share"),
-    "collapse_rounds": ("corpus", "synthetic_type", "round", "root_corpus", "tokenizer", "budget_tokens",
-                        "types_at_budget", "entropy_at_budget_nats", "test", "kl_nats", "n_docs",
-                        "root_jaccard_mean", "root_near_dup_share"),
-    # stats.findings: the study's claims and their verdicts, in claim order, with the bootstrap that judged them
-    "findings": ("position", "claim", "verdict", "counts", "measured", "n_boot", "seed"),
-    # stats.mixopt
-    "mixopt_swarms": ("sweep", "mixture", "kind", "source", "weight", "prior", "cap", "model", "tokens"),
-    "mixopt_fits": ("fit", "origin", "objective", "regressor", "backend", "n_runs", "n_sources", "folds",
-                    "cv_spearman", "cv_r2", "status", "note", "chosen"),
-    "mixopt_predictions": ("fit", "regressor", "run", "fold", "observed", "predicted"),
-    "mixopt_proposals": ("fit", "objective", "regressor", "source", "weight", "lo", "hi", "lower", "upper", "cap",
-                         "prior", "predicted", "spec", "n_boot"),
-    "mixopt_validations": ("fit", "sweep", "role", "mixture", "spec", "model", "tokens", "n_seeds", "loss_mean",
-                           "predicted", "rank", "regret", "verdict", "verdict_detail", "against",
-                           "decision_accuracy_proxy", "decision_accuracy_regressor"),
-}
+
+@dataclasses.dataclass(frozen=True)
+class ResultTable:
+    """A result table: its required columns (column -> short type or meaning) and what one row is.
+
+    `optional` columns are declared but may be absent: a writer whose columns legitimately vary (dedup's
+    within and across modes, a sweep simulated without training) names them there. `extra=True` lets a
+    writer add columns nobody declared; only where the set is open by design (the doc says why)."""
+
+    name: str
+    columns: dict[str, str]
+    doc: str
+    optional: dict[str, str] = dataclasses.field(default_factory=dict)
+    extra: bool = False
+    owner: str = ""  # the module that declared it (for messages and docs)
 
 
-def missing_columns(table: str, columns) -> list[str]:
-    """Declared columns of `table` that `columns` lacks (none for an undeclared table)."""
+_TABLES: dict[str, ResultTable] = {}
+# name -> required column names, in order: what readers name columns through (kept in step with _TABLES)
+COLUMNS: dict[str, tuple[str, ...]] = {}
+
+
+def declare(name: str, columns: dict[str, str], doc: str, optional: dict[str, str] | None = None,
+            extra: bool = False) -> ResultTable:
+    """Declare result table `name` (idempotent for an identical declaration; a conflicting one is an error)."""
+    optional = dict(optional or {})
+    if CREATED_AT in columns or CREATED_AT in optional:
+        raise ValueError(f"result table {name!r}: do not declare {CREATED_AT!r}; Store.put_result stamps it")
+    if set(columns) & set(optional):
+        raise ValueError(f"result table {name!r}: {', '.join(sorted(set(columns) & set(optional)))} both "
+                         "required and optional")
+    owner = sys._getframe(1).f_globals.get("__name__", "")  # as collections.namedtuple finds its caller
+    new = ResultTable(name, dict(columns), doc, optional, extra, owner)
+    old = _TABLES.get(name)
+    if old is not None:
+        if (old.columns, old.doc, old.optional, old.extra) != (new.columns, new.doc, new.optional, new.extra):
+            raise ValueError(f"result table {name!r} is already declared differently by {old.owner}; "
+                             "one module owns a table, change its declaration there")
+        return old
+    _TABLES[name] = new
+    COLUMNS[name] = tuple(new.columns)
+    return new
+
+
+def declared() -> dict[str, ResultTable]:
+    """Every table declared so far (by the modules imported so far), by name."""
+    return dict(_TABLES)
+
+
+def table(name: str) -> ResultTable:
+    """The declaration of `name`; KeyError if no imported module declares it."""
+    return _TABLES[name]
+
+
+def check(name: str, column_names: Iterable[str]) -> None:
+    """Refuse a write of `column_names` to table `name` that its declaration does not allow (a StoreError)."""
+    from corpora.store import StoreError  # not at the top: corpora.store imports this module
+
+    decl = _TABLES.get(name)
+    if decl is None:
+        raise StoreError(f"result table {name!r} is not declared; declare it with corpora.results.declare(name, "
+                         "columns, doc) in the module that writes it")
+    have = set(column_names) - {CREATED_AT}
+    missing = [c for c in decl.columns if c not in have]
+    if missing:
+        raise StoreError(f"result table {name!r} misses declared column(s) {', '.join(missing)}; write them or "
+                         f"change the declaration in {decl.owner or 'its module'}")
+    extra = sorted(have - set(decl.columns) - set(decl.optional))
+    if extra and not decl.extra:
+        raise StoreError(f"result table {name!r} got undeclared column(s) {', '.join(extra)}; add them to its "
+                         f"declaration in {decl.owner or 'its module'}")
+
+
+def missing_columns(name: str, columns: Iterable[str]) -> list[str]:
+    """Declared columns of table `name` that `columns` lacks (none for an undeclared table)."""
     have = set(columns)
-    return [c for c in COLUMNS.get(table, ()) if c not in have]
+    return [c for c in COLUMNS.get(name, ()) if c not in have]
+
+
+def markdown(tables: Iterable[ResultTable] | None = None) -> str:
+    """The result tables as a Markdown list (docs/store.md holds it; a test keeps the two in step)."""
+    out = []
+    for t in sorted(tables if tables is not None else _TABLES.values(), key=lambda t: t.name):
+        cols = ", ".join(f"`{c}` ({kind})" for c, kind in t.columns.items())
+        opt = ", ".join(f"`{c}` ({kind})" for c, kind in t.optional.items())
+        out.append(f"- **`{t.name}`** (`{t.owner}`): {t.doc} Columns: {cols}, `{CREATED_AT}`"
+                   + (f"; optional: {opt}" if opt else "") + ("; more columns allowed" if t.extra else "") + ".")
+    return "\n".join(out) + "\n"

@@ -42,6 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from corpora import catalog
+from corpora import results as result_tables
 from corpora.atomic import _pid_alive, atomic_path, file_hash, remove_stale_temps, write_parquet_atomic  # noqa: F401
 from corpora.catalog import (
     CATALOG_FILE, _NAME_RE, CorpusInfo, ShardInfo, _read_part, _report_damaged, _sql_str, _usable_parts,
@@ -422,6 +423,7 @@ class Store:
             else:
                 data = data.set_column(i, "created_at", stamp)
         path = self._result_path(table, part)
+        result_tables.check(table, data.column_names)
         with self.lock(wait_s=60, purpose=f"result {table}"):
             write_parquet_atomic(data, path)
             with self._connect(write=True, views=(table,)):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
-from corpora.results import COLUMNS, CREATED_AT
+from corpora.results import CREATED_AT
 from corpora.store import Store
 from reports import figures
 from reports.page import Figure, Section, Table, format_cell, result_table
@@ -144,7 +144,7 @@ def section_dedup(store: Store) -> Section:
                                       columns=("corpus", "against", "n_docs_hashed", "n_against_docs", "n_with_match",
                                                "share_with_match", "n_pairs"), sort=("corpus", "against")))
     src = result_table(store, "dup_source")
-    jaccard = COLUMNS["dup_source"][-1]  # jaccard_est: what stats.dedup writes
+    jaccard = "jaccard_est"  # declared by stats.dedup.analyze (dup_source); tests/test_results.py holds it
     if src is not None and jaccard in src.columns and src[jaccard].drop_nulls().len():
         import matplotlib.pyplot as plt
         import seaborn as sns

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import polars as pl
 
-from corpora.results import COLUMNS
 from corpora.store import Store
 from reports import figures
 from reports.page import Figure, Section, Table, result_table
@@ -185,7 +184,9 @@ def section_decisions(store: Store) -> Section:
             "Per scale and seed: share of mixture-pair decisions that seed orders unlike the mean over seeds."))
     s.tables.append(Table.from_df(dec, "Pairwise decision accuracy (seed 'mean': orders by the seed-mean loss; "
                                        "n_flip there = pairs not ordered alike by every seed).",
-                                  columns=COLUMNS["decisions"] + ("n_seeds",),
+                                  columns=("sweep", "domain", "model", "tokens", "target_model", "target_tokens",
+                                           "seed", "n_pairs", "n_agree", "accuracy", "n_flip", "flip_share",
+                                           "metric", "n_seeds"),
                                   sort=("domain", "seed", "model", "tokens")))
     return s
 

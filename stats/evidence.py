@@ -47,8 +47,31 @@ import numpy as np
 import polars as pl
 
 from corpora.names import part_key
+from corpora.results import declare
 
 log = logging.getLogger(__name__)
+
+_DECISION = {"model": "str", "n_params": "float", "tokens": "int", "target_model": "str", "target_tokens": "int",
+             "n_seeds": "int", "n_pairs": "int", "seed": "str, a seed or 'mean'", "n_agree": "int",
+             "accuracy": "float", "n_flip": "int", "flip_share": "float"}  # what decision_table gives
+declare("decisions", {"sweep": "str", "domain": "str", **_DECISION, "metric": "str, 'loss' or an eval metric"},
+        "One row per (metric, domain, smaller scale, seed): share of mixture pairs ordered as at the target scale.")
+declare("decision_snr", {
+    "sweep": "str", "domain": "str", "metric": "str", "model": "str", "tokens": "int", "n_mixtures": "int",
+    "n_seeds": "int", "signal": "float", "noise": "float", "snr": "float"},
+    "One row per (metric, domain, scale): spread across mixtures over spread across seeds.")
+declare("learning_check", {
+    "sweep": "str", "run_id": "str", "mixture": "str", "model": "str", "tokens": "int", "seed": "int",
+    "domain": "str", "loss": "float", "unigram_loss": "float", "uniform_loss": "float ln V", "gap_to_unigram": "float",
+    "below_unigram": "bool", "below_uniform": "bool", "alpha": "float", "vocab_size": "int", "n_eval_tokens": "int",
+    "n_mixture_tokens": "int"},
+    "One row per (run, domain): the final validation loss beside the unigram and uniform baselines.")
+declare("collapse_rounds", {
+    "corpus": "str", "synthetic_type": "str", "round": "int", "root_corpus": "str", "tokenizer": "str",
+    "budget_tokens": "int", "n_tokens": "int", "n_docs": "int", "types_at_budget": "float",
+    "entropy_at_budget_nats": "float", "root_jaccard_mean": "float", "root_near_dup_share": "float",
+    "n_root_matched": "int", "threshold": "float", "alpha": "float", "test": "str", "kl_nats": "float"},
+    "One row per (generation round, test corpus) of a chain of synthetic corpora grown from one root.")
 
 AGREES, DISAGREES, MIXED, INCONCLUSIVE, NO_DATA = (
     "agrees", "disagrees", "mixed", "inconclusive (within noise)", "not enough data")

@@ -21,10 +21,14 @@ from pathlib import Path
 import polars as pl
 
 from corpora.cli_common import add_common_args, setup_logging
+from corpora.results import declare
 from corpora.store import Store, resolve_store_path
 from stats import evidence
 
 TABLE = "findings"
+declare(TABLE, {"position": "int, claim order", "claim": "str", "verdict": "str", "counts": "str",
+                "measured": "str", "n_boot": "int", "seed": "int"},
+        "The study's claims, one row each in claim order, with their verdicts and the bootstrap that judged them.")
 
 
 def _table(store: Store, name: str) -> pl.DataFrame | None:

@@ -30,6 +30,7 @@ import polars as pl
 import pyarrow as pa
 
 from corpora.executor import ExecutorConfig, RunsOnExecutor, Stateful
+from corpora.results import declare
 from corpora.store import Store, StoreError, make_documents, write_parquet_atomic
 from synth.backends import (
     Backend,
@@ -45,6 +46,22 @@ from synth.prompts import AUDIENCES, STYLES, PromptTemplate, load_prompt
 from synth.topics import fit_topics
 
 log = logging.getLogger(__name__)
+
+declare("synth_runs", {
+    "run_id": "str", "corpus": "str", "source": "str", "type": "str", "prompt_id": "str", "generator": "str",
+    "backend": "str", "n_source_docs": "int", "n_requests": "int", "n_docs_done_before": "int",
+    "n_requests_staged_before": "int", "n_requests_run": "int", "n_requests_failed": "int", "n_docs_written": "int",
+    "n_docs_incomplete": "int", "n_prompt_tokens": "int", "n_completion_tokens": "int",
+    "status": "str done|partial|failed", "counts_by_reason": "json", "elapsed_s": "float",
+    "completion_tokens_per_s": "float", "config": "json", "started_at": "time", "finished_at": "time"},
+    "One row per generation run; part <run_id>.")
+declare("synth_rejects", {
+    "source_doc_id": "str", "chunk_index": "int", "reason": "str", "action": "str", "detail": "str", "run_id": "str",
+    "corpus": "str"},
+    "One row per chunk or document a generation run did not write as asked, with the reason.")
+declare("synth_topics", {"corpus": "str", "source": "str", "topic": "int", "key_terms": "str", "n_docs": "int",
+                         "seed": "int"},
+        "One row per topic fitted for topic-mode prompts; part <corpus>.")
 
 WINDOW_BATCHES = 8  # length-sort requests within windows of this many batches (bounded reordering)
 STAGE_COLUMNS = ("key", "source_doc_id", "chunk_index", "text", "finish_reason", "n_prompt_tokens",

@@ -50,6 +50,7 @@ import numpy as np
 import polars as pl
 
 from corpora.names import safe_name
+from corpora.results import declare
 from corpora.store import CorpusInfo, ShardInfo, Store, StoreError, atomic_path
 from corpora.tokens import (TokenCache, doc_id_hashes, read_doc_list, seeded_keys,  # noqa: F401 (re-export)
                             tokenizer_key)
@@ -58,6 +59,20 @@ from train.sampling import BYTES_PER_TOKEN_GUESS, PILOT_BYTES, PartOrder, RowGro
 from train.sampling import GROUP_OVERSAMPLE, MIN_ROUND_SHARE, MIN_ROW_GROUPS, THRESHOLD_MARGIN  # noqa: F401 (re-export)
 
 log = logging.getLogger(__name__)
+
+declare("mixtures", {
+    "mixture": "str", "corpus": "str", "kind": "str", "synthetic_type": "str", "share": "float"},
+    "One row per (mixture, corpus): the share and tokens each corpus gives a built mixture; part <mixture>. "
+    "build_mixture writes every optional column too; a sweep simulated without training (tests) the shares only.",
+    optional={
+        "n_tokens": "int", "n_unique_tokens": "int", "n_unique_exact": "bool", "epochs": "float", "repeated": "bool",
+        "warning": "str", "n_docs": "int", "content_hash": "str", "tokenizer": "str", "vocab_size": "int",
+        "seq_len": "int", "seed": "int", "max_epochs": "float", "total_tokens": "int", "n_sequences": "int",
+        "config": "json MixtureConfig", "path": "str"})
+declare("valsets", {
+    "valset": "str", "corpus": "str", "kind": "str", "synthetic_type": "str", "tokenizer": "str", "seq_len": "int",
+    "n_tokens": "int", "n_unique_tokens": "int", "n_sequences": "int", "content_hash": "str"},
+    "One row per validation set cut from a test corpus; part <valset>.")
 
 DEFAULT_TOKENIZER = "cl100k_base"
 SHARE_TOLERANCE = 1e-3  # "0.333,0.333,0.334" is fine; "0.6,0.3" is a mistake

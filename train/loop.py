@@ -44,6 +44,7 @@ import torch.distributed as dist
 from torch import nn
 
 from corpora.exits import is_interrupt
+from corpora.results import declare
 from corpora.store import Store, StoreError
 from train import phases as phasing
 from train.checkpoint import (check_config, checkpoint_path, final_weights_path, load_checkpoint, save_checkpoint,
@@ -56,6 +57,23 @@ from train.schedule import get_lr, wsd_decay_start
 from train.schedule import warmup_steps  # noqa: F401 (re-export)
 
 log = logging.getLogger(__name__)
+
+declare("runs", {
+    "run_id": "str", "sweep": "str", "mixture": "str", "model": "str flavor", "tokens": "int", "status": "str"},
+    "One row per training run; part <run_id>. train.loop writes every optional column too; a sweep simulated "
+    "without training (tests/stats, tests/reports, benchmarks/evals.py) writes only what its analysis reads.",
+    optional={
+        "n_params": "int", "seed": "int", "n_params_total": "int", "seq_len": "int", "batch_size": "int", "lr_peak": "float", "tokenizer": "str",
+        "vocab_size": "int", "world_size": "int", "n_steps": "int", "flops_per_token": "float", "dtype": "str",
+        "config": "json TrainConfig", "model_config": "json", "started_at": "time", "finished_at": "time",
+        "phases": "json", "phase_tokens": "json", "trunk_run": "str", "branch_step": "int", "step": "int",
+        "tokens_seen": "int", "final_train_loss": "float", "final_val_loss": "float", "elapsed_s": "float",
+        "tokens_per_s": "float", "error": "str"})
+declare("run_metrics", {
+    "run_id": "str", "step": "int", "split": "str train|val", "domain": "str", "loss": "float"},
+    "One row per logged (step, split, domain) of a run; part <run_id>. train.loop writes the optional columns "
+    "too; a simulated sweep writes the losses only.",
+    optional={"tokens_seen": "int", "lr": "float", "elapsed_s": "float", "tokens_per_s": "float", "dtype": "str bf16|fp32"})
 
 
 # --------------------------------------------------------------------------------------------- data

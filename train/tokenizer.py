@@ -33,10 +33,18 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from corpora.results import declare
 from corpora.store import ShardInfo, Store, StoreError, atomic_path
 from corpora.tokens import iter_shard_texts, read_doc_list, seeded_keys
 
 log = logging.getLogger(__name__)
+
+declare("tokenizers", {
+    "tokenizer": "str", "kind": "str", "corpora": "str, comma-separated", "corpus_hashes": "json", "vocab_size": "int",
+    "n_vocab": "int", "eot_token": "str", "eot_id": "int", "n_docs": "int", "n_bytes": "int", "sample_docs": "int",
+    "sample_bytes": "int", "sample_limit_bytes": "int", "sample_seed": "int", "sample_whole": "bool",
+    "sample_hash": "str", "sample_path": "str", "path": "str", "elapsed_s": "float", "config": "json"},
+    "One row per trained tokenizer: what it was trained on and where it lies; part <name>.")
 
 EOT_TOKEN = "<|endoftext|>"  # the same spelling as tiktoken's GPT encodings, id 0 here
 MIN_VOCAB = 257  # 256 byte symbols + the end-of-text token

@@ -16,6 +16,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from corpora.results import declare
 from corpora.store import CorpusInfo, Store
 from stats.dedup.bands import BandedCorpus, build_bands
 from stats.dedup.candidates import _duckdb, build_clusters, find_candidates, verify_candidates
@@ -23,6 +24,40 @@ from stats.dedup.config import SKIP_REASONS, STATUS_EMPTY, STATUS_TOO_SHORT, Ded
 
 
 log = logging.getLogger(__name__)
+
+_PARAMS = {"threshold": "float", "num_perm": "int", "ngram": "int", "seed": "int", "config": "json DedupConfig"}
+declare("dup_clusters", {
+    "corpus": "str", "cluster_id": "str 'shard:row' of the representative", "representative_doc_id": "str",
+    "doc_id": "str", "shard": "int", "row": "int", "cluster_size": "int", "is_representative": "bool",
+    "jaccard_to_representative": "float, signature estimate", "n_shingles": "int", **_PARAMS},
+    "One row per document in a near-duplicate cluster of one corpus; part <corpus>__<result key>.")
+declare("dup_pairs", {
+    "corpus": "str", "doc_id": "str", "shard": "int", "row": "int", "against": "str", "against_doc_id": "str",
+    "against_shard": "int", "against_row": "int", "mode": "str within|across", "jaccard_est": "float",
+    **_PARAMS},
+    "One row per verified near-duplicate pair, within a corpus or across two.")
+_SUMMARY_WITHIN = {"n_clusters": "int", "n_docs_in_clusters": "int", "n_duplicates": "int", "dup_rate": "float",
+                   "largest_cluster": "int", "map_s": "float", "candidates_s": "float", "verify_s": "float"}
+_SUMMARY_ACROSS = {"n_against_docs": "int", "n_against_hashed": "int", "n_with_match": "int",
+                   "share_with_match": "float", "against_content_hash": "str"}
+_SUMMARY_SOURCE = {"n_source_found": "int", "n_source_missing": "int", "source_jaccard_mean": "float",
+                   "source_jaccard_p10": "float", "source_jaccard_median": "float", "source_jaccard_p90": "float",
+                   "source_share_near_dup": "float"}
+declare("dup_summary", {
+    "corpus": "str", "against": "str, null within", "mode": "str within|across", "n_docs": "int",
+    "n_docs_hashed": "int", "n_empty": "int", "n_too_short": "int", "n_pairs": "int", "content_hash": "str",
+    "bands": "int", "rows_per_band": "int", "max_bucket": "int", "n_candidates": "int", "n_capped_buckets": "int",
+    "n_docs_in_capped_buckets": "int", **_PARAMS, "elapsed_s": "float"},
+    "One row per analysis. Its columns vary by design: the cluster counts only within one corpus, the match "
+    "counts only across two, the source similarity only for a synthetic corpus.",
+    optional={**_SUMMARY_WITHIN, **_SUMMARY_ACROSS, **_SUMMARY_SOURCE})
+declare("dup_skipped", {"corpus": "str", "doc_id": "str", "shard": "int", "row": "int",
+                        "reason": "str empty|too_short", "ngram": "int"},
+        "One row per document the analysis could not hash (too few words for one shingle).")
+declare("dup_source", {"corpus": "str", "doc_id": "str", "source_doc_id": "str", "source_corpus": "str",
+                       "jaccard_est": "float, null when the source document is missing", "num_perm": "int",
+                       "ngram": "int", "seed": "int"},
+        "One row per synthetic document: its estimated Jaccard similarity to the source document it came from.")
 
 # ---------------------------------------------------------------------------------------------- analyses
 def _work_dir(store: Store, corpus: str, cfg: DedupConfig, against: str | None = None) -> Path:

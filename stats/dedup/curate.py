@@ -16,9 +16,17 @@ from tqdm.auto import tqdm
 
 from corpora.cli_common import add_common_args, setup_logging, show_progress
 from corpora.executor import EngineError
+from corpora.results import declare
 from corpora.store import Store, StoreError, resolve_store_path
 from stats.dedup.analyze import analyze_corpus
 from stats.dedup.config import DedupConfig, add_config_arguments, config_from_args
+
+declare("dedup_dropped", {
+    "out": "str, the deduplicated corpus", "corpus": "str", "doc_id": "str", "shard": "int", "row": "int",
+    "cluster_id": "str", "cluster_size": "int", "kept_doc_id": "str", "kept_shard": "int", "kept_row": "int",
+    "jaccard_est": "float", "reason": "str", "threshold": "float", "num_perm": "int", "ngram": "int", "seed": "int",
+    "config": "json DedupConfig"},
+    "One row per document `python -m stats.dedup --out` left out, with the kept document of its cluster.")
 
 
 # ---------------------------------------------------------------------------------------------- curation

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import polars as pl
 
+from corpora.results import declare
 from corpora.store import Store, StoreError, atomic_path, file_hash
 from stats.evals.scoring import (LoadedModel, ModelSpec, dumps_cache, encode_requests, length_batches,
                                  loads_cache, task_metrics)
@@ -28,6 +29,13 @@ from stats.evals.tasks import Task, TaskError, load_task
 log = logging.getLogger(__name__)
 
 TABLE = "evals"
+declare(TABLE, {
+    "run_id": "str", "sweep": "str", "mixture": "str", "model": "str", "tokens": "int", "seed": "int",
+    "content_hash": "str of the weights", "task": "str", "variant": "str", "metric": "str", "value": "float",
+    "n": "int items", "stderr": "float", "chance": "float", "higher_is_better": "bool"},
+    "One row per (model, task, variant, metric); part <run_id> or model-<content hash>. evaluate_model writes "
+    "the optional columns too; evals planted for a decision test need not.",
+    optional={"model_path": "str", "dtype": "str", "limit": "int", "source": "str"})
 
 
 @dataclasses.dataclass

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from corpora.names import part_key
 from corpora.cli_common import show_progress
+from corpora.results import declare
 from corpora.store import Store
 from stats.mixopt.io import AVG, MixoptError, Swarm, read_csv_swarm, read_store_swarm, write_csv_swarm
 from stats.mixopt.propose import Bounds, bootstrap, effective_caps, mixture_spec, optimize
@@ -34,6 +35,21 @@ from stats.mixopt.regressors import Boosted, LogLinear, unigram_predictor
 log = logging.getLogger(__name__)
 
 FITS_TABLE, PREDICTIONS_TABLE, PROPOSALS_TABLE = "mixopt_fits", "mixopt_predictions", "mixopt_proposals"
+declare(FITS_TABLE, {
+    "fit": "str", "origin": "str", "objective": "str", "maximize": "bool", "regressor": "str", "backend": "str",
+    "n_runs": "int", "n_sources": "int", "sources": "str, comma-separated", "folds": "int", "cv_spearman": "float",
+    "cv_r2": "float", "status": "str ok|failed|unavailable", "note": "str", "chosen": "bool",
+    "config": "json FitConfig"},
+    "One row per (fit, regressor): its cross-validated score, and which regressor proposes.")
+declare(PREDICTIONS_TABLE, {"fit": "str", "regressor": "str", "run": "str", "fold": "int", "observed": "float",
+                            "predicted": "float"},
+        "One row per (fit, regressor, swarm run): the held-out prediction of its cross-validation fold.")
+declare(PROPOSALS_TABLE, {
+    "fit": "str", "objective": "str", "regressor": "str", "source": "str", "weight": "float", "lo": "float",
+    "hi": "float", "lower": "float", "upper": "float", "cap": "float", "prior": "float", "kl_weight": "float",
+    "n_boot": "int", "ci": "float", "predicted": "float", "spec": "str mixture", "origin": "str", "model": "str",
+    "tokens": "int"},
+    "One row per (fit, source): the proposed mixture weight with its bootstrap interval and bounds.")
 REGRESSORS = ("loglinear", "gbm", "unigram")
 
 

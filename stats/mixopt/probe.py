@@ -31,9 +31,22 @@ import sys
 import polars as pl
 
 from corpora.cli_common import add_common_args, setup_logging, show_progress
+from corpora.results import declare
 from corpora.store import Store, StoreError
 
 log = logging.getLogger(__name__)
+
+declare("probes", {
+    "probe": "str", "domain": "str", "trunk_run": "str", "trunk_mixture": "str", "candidate": "str", "mixture": "str",
+    "share": "float", "cooldown": "float", "seed": "int", "model": "str", "tokens": "int", "run_id": "str",
+    "branch_step": "int", "probe_loss": "float", "reference_loss": "float", "delta": "float", "full_run": "str",
+    "full_loss": "float", "probe_rank": "int", "full_rank": "int"},
+    "One row per (probe, domain, candidate, seed): the loss of a short cooldown branch beside the full run's.")
+declare("probe_decisions", {
+    "model": "str probe|full", "n_params": "float", "tokens": "int", "target_model": "str", "target_tokens": "int",
+    "n_seeds": "int", "n_pairs": "int", "seed": "str", "n_agree": "int", "accuracy": "float", "n_flip": "int",
+    "flip_share": "float", "probe": "str", "domain": "str"},
+    "One row per (probe, domain, seed): share of candidate pairs the probes order as the full runs do.")
 
 REFERENCE = "(trunk)"   # the candidate label of the trunk's own cooldown
 EXAMPLE = "python -m stats.mixopt probe --trunk cc --candidates hq,qa,txbk --share 0.3 --cooldown 0.2 --seeds 0,1,2"

@@ -22,6 +22,7 @@ import polars as pl
 
 from corpora.names import part_key
 from corpora.cli_common import show_progress
+from corpora.results import declare
 from corpora.store import Store
 from stats.mixopt.io import MixoptError
 from stats.mixopt.propose import effective_caps, project
@@ -32,6 +33,10 @@ from train.sweep import DEFAULT_VAL_TOKENS
 log = logging.getLogger(__name__)
 
 SWARMS_TABLE = "mixopt_swarms"
+declare(SWARMS_TABLE, {
+    "sweep": "str", "mixture": "str", "kind": "str", "source": "str", "weight": "float", "prior": "float",
+    "cap": "float", "model": "str", "tokens": "int"},
+    "One row per (swarm mixture, source): the designed weight, its prior and cap; part <swarm>.")
 NATURAL, UNIFORM, SAMPLED = "natural", "uniform", "dirichlet"
 
 

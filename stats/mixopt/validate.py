@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 
 from corpora.cli_common import show_progress
+from corpora.results import declare
 from corpora.store import Store
 from stats.evidence import EvidenceConfig, counts_text, decision_table, final_points, paired_verdict
 from stats.mixopt.io import AVG, MixoptError
@@ -28,6 +29,14 @@ from stats.mixopt.propose import effective_caps, mixture_spec, project
 log = logging.getLogger(__name__)
 
 VALIDATIONS_TABLE = "mixopt_validations"
+declare(VALIDATIONS_TABLE, {
+    "fit": "str", "sweep": "str", "role": "str proposal|best_swarm|natural|uniform", "mixture": "str",
+    "same_as": "str, the role it duplicates", "spec": "str mixture", "objective": "str", "model": "str",
+    "tokens": "int", "n_seeds": "int", "loss_mean": "float", "loss_sd": "float", "predicted": "float",
+    "rank": "int", "regret": "float", "verdict": "str", "verdict_detail": "str", "against": "str",
+    "decision_accuracy_proxy": "float", "n_proxy_pairs": "int", "decision_accuracy_regressor": "float",
+    "proxy_model": "str", "proxy_tokens": "int"},
+    "One row per (fit, role): the proposal and its rivals trained at the target scale, ranked and judged.")
 PROPOSAL, BEST, NATURAL, UNIFORM = "proposal", "best_swarm", "natural", "uniform"
 
 

@@ -14,11 +14,37 @@ import polars as pl
 from tqdm.auto import tqdm
 
 from corpora.names import part_key
+from corpora.results import declare
 from corpora.store import StoreError
 from stats.scaling.derived import compute_speedup, fit_optimal_ratio
 from stats.scaling.laws import AVG_DOMAIN, FitError, FitResult, ScalingConfig, bootstrap_fit
 
 log = logging.getLogger(__name__)
+
+_FIT_KEYS = {"sweep": "str", "domain": "str, a validation corpus or 'avg'", "config": "json ScalingConfig",
+             "fitted_at": "time"}
+_OPEN = ("Its other columns follow the law and the outcome (a failed fit's row has its keys, status and error "
+         "only; a domain with nothing to fit writes just the keys), so more columns are allowed.")
+declare("fits", _FIT_KEYS, "One row per fitted law, L(D) per (mixture, model) and L(N, D) per mixture; part "
+        "<sweep>__<domain>. " + _OPEN,
+        optional={"fit": "str data|joint", "group": "str", "mixture": "str", "model": "str", "n_params": "float",
+                  "n_seeds": "int", "E": "float", "B": "float", "beta": "float", "A": "float", "alpha": "float",
+                  "synthetic_share": "float", "synthetic_type": "str", "status": "str ok|error", "error": "str"},
+        extra=True)
+declare("speedups", _FIT_KEYS, "One row per (mixture, model, budget): tokens the baseline needs over the "
+        "mixture's for the same loss. " + _OPEN,
+        optional={"model": "str", "n_params": "float", "mixture": "str", "baseline": "str", "synthetic_type": "str",
+                  "synthetic_share": "float", "tokens": "float", "target_loss": "float", "tokens_needed": "float",
+                  "speedup": "float", "speedup_lo": "float", "speedup_hi": "float", "reachable": "bool",
+                  "extrapolated": "bool", "note": "str", "status": "str ok|error", "error": "str"},
+        extra=True)
+declare("optimal_ratios", _FIT_KEYS, "One row per (synthetic type, model, budget): the loss-minimising synthetic "
+        "share. " + _OPEN,
+        optional={"synthetic_type": "str", "model": "str", "n_params": "float", "tokens": "int",
+                  "ratio_opt": "float", "ratio_lo": "float", "ratio_hi": "float", "ratio_min": "float",
+                  "ratio_max": "float", "coef": "json", "ratio_trend_per_decade": "float", "status": "str ok|error",
+                  "error": "str"},
+        extra=True)
 
 
 # --------------------------------------------------------------------------------- reading the store

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from corpora.executor import RunsOnExecutor
+from corpora.results import declare
 from corpora.store import CorpusInfo, ShardInfo, Store, StoreError, read_shard_batches
 from corpora.tokenizers import DEFAULT_TOKENIZER, Tokenizer, load_tokenizer
 from corpora.tokens import Piece, TokenCache, TokenizeJob, read_piece_tokens, read_shard_tokens, tokenize_rows
@@ -33,6 +34,27 @@ DEFAULT_ALPHA = 0.01
 COUNTS_TABLE = "unigram_counts"
 COMPARISONS_TABLE = "unigram_comparisons"
 SHRINKAGE_TABLE = "unigram_shrinkage"
+declare(COUNTS_TABLE, {
+    "corpus": "str", "tokenizer": "str", "token_id": "int", "token": "str", "count": "int", "content_hash": "str",
+    "tokenizer_fingerprint": "str", "n_docs": "int", "n_bytes": "int", "n_tokens": "int"},
+    "One row per token type seen in a corpus (a cache keyed by content hash and tokenizer fingerprint); "
+    "part <corpus>__<tokenizer>.")
+declare(COMPARISONS_TABLE, {
+    "train": "str mixture spec", "test": "str mixture spec", "tokenizer": "str", "train_components": "json",
+    "test_components": "json", "n_tokens_test": "int", "n_tokens_train": "int", "n_types_test": "int",
+    "n_types_train": "int", "type_coverage": "float", "token_coverage": "float", "kl_nats": "float KL(test||train)",
+    "kl_bits": "float", "js_nats": "float", "entropy_test_nats": "float", "entropy_train_nats": "float",
+    "alpha": "float smoothing", "units": "str", "top_kl_tokens": "json", "train_content_hash": "str",
+    "test_content_hash": "str", "tokenizer_fingerprint": "str", "config": "json UnigramConfig"},
+    "One row per (train, test, tokenizer): how well the train unigram distribution covers the test one.")
+declare(SHRINKAGE_TABLE, {
+    "synthetic": "str", "source": "str", "tokenizer": "str", "budget_tokens": "int", "n_tokens_synthetic": "int",
+    "n_tokens_source": "int", "n_types_synthetic": "int", "n_types_source": "int",
+    "types_at_budget_synthetic": "float", "types_at_budget_source": "float", "types_ratio": "float",
+    "entropy_at_budget_synthetic_nats": "float", "entropy_at_budget_source_nats": "float",
+    "entropy_diff_nats": "float", "n_subsamples": "int", "seed": "int"},
+    "One row per synthetic corpus: its vocabulary and entropy against its source at an equal token budget.")
+
 # Below this many bytes to count, worker start-up (~1 s each, spawned) costs more than it saves.
 MIN_BYTES_FOR_WORKERS = 16 << 20
 

@@ -14,8 +14,11 @@ import pytest
 
 from corpora.demo import build_demo
 from corpora.ingest import IngestConfig, ingest
+from corpora.results import declare
 from corpora.store import Store, StoreError, StoreLocked, UnknownCorpus, compute_doc_id, normalize_text
 from tests.conftest import REPO
+
+declare("my_analysis", {"k": "int", "v": "str"}, "A new analysis's table: a view appears in SQL.")
 
 
 def _cli(*args, store: Path, check=True, **kw):

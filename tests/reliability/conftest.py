@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from corpora.results import declare
 from corpora.store import Store
 from tests.conftest import REPO, add_corpus
 
@@ -28,6 +29,11 @@ def popen_cli(module: str, *args: str, store: Path | None = None, **kw) -> subpr
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
                             env={**os.environ, "PYTHONPATH": str(REPO)}, **kw)
 
+
+# the result tables these tests write (any analysis declares its tables; these stand for one)
+declare("scores", {"x": "float"}, "A result table the reliability tests write.", optional={"n": "int"})
+declare("extra", {"a": "int"}, "A result table written beside a long reader.")
+declare("anything", {"a": "int"}, "A result table whose write cleans up after a dead writer.")
 
 _TQDM = re.compile(r"\[\d+:\d\d(:\d\d)?[<,\]]")  # a tqdm bar's elapsed time: "[00:01<00:02" or "[00:01, "
 

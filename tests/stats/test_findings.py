@@ -58,34 +58,43 @@ def _put_runs(store, losses: dict[tuple[str, int], float], shares: dict[str, tup
     store.put_result("run_metrics", part, pl.DataFrame(metrics))
 
 
+def _put_declared(store, table: str, part: str, df: pl.DataFrame) -> None:
+    """A hand-made part holding only the columns the findings read; the other declared columns are null, so
+    the write passes the table's declaration (corpora.results)."""
+    from corpora.results import table as declaration
+
+    missing = [c for c in declaration(table).columns if c not in df.columns]
+    store.put_result(table, part, df.with_columns(pl.lit(None).alias(c) for c in missing))
+
+
 def _put_derived(store) -> None:
     """Small hand-made tables of every other kind the findings read (speed-ups, optimal ratios, decisions, the
     learning check, shrinkage, a second training set's unigram comparison, generation runs)."""
-    store.put_result("speedups", "s", pl.DataFrame([
+    _put_declared(store, "speedups", "s", pl.DataFrame([
         {"sweep": "s", "domain": "avg", "model": m, "mixture": f"{t}33", "synthetic_type": t, "synthetic_share": 0.33,
          "tokens": 2000, "speedup": sp, "speedup_lo": lo, "speedup_hi": hi, "extrapolated": m == "m2", "status": "ok"}
         for t, m, sp, lo, hi in (("hq", "m1", 7.5, 5.5, 9.0), ("hq", "m2", 3.0, 1.2, 4.1), ("qa", "m1", 6.0, 2.0, 11.0))]))
-    store.put_result("optimal_ratios", "s", pl.DataFrame([
+    _put_declared(store, "optimal_ratios", "s", pl.DataFrame([
         {"sweep": "s", "domain": "avg", "synthetic_type": t, "model": m, "tokens": 2000, "ratio_opt": r,
          "ratio_lo": lo, "ratio_hi": hi, "status": "ok"}
         for t, m, r, lo, hi in (("hq", "m1", 0.31, 0.2, 0.4), ("qa", "m2", 0.6, 0.55, 0.7))]))
-    store.put_result("decisions", "s", pl.DataFrame([
+    _put_declared(store, "decisions", "s", pl.DataFrame([
         {"sweep": "s", "domain": "avg", "model": m, "tokens": t, "target_model": "m2", "target_tokens": 2000,
          "seed": seed, "n_pairs": 15, "n_agree": a, "accuracy": a / 15, "n_flip": f, "flip_share": f / 15,
          "metric": "loss"}
         for m, t, seed, a, f in (("m1", 1000, "mean", 12, 2), ("m1", 2000, "mean", 11, 3), ("m2", 2000, "0", 15, 1),
                                  ("m2", 2000, "1", 15, 2))]))
-    store.put_result("learning_check", "s", pl.DataFrame([
+    _put_declared(store, "learning_check", "s", pl.DataFrame([
         {"sweep": "s", "run_id": f"r{i}", "mixture": "base", "model": "m1", "tokens": 1000, "seed": i,
          "domain": "wiki", "loss": loss, "unigram_loss": 6.0, "uniform_loss": 9.2, "below_unigram": loss < 6.0,
          "alpha": 0.5} for i, loss in enumerate((5.1, 5.7, 6.3))]))
-    store.put_result("unigram_shrinkage", "all", pl.DataFrame([
+    _put_declared(store, "unigram_shrinkage", "all", pl.DataFrame([
         {"synthetic": s, "source": "cc", "tokenizer": "cl100k_base", "types_ratio": r}
         for s, r in (("hq", 0.81), ("qa", 1.02))]))
-    store.put_result("unigram_comparisons", "hq", pl.DataFrame([
+    _put_declared(store, "unigram_comparisons", "hq", pl.DataFrame([
         {"train": "hq", "test": "wiki", "tokenizer": "cl100k_base", "type_coverage": 0.01, "token_coverage": 0.2,
          "kl_nats": 9.5, "alpha": 0.5}]))
-    store.put_result("synth_runs", "r1", pl.DataFrame([
+    _put_declared(store, "synth_runs", "r1", pl.DataFrame([
         {"run_id": "r1", "corpus": "hq", "source": "cc", "type": "hq", "generator": "/models/SmolLM2-360M-Instruct",
          "started_at": "2026-01-01T00:00:00", "counts_by_reason": "{}"}]))
 

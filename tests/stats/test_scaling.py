@@ -10,6 +10,8 @@ import numpy as np
 import polars as pl
 import pytest
 
+import train.data  # noqa: F401 (declares mixtures, written below as a sweep would)
+import train.loop  # noqa: F401 (declares runs, run_metrics)
 from corpora.store import Store
 from stats.scaling import (
     FitError, FitResult, ScalingConfig, bootstrap_fit, compute_speedup, fit_data_scaling, fit_joint,
