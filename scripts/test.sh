@@ -10,4 +10,6 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
 fi
 # nothing in the suite may reach a model hub: everything it loads ships in a package or is built here
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-exec .venv/bin/python -m pytest -q --durations=15 "$@"
+# two worker processes (pytest-xdist): the suite waits on subprocesses, model loads and Ray start-up as much
+# as it computes, so two workers on two cores take ~2x less wall time (docs/conventions.md: tests)
+exec .venv/bin/python -m pytest -q -n "${SYNTHMIX_TEST_WORKERS:-2}" --durations=15 "$@"
