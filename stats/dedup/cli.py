@@ -8,8 +8,8 @@ import json
 import sys
 
 from corpora.cli_common import add_common_args, setup_logging, show_progress
-from corpora.executor import EngineError
-from corpora.store import Store, StoreError, resolve_store_path
+from corpora.exits import run_command
+from corpora.store import Store, resolve_store_path
 from stats.dedup.analyze import DedupReport, _capped_note, analyze_against, analyze_corpus
 from stats.dedup.config import add_config_arguments, config_from_args
 from stats.dedup.curate import EXAMPLE as CURATE_EXAMPLE
@@ -65,17 +65,17 @@ def main(argv: list[str] | None = None) -> int:
         return curate_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging(args)
-    try:
-        cfg = dataclasses.replace(config_from_args(args), recompute=args.overwrite)
-        store = Store(resolve_store_path(args.store))
-        with store.writer("python -m stats.dedup"):
-            if args.against:
-                report = analyze_against(store, args.corpus, args.against, cfg, show_progress(args), args.examples)
-            else:
-                report = analyze_corpus(store, args.corpus, cfg, show_progress(args), args.examples)
-    except (StoreError, ValueError, EngineError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_command("", lambda: _run(args), user_errors=(ValueError,))  # the one exit path (corpora.exits)
+
+
+def _run(args) -> int:
+    cfg = dataclasses.replace(config_from_args(args), recompute=args.overwrite)
+    store = Store(resolve_store_path(args.store))
+    with store.writer("python -m stats.dedup"):
+        if args.against:
+            report = analyze_against(store, args.corpus, args.against, cfg, show_progress(args), args.examples)
+        else:
+            report = analyze_corpus(store, args.corpus, cfg, show_progress(args), args.examples)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2, default=str))
     else:

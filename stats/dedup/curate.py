@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 
 import numpy as np
 import polars as pl
@@ -15,7 +14,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from corpora.cli_common import add_common_args, setup_logging, show_progress
-from corpora.executor import EngineError
+from corpora.exits import run_command
 from corpora.results import declare
 from corpora.store import Store, StoreError, resolve_store_path
 from stats.dedup.analyze import analyze_corpus
@@ -124,20 +123,20 @@ def build_curate_parser() -> argparse.ArgumentParser:
 
 
 def run_curate_cli(args) -> int:
-    """Curate under the store's writer lock, print a summary; usage errors return 2."""
+    """Curate under the store's writer lock, print a summary; usage errors return 2 (corpora.exits)."""
     setup_logging(args)
-    try:
-        cfg = config_from_args(args)
-        if args.out == args.corpus:
-            raise ValueError(f"--out {args.out} is the corpus itself; name a new corpus")
-        store = Store(resolve_store_path(args.store))
-        with store.writer(f"python -m stats.dedup curate {args.corpus} --out {args.out}"):
-            if getattr(args, "overwrite", False) and store.has_corpus(args.out):
-                store.remove_corpus(args.out)
-            result = curate(store, args.corpus, args.out, cfg, progress=show_progress(args))
-    except (StoreError, ValueError, EngineError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_command("", lambda: _curate(args), user_errors=(ValueError,))
+
+
+def _curate(args) -> int:
+    cfg = config_from_args(args)
+    if args.out == args.corpus:
+        raise ValueError(f"--out {args.out} is the corpus itself; name a new corpus")
+    store = Store(resolve_store_path(args.store))
+    with store.writer(f"python -m stats.dedup curate {args.corpus} --out {args.out}"):
+        if getattr(args, "overwrite", False) and store.has_corpus(args.out):
+            store.remove_corpus(args.out)
+        result = curate(store, args.corpus, args.out, cfg, progress=show_progress(args))
     if args.json:
         print(json.dumps(result.as_dict(), indent=2, default=str))
         return 0

@@ -8,7 +8,6 @@ import dataclasses
 import datetime as dt
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +15,8 @@ import numpy as np
 import polars as pl
 
 from corpora.cli_common import add_common_args, setup_logging
-from corpora.store import Store, StoreError, resolve_store_path
+from corpora.exits import run_command
+from corpora.store import Store, resolve_store_path
 from stats.scaling.laws import FitError, ScalingConfig
 from stats.scaling.sweep import fit_points, fit_sweep
 
@@ -137,13 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(args)
     if cfg.n_boot < 0 or not 0 < cfg.ci < 1 or cfg.huber_delta <= 0 or cfg.ratio_degree < 1:
         parser.error("need --n-boot >= 0, 0 < --ci < 1, --huber-delta > 0, --ratio-degree >= 1")
+    return run_command("", lambda: _run(args, cfg), user_errors=(ValueError, FitError))  # corpora.exits
+
+
+def _run(args, cfg: ScalingConfig) -> int:
     t0 = time.perf_counter()
     if args.csv is not None:
-        try:
-            pts = read_points_csv(args.csv, args.d_col, args.loss_col, args.n_col, args.group_col)
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        pts = read_points_csv(args.csv, args.d_col, args.loss_col, args.n_col, args.group_col)
         fits, _ = fit_points(pts, cfg, args.n_col, args.d_col, args.loss_col, args.group_col)
         if args.json:
             print(json.dumps({"fits": _jsonable(fits)}, indent=2))
@@ -152,13 +152,9 @@ def main(argv: list[str] | None = None) -> int:
                                       "error"]))
         return 0 if (fits["status"] == "ok").any() else 1
 
-    try:
-        store = Store(resolve_store_path(args.store))
-        with store.writer("python -m stats.scaling") if not args.no_write else contextlib.nullcontext():
-            res = fit_sweep(store, args.runs, cfg, write=not args.no_write)
-    except (StoreError, FitError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    store = Store(resolve_store_path(args.store))
+    with store.writer("python -m stats.scaling") if not args.no_write else contextlib.nullcontext():
+        res = fit_sweep(store, args.runs, cfg, write=not args.no_write)
     if args.json:
         print(json.dumps({k: _jsonable(getattr(res, k)) for k in ("fits", "speedups", "optimal_ratios")}, indent=2))
         return 0

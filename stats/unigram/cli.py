@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 
 from corpora.cli_common import add_common_args, setup_logging
 from corpora.executor import add_engine_args
-from corpora.store import Store, StoreError, resolve_store_path
+from corpora.exits import run_command
+from corpora.store import Store, resolve_store_path
 from corpora.tokenizers import DEFAULT_TOKENIZER
 from stats.unigram.analyze import UnigramReport, run_unigram
 from stats.unigram.counts import DEFAULT_ALPHA, UnigramConfig
@@ -93,13 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     fields = {f.name for f in dataclasses.fields(UnigramConfig)}
     cfg = UnigramConfig(**{k: v for k, v in vars(args).items() if k in fields}, recount=args.overwrite)
     setup_logging(args)
-    try:
-        store = Store(resolve_store_path(args.store))
-        with store.writer("python -m stats.unigram"):
-            report = run_unigram(store, cfg)
-    except StoreError as e:  # UnknownCorpus, UnknownTokenizer, UnigramError: the user can fix these
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_command("", lambda: _run(args, cfg))  # the one exit path (corpora.exits)
+
+
+def _run(args, cfg: UnigramConfig) -> int:
+    store = Store(resolve_store_path(args.store))
+    with store.writer("python -m stats.unigram"):
+        report = run_unigram(store, cfg)  # UnknownCorpus, UnknownTokenizer, UnigramError: StoreErrors, exit 2
     if args.json:
         out = {
             "comparisons": [{**r, "top_kl_tokens": json.loads(r["top_kl_tokens"]),
