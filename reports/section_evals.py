@@ -12,12 +12,11 @@ import math
 
 import polars as pl
 
-from reports.page import Figure, Section, Table
+from reports.page import Figure, Section, Table, result_table
 from stats import evidence
-from stats.findings import composition
+from stats.findings import latest_evals
 
 FIGURE_METRICS = ("acc_per_char", "correct_prob")
-VERDICT_METRICS = ("acc_per_char", "correct_prob", "bpb")
 
 
 def _interval(df: pl.DataFrame) -> pl.DataFrame:
@@ -77,34 +76,6 @@ def metric_reliability(store) -> pl.DataFrame | None:
     return acc.sort("domain", "decision_accuracy", descending=[False, True])
 
 
-def downstream_verdicts(store, runs: pl.DataFrame, n_boot: int = 2000, seed: int = 0) -> pl.DataFrame | None:
-    """The report's loss claim "TYPE alone (100%) is not better than CC" on each task's continuous metrics,
-    paired by (model, budget, seed) and judged by the same noise-aware rule (stats.evidence.paired_verdict);
-    d > 0 when CC scores better (higher acc_per_char / correct_prob, lower bpb)."""
-    comp = composition(store)
-    cc = {m for m, c in comp.items() if c["share"] == 0}
-    rows = []
-    for stype in sorted({c["type"] for c in comp.values() if c["type"]}):
-        alone = {m for m, c in comp.items() if c["type"] == stype and c["share"] >= 0.99}
-        sub = runs.filter(pl.col("metric").is_in(VERDICT_METRICS))
-        for (task, metric), g in sub.partition_by(["task", "metric"], as_dict=True, maintain_order=True).items():
-            val = {(r["mixture"], r["model"], r["tokens"], r["seed"]): r["value"] for r in g.iter_rows(named=True)}
-            a = {k[1:]: v for k, v in val.items() if k[0] in alone}
-            b = {k[1:]: v for k, v in val.items() if k[0] in cc}
-            keys = sorted(set(a) & set(b), key=str)
-            if not keys:
-                continue
-            sign = 1.0 if g["higher_is_better"][0] else -1.0
-            v = evidence.paired_verdict([sign * (b[k] - a[k]) for k in keys], groups=[k[0] for k in keys],
-                                        n_boot=n_boot, seed=seed)
-            interval = f" [{v['lo']:+.4f}, {v['hi']:+.4f}]" if v["lo"] is not None else ""
-            rows.append({"claim": f"{stype.upper()} alone (100%) is not better than CC", "task": task,
-                         "metric": metric, "verdict": v["verdict"],
-                         "counts": f"{v['n_agree']}/{v['n_pairs']} pairs as claimed, {v['n_disagree']} against; "
-                                   f"mean CC advantage {v['mean']:+.4f}{interval}"})
-    return pl.DataFrame(rows) if rows else None
-
-
 def section_evals(store):
     s = Section("evals", "Downstream evaluation and decisions per metric",
                 "Ranked-classification (cloze) tasks, OLMES-style: each run scores every choice's log-likelihood "
@@ -120,8 +91,7 @@ def section_evals(store):
         s.empty = ("No downstream evaluations yet: they come with the study ([evals] section) or "
                    "`python -m stats.evals run --runs SWEEP --tasks arc_easy:rc_0shot --limit 200`.")
         return s
-    ev = ev.sort("created_at").unique(["content_hash", "run_id", "task", "variant", "metric"], keep="last")
-    ev = ev.with_columns(pl.format("{}:{}", "task", "variant").alias("task"))
+    ev = latest_evals(store)
     runs = ev.filter(pl.col("run_id").is_not_null() & pl.col("mixture").is_not_null())
     if runs.height:
         top = runs.sort("tokens").group_by("model").agg(pl.col("tokens").max())
@@ -135,8 +105,8 @@ def section_evals(store):
                                         f"at the largest scale ({scale}); dashed: chance (1 / choices)."))
         s.tables.append(Table.from_df(iv.drop("sd", "half"), f"Per-mixture downstream metrics at {scale}: seed "
                                       "mean, 95% interval [lo, hi], items per task, chance level."))
-        verdicts = downstream_verdicts(store, runs)
-        if verdicts is not None:
+        verdicts = result_table(store, "downstream_verdicts")  # stats.findings computes them
+        if verdicts is not None and verdicts.height:
             s.tables.append(Table.from_df(verdicts, "Downstream verdicts: the report's loss claims on the continuous "
                                           f"downstream metrics, every scale; rule: {evidence.VERDICT_RULE}."))
     rel = metric_reliability(store)

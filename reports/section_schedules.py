@@ -13,6 +13,7 @@ from reports import figures
 from reports.page import Figure, Section, Table, result_table
 from reports.sections_training import figure_domain
 from stats import evidence
+from stats.findings import latest_runs
 
 INTRO = ("A phase schedule changes a run's data at phase boundaries; an anneal run reads its trunk mixture and "
          "then, for the last part of the steps (the learning-rate cooldown), another mixture. Static vs "
@@ -20,46 +21,6 @@ INTRO = ("A phase schedule changes a run's data at phase boundaries; an anneal r
          "that mixture only in the cooldown (the rest on the trunk mixture). Anneal probes value candidate "
          "corpora by such cooldowns off one trunk per seed; their ranking is checked against full runs on the "
          "same mixtures (pairwise decision accuracy).")
-
-
-def _latest_runs(store) -> pl.DataFrame | None:
-    runs = store.read_result("runs")
-    if runs is None or not runs.height or "phases" not in runs.columns:
-        return None
-    return runs.sort("created_at").unique("run_id", keep="last").filter(pl.col("status") == "done")
-
-
-def static_vs_annealed(store, n_boot: int = 2000, seed: int = 0) -> pl.DataFrame:
-    """Per (domain, trunk mixture, cooldown mixture, cooldown fraction): paired differences static - annealed
-    final loss (> 0: annealing is better) over (model, tokens, lr, seed), with `evidence.paired_verdict`."""
-    runs, pts = _latest_runs(store), evidence.final_points(store)
-    if runs is None or pts is None:
-        return pl.DataFrame()
-    loss = {(r["run_id"], r["domain"]): r["loss"] for r in pts.iter_rows(named=True)}
-    domains = sorted(set(pts["domain"]))
-    key = ("model", "tokens", "lr_peak", "seed")
-    static = {(r["mixture"], *(r[k] for k in key)): r["run_id"] for r in runs.filter(pl.col("phases").is_null())
-              .iter_rows(named=True)}
-    groups: dict[tuple, list] = {}
-    for r in runs.filter(pl.col("phases").is_not_null()).iter_rows(named=True):
-        phases = json.loads(r["phases"])
-        if len(phases) != 2:
-            continue
-        other = static.get((phases[1]["mixture"], *(r[k] for k in key)))
-        if other is None:
-            continue
-        for d in domains:
-            a, s = loss.get((r["run_id"], d)), loss.get((other, d))
-            if a is not None and s is not None:
-                g = (d, phases[0]["mixture"], phases[1]["mixture"], round(1 - phases[0]["until"], 6))
-                groups.setdefault(g, []).append((s - a, r["model"]))
-    rows = []
-    for (d, trunk, mixture, cooldown), pairs in sorted(groups.items()):
-        v = evidence.paired_verdict([p[0] for p in pairs], [p[1] for p in pairs], n_boot=n_boot, seed=seed)
-        rows.append({"domain": d, "trunk_mixture": trunk, "mixture": mixture, "cooldown": cooldown,
-                     "n_pairs": v["n_pairs"], "mean_static_minus_annealed": v["mean"], "lo": v["lo"], "hi": v["hi"],
-                     "verdict": v["verdict"], "counts": evidence.counts_text(v)})
-    return pl.DataFrame(rows)
 
 
 def phase_token_rows(runs: pl.DataFrame) -> pl.DataFrame:
@@ -73,7 +34,7 @@ def phase_token_rows(runs: pl.DataFrame) -> pl.DataFrame:
 
 def section_schedules(store):
     s = Section("schedules", "Phase schedules and anneal probes", INTRO)
-    runs = _latest_runs(store)
+    runs = latest_runs(store)
     probes, decisions = result_table(store, "probes"), result_table(store, "probe_decisions")
     if (runs is None or runs["phases"].is_null().all()) and probes is None:
         s.empty = ("No phased runs or anneal probes yet: add `anneal = [0.0, 0.2]` and `anneal_from = \"MIXTURE\"` to "
@@ -102,8 +63,8 @@ def section_schedules(store):
                                                  "runs (seed mean; per seed: that seed's probe order).",
                                       columns=("probe", "domain", "model", "seed", "n_pairs", "n_agree", "accuracy",
                                                "n_flip", "flip_share"), sort=("probe", "domain", "model", "seed")))
-    sva = static_vs_annealed(store)
-    if sva.height:
+    sva = result_table(store, "schedule_verdicts")  # stats.findings computes them
+    if sva is not None and sva.height:
         s.tables.append(Table.from_df(sva, "Static vs annealed at equal total tokens: the static run's final loss "
                                            "minus the annealed run's, paired by (model, budget, lr, seed); > 0 "
                                            f"means annealing is better. Rule: {evidence.VERDICT_RULE}."))

@@ -22,6 +22,7 @@ import polars as pl
 
 from corpora.cli_common import add_common_args, setup_logging
 from corpora.results import declare
+from corpora.results import table as results_table
 from corpora.store import Store, resolve_store_path
 from stats import evidence
 
@@ -257,6 +258,101 @@ def compute_findings(store: Store, n_boot: int = 2000, seed: int = 0) -> list[di
     return rows
 
 
+# ------------------------------------------------------------------- verdicts of the report's other sections
+VERDICT_METRICS = ("acc_per_char", "correct_prob", "bpb")  # continuous downstream metrics the claims are judged on
+DOWNSTREAM_TABLE, SCHEDULE_TABLE = "downstream_verdicts", "schedule_verdicts"
+declare(DOWNSTREAM_TABLE, {"claim": "str", "task": "str, TASK:VARIANT", "metric": "str", "verdict": "str",
+                           "counts": "str"},
+        "One row per (claim, task, metric): the loss claims judged on continuous downstream metrics, paired by "
+        "(model, budget, seed) with evidence.paired_verdict.")
+declare(SCHEDULE_TABLE, {"domain": "str", "trunk_mixture": "str", "mixture": "str", "cooldown": "float",
+                         "n_pairs": "int", "mean_static_minus_annealed": "float", "lo": "float", "hi": "float",
+                         "verdict": "str", "counts": "str"},
+        "One row per (domain, trunk, cooldown mixture, cooldown fraction): static minus annealed final loss, "
+        "paired by (model, budget, lr, seed) with evidence.paired_verdict (> 0: annealing is better).")
+
+
+def latest_evals(store) -> pl.DataFrame | None:
+    """The `evals` table, latest row per (checkpoint, run, task, variant, metric), task as TASK:VARIANT."""
+    ev = store.read_result("evals")
+    if ev is None or not ev.height:
+        return None
+    ev = ev.sort("created_at").unique(["content_hash", "run_id", "task", "variant", "metric"], keep="last")
+    return ev.with_columns(pl.format("{}:{}", "task", "variant").alias("task"))
+
+
+def downstream_verdicts(store, n_boot: int = 2000, seed: int = 0) -> pl.DataFrame | None:
+    """The report's loss claim "TYPE alone (100%) is not better than CC" on each task's continuous metrics,
+    paired by (model, budget, seed) and judged by the same noise-aware rule (stats.evidence.paired_verdict);
+    d > 0 when CC scores better (higher acc_per_char / correct_prob, lower bpb)."""
+    runs = latest_evals(store)
+    if runs is None:
+        return None
+    runs = runs.filter(pl.col("run_id").is_not_null() & pl.col("mixture").is_not_null())
+    comp = composition(store)
+    cc = {m for m, c in comp.items() if c["share"] == 0}
+    rows = []
+    for stype in sorted({c["type"] for c in comp.values() if c["type"]}):
+        alone = {m for m, c in comp.items() if c["type"] == stype and c["share"] >= 0.99}
+        sub = runs.filter(pl.col("metric").is_in(VERDICT_METRICS))
+        for (task, metric), g in sub.partition_by(["task", "metric"], as_dict=True, maintain_order=True).items():
+            val = {(r["mixture"], r["model"], r["tokens"], r["seed"]): r["value"] for r in g.iter_rows(named=True)}
+            a = {k[1:]: v for k, v in val.items() if k[0] in alone}
+            b = {k[1:]: v for k, v in val.items() if k[0] in cc}
+            keys = sorted(set(a) & set(b), key=str)
+            if not keys:
+                continue
+            sign = 1.0 if g["higher_is_better"][0] else -1.0
+            v = evidence.paired_verdict([sign * (b[k] - a[k]) for k in keys], groups=[k[0] for k in keys],
+                                        n_boot=n_boot, seed=seed)
+            interval = f" [{v['lo']:+.4f}, {v['hi']:+.4f}]" if v["lo"] is not None else ""
+            rows.append({"claim": f"{stype.upper()} alone (100%) is not better than CC", "task": task,
+                         "metric": metric, "verdict": v["verdict"],
+                         "counts": f"{v['n_agree']}/{v['n_pairs']} pairs as claimed, {v['n_disagree']} against; "
+                                   f"mean CC advantage {v['mean']:+.4f}{interval}"})
+    return pl.DataFrame(rows) if rows else None
+
+
+def latest_runs(store) -> pl.DataFrame | None:
+    runs = store.read_result("runs")
+    if runs is None or not runs.height or "phases" not in runs.columns:
+        return None
+    return runs.sort("created_at").unique("run_id", keep="last").filter(pl.col("status") == "done")
+
+
+def static_vs_annealed(store, n_boot: int = 2000, seed: int = 0) -> pl.DataFrame:
+    """Per (domain, trunk mixture, cooldown mixture, cooldown fraction): paired differences static - annealed
+    final loss (> 0: annealing is better) over (model, tokens, lr, seed), with `evidence.paired_verdict`."""
+    runs, pts = latest_runs(store), evidence.final_points(store)
+    if runs is None or pts is None:
+        return pl.DataFrame()
+    loss = {(r["run_id"], r["domain"]): r["loss"] for r in pts.iter_rows(named=True)}
+    domains = sorted(set(pts["domain"]))
+    key = ("model", "tokens", "lr_peak", "seed")
+    static = {(r["mixture"], *(r[k] for k in key)): r["run_id"] for r in runs.filter(pl.col("phases").is_null())
+              .iter_rows(named=True)}
+    groups: dict[tuple, list] = {}
+    for r in runs.filter(pl.col("phases").is_not_null()).iter_rows(named=True):
+        phases = json.loads(r["phases"])
+        if len(phases) != 2:
+            continue
+        other = static.get((phases[1]["mixture"], *(r[k] for k in key)))
+        if other is None:
+            continue
+        for d in domains:
+            a, s = loss.get((r["run_id"], d)), loss.get((other, d))
+            if a is not None and s is not None:
+                g = (d, phases[0]["mixture"], phases[1]["mixture"], round(1 - phases[0]["until"], 6))
+                groups.setdefault(g, []).append((s - a, r["model"]))
+    rows = []
+    for (d, trunk, mixture, cooldown), pairs in sorted(groups.items()):
+        v = evidence.paired_verdict([p[0] for p in pairs], [p[1] for p in pairs], n_boot=n_boot, seed=seed)
+        rows.append({"domain": d, "trunk_mixture": trunk, "mixture": mixture, "cooldown": cooldown,
+                     "n_pairs": v["n_pairs"], "mean_static_minus_annealed": v["mean"], "lo": v["lo"], "hi": v["hi"],
+                     "verdict": v["verdict"], "counts": evidence.counts_text(v)})
+    return pl.DataFrame(rows)
+
+
 def write_findings(store: Store, n_boot: int = 2000, seed: int = 0) -> pl.DataFrame:
     """`compute_findings`, written to result table `findings` (one part, replaced on every run) in claim order
     (`position`) beside the bootstrap settings that produced it."""
@@ -265,6 +361,13 @@ def write_findings(store: Store, n_boot: int = 2000, seed: int = 0) -> pl.DataFr
                       schema={"position": pl.Int64, "claim": pl.Utf8, "verdict": pl.Utf8, "counts": pl.Utf8,
                               "measured": pl.Utf8, "n_boot": pl.Int64, "seed": pl.Int64})
     store.put_result(TABLE, "all", df)
+    # the verdicts the evals and schedules sections show: computed here, the report only renders them
+    for table, rows in ((DOWNSTREAM_TABLE, downstream_verdicts(store, n_boot=n_boot, seed=seed)),
+                        (SCHEDULE_TABLE, static_vs_annealed(store, n_boot=n_boot, seed=seed))):
+        if rows is not None and rows.height:
+            store.put_result(table, "all", rows)
+        elif store.has_result(table, "all"):  # nothing to judge any more: no stale verdicts
+            store.put_result(table, "all", pl.DataFrame(schema=dict.fromkeys(results_table(table).columns, pl.Utf8)))
     return df
 
 

@@ -162,7 +162,8 @@ def test_phases_in_a_run_config_keep_the_mixture_the_last_phases():
 
 
 def test_sweep_grid_varies_the_schedule_and_anneals_off_one_trunk(phase_store):
-    from reports.section_schedules import section_schedules, static_vs_annealed
+    from reports.section_schedules import section_schedules
+    from stats.findings import static_vs_annealed, write_findings
     from train.sweep import SweepError, parse_sweep, run_sweep
 
     doc = {"name": "sched", "schedule": "wsd-branches", "anneal_from": "web", "val_corpora": ["val"],
@@ -180,6 +181,9 @@ def test_sweep_grid_varies_the_schedule_and_anneals_off_one_trunk(phase_store):
     assert branch["mixture"] == "web:0.8,anneal:1" and branch["tokens_seen"] == trunk["tokens_seen"]
     sva = static_vs_annealed(phase_store)
     assert sva.height == 1 and sva["n_pairs"][0] == 1 and sva["verdict"][0] == "inconclusive (within noise)"
+    assert len(section_schedules(phase_store).tables) == 1  # the verdicts are stats.findings' table: not yet written
+    write_findings(phase_store, n_boot=200)
+    assert phase_store.read_result("schedule_verdicts").drop("created_at").equals(static_vs_annealed(phase_store, n_boot=200))
     section = section_schedules(phase_store)
     assert section.empty is None and len(section.tables) == 2
     for grid, match in (({"anneal": [1.0]}, "cooldown fractions in"), ({"anneal": ["x"]}, "cooldown fractions")):
