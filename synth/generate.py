@@ -469,7 +469,7 @@ def generate(store: Store, cfg: GenerateConfig, backend: Backend | None = None) 
                 if stage_rows:
                     write_staged(store, out, f"{run_id}-{n_batch:06d}", stage_rows)
                     staged.update((row["key"], row) for row in stage_rows)
-                collect_finished({r.source_doc_id for r in batch})
+                collect_finished(list(dict.fromkeys(r.source_doc_id for r in batch)))  # batch order: not a set's hash order
         flush(force=True)
         summary["n_docs_incomplete"] = len(open_docs)
         if open_docs:

@@ -164,3 +164,30 @@ def test_cli_help_models_and_errors(cc_store, capsys):
     assert "unknown corpus 'nope'" in err and "cc" in err and len(err.strip().splitlines()) == 1
     assert cli_main(["generate", "--type", "poem", "--store", str(cc_store.root)]) == 2
     assert "--prompt FILE" in capsys.readouterr().err
+
+
+def test_write_order_does_not_depend_on_the_hash_seed(cc_store, smollm2, tmp_path):
+    """Documents are written in batch order, never a set's order: a later round takes the first N documents of
+    a synthetic corpus in store order, so that order must be the same in every process (PYTHONHASHSEED)."""
+    import os
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from corpora.store import Store
+
+    procs = {}
+    for seed in ("1", "2"):
+        root = tmp_path / f"s{seed}"
+        shutil.copytree(cc_store.root, root)
+        procs[seed] = subprocess.Popen(
+            [sys.executable, "-m", "synth", "generate", "--store", str(root), "--type", "hq", "--source", "cc",
+             "--limit", "12", "--max-new-tokens", "4", "--batch-size", "8", "--max-chunks", "1", "--dtype", "fp32",
+             "--num-threads", "1", "-q"],
+            cwd=REPO, env={**os.environ, "PYTHONHASHSEED": seed}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    orders = {}
+    for seed, proc in procs.items():
+        assert proc.wait(timeout=600) == 0, proc.stderr.read().decode()[-2000:]
+        shards = Store(tmp_path / f"s{seed}").shards("hq")
+        orders[seed] = [d for s in shards for d in pq.read_table(s.path, columns=["source_doc_id"]).column(0).to_pylist()]
+    assert len(orders["1"]) >= 5 and orders["1"] == orders["2"]  # one batch: a set would order them by hash
