@@ -349,23 +349,24 @@ def build_parser() -> argparse.ArgumentParser:
 MOVED = {"dedup": ["stats.dedup", "curate"]}
 
 
-def _moved_command(argv: list[str]) -> str | None:
-    """The command word of argv (skipping --store VALUE and flags) if it is one that moved, else None."""
-    words = iter(argv)
-    for w in words:
-        if w == "--store":
-            next(words, None)
-        elif not w.startswith("-"):
-            return w if w in MOVED else None
+def _moved_command(argv: list[str]) -> int | None:
+    """The position in argv of the command word (skipping --store VALUE and flags) if it moved, else None."""
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--store":
+            i += 2
+        elif argv[i].startswith("-"):
+            i += 1
+        else:
+            return i if argv[i] in MOVED else None
     return None
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    moved = _moved_command(argv)
-    if moved:
-        rest = list(argv)
-        rest.remove(moved)
+    at = _moved_command(argv)
+    if at is not None:
+        moved, rest = argv[at], argv[:at] + argv[at + 1:]  # by position: a --store path may be the same word
         new = ["python", "-m", *MOVED[moved]]
         print(f"warning: `python -m corpora {moved}` is deprecated and goes in the next release; use "
               f"`{' '.join(new)} ...` (or `synthmix corpora {moved} ...`)", file=sys.stderr)
